@@ -1,0 +1,107 @@
+//! Command-line flags, and nothing else.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::device::DeviceSpec;
+use crate::engine::DEFAULT_MODEL;
+
+/// Classify text with a BERT model, on CUDA, Metal or CPU.
+///
+/// Exit status: 0 when every input was classified, 1 when there was no input,
+/// 2 on an error (including any input that could not be classified; the others
+/// are still printed).
+#[derive(Debug, Parser)]
+#[command(name = "bert-cli", version, about, long_about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Classify each TEXT argument, or each line of standard input when none is given.
+    ///
+    /// Results come in input order, one per input, as soon as they are ready.
+    Classify(ClassifyArgs),
+}
+
+/// Flags of `bert-cli classify`.
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// Texts to classify. Without any, lines are read from --input or standard input.
+    #[arg(value_name = "TEXT")]
+    pub texts: Vec<String>,
+
+    /// Read one input per line from FILE ("-" for standard input) instead of arguments.
+    #[arg(short, long, value_name = "FILE", conflicts_with = "texts")]
+    pub input: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    /// Where to run: auto picks CUDA, then Metal, when built in and present, else the CPU.
+    #[arg(short, long, value_name = "auto|cpu|cuda[:N]|metal", default_value = "auto")]
+    pub device: DeviceSpec,
+
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = FormatArg::Human)]
+    pub format: FormatArg,
+
+    /// Also print every label's probability (and, in jsonl, the raw logits).
+    #[arg(long)]
+    pub all_scores: bool,
+
+    /// Truncate inputs to N tokens, [CLS] and [SEP] included. Default: the model's
+    /// max_position_embeddings (512 for BERT); larger values are refused.
+    #[arg(long, value_name = "N")]
+    pub max_length: Option<usize>,
+
+    /// Inputs per forward pass. Larger batches are faster; smaller ones answer sooner.
+    #[arg(short, long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub batch_size: u64,
+
+    /// Write every input's tokens and attention probabilities (per layer, per head,
+    /// token by token) to FILE as JSON; see the README for the schema.
+    #[arg(long, value_name = "FILE")]
+    pub dump_attention: Option<PathBuf>,
+
+    /// Print no warnings or progress bars.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Which model, and how to read its head.
+#[derive(Debug, Args)]
+pub struct ModelArgs {
+    /// Hugging Face repo id, or a local folder in Hugging Face layout.
+    #[arg(short, long, value_name = "ID_OR_DIR", default_value = DEFAULT_MODEL, env = "BERT_CLI_MODEL")]
+    pub model: String,
+
+    /// Branch, tag or commit of a hub model.
+    #[arg(long, value_name = "REV", default_value = "main")]
+    pub revision: String,
+
+    /// Names for the labels, in index order, when the checkpoint only says LABEL_0, LABEL_1, ...
+    #[arg(long, value_name = "A,B,...", value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
+
+    /// Run a checkpoint without a trained classification head (such as plain
+    /// bert-base-uncased) with a seeded random head. Its labels mean nothing.
+    #[arg(long)]
+    pub allow_untrained_head: bool,
+}
+
+/// `--format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    /// Aligned columns: label, score, text.
+    Human,
+    /// One JSON object per input: line, text, label, score (+ scores, logits).
+    Jsonl,
+    /// Tab-separated: line, label, score, (+ a score per label), text.
+    Tsv,
+}

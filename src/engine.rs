@@ -1,0 +1,241 @@
+//! A loaded classifier: tokenizer, model and label names, turning token ids into predictions.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
+
+use crate::hub::{ModelFiles, TokenizerPaths};
+use crate::model::classifier::HeadPolicy;
+use crate::model::config::{labels_are_generic, Config, Scoring};
+use crate::model::{open_weights, Batch, BertClassifier};
+use crate::tokenize::{Encoded, TextTokenizer, TokenizerFiles};
+
+/// The default model, and the names its generic `LABEL_n` stand for.
+pub const DEFAULT_MODEL: &str = "JeremiahZ/bert-base-uncased-sst2";
+const DEFAULT_MODEL_LABELS: [&str; 2] = ["NEGATIVE", "POSITIVE"];
+
+/// Choices that shape how a checkpoint is loaded.
+#[derive(Debug, Clone, Default)]
+pub struct EngineOptions {
+    /// Truncation length in tokens; `None` means the model's `max_position_embeddings`.
+    pub max_length: Option<usize>,
+    /// Label names that replace generic `LABEL_n` ones.
+    pub labels: Option<Vec<String>>,
+    /// Run a checkpoint that has no classifier with a seeded random head.
+    pub allow_untrained_head: bool,
+}
+
+/// One classified input.
+#[derive(Debug, Clone)]
+pub struct Prediction {
+    /// Raw classifier outputs.
+    pub logits: Vec<f32>,
+    /// Softmax or sigmoid of the logits, per label.
+    pub probs: Vec<f32>,
+    /// Index of the most probable label.
+    pub top: usize,
+    /// `[layer][head][query][key]` probabilities over real tokens, when asked for.
+    pub attention: Option<Vec<Vec<Vec<Vec<f32>>>>>,
+}
+
+/// A model ready to classify.
+pub struct Engine {
+    model: BertClassifier,
+    tokenizer: TextTokenizer,
+    device: Device,
+    /// Label names by index.
+    pub labels: Vec<String>,
+    /// Softmax or sigmoid.
+    pub scoring: Scoring,
+    /// Repo id or folder the model came from.
+    pub model_id: String,
+    /// Tokens each input is truncated to.
+    pub max_length: usize,
+}
+
+impl Engine {
+    /// Loads config, weights and tokenizer; every error names the file at fault.
+    pub fn load(files: &ModelFiles, device: Device, opts: &EngineOptions) -> Result<Self> {
+        let cfg = Config::from_file(&files.config)?;
+        let max_length = match opts.max_length {
+            None => cfg.max_position_embeddings,
+            Some(n) if n > cfg.max_position_embeddings => bail!(
+                "--max-length {n} exceeds what the model can read: its max_position_embeddings is {}",
+                cfg.max_position_embeddings
+            ),
+            Some(n) => n,
+        };
+        let weight_names = files
+            .weights
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let vb = open_weights(&files.weights, DType::F32, &device)?;
+        let policy = HeadPolicy {
+            allow_untrained: opts.allow_untrained_head,
+            num_labels: opts.labels.as_ref().map_or(cfg.labels.len(), Vec::len),
+        };
+        let model = BertClassifier::load(vb, &cfg, policy)
+            .with_context(|| format!("cannot build the model from {weight_names}"))?;
+        let labels = label_names(&files.id, &cfg.labels, opts.labels.as_deref(), model.num_labels())?;
+        let tokenizer = match &files.tokenizer {
+            TokenizerPaths::Json(p) => TokenizerFiles::Json(p),
+            TokenizerPaths::Vocab(v, c) => TokenizerFiles::Vocab { vocab: v, config: c.as_deref() },
+        };
+        let tokenizer = TextTokenizer::load(tokenizer, max_length, cfg.vocab_size)?;
+        Ok(Self {
+            scoring: cfg.scoring(model.num_labels()),
+            model,
+            tokenizer,
+            device,
+            labels,
+            model_id: files.id.clone(),
+            max_length,
+        })
+    }
+
+    /// Whether the head was loaded (true) or seeded because the user allowed it (false).
+    pub fn head_is_trained(&self) -> bool {
+        self.model.head_is_trained()
+    }
+
+    /// The architecture in use.
+    pub fn config(&self) -> &Config {
+        &self.model.config
+    }
+
+    /// Tokenizes one text.
+    pub fn encode(&self, text: &str) -> Result<Encoded> {
+        self.tokenizer.encode(text)
+    }
+
+    /// Classifies already tokenized inputs as one padded batch.
+    pub fn predict(&self, inputs: &[&Encoded], keep_attention: bool) -> Result<Vec<Prediction>> {
+        if inputs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let seq = inputs.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+        let pad = |f: &dyn Fn(&Encoded) -> Vec<u32>| -> Vec<u32> {
+            inputs
+                .iter()
+                .flat_map(|e| {
+                    let mut v = f(e);
+                    v.resize(seq, 0);
+                    v
+                })
+                .collect()
+        };
+        let shape = (inputs.len(), seq);
+        let batch = Batch {
+            ids: Tensor::from_vec(pad(&|e| e.ids.clone()), shape, &self.device)?,
+            type_ids: Tensor::from_vec(pad(&|e| e.type_ids.clone()), shape, &self.device)?,
+            mask: Tensor::from_vec(pad(&|e| vec![1; e.ids.len()]), shape, &self.device)?,
+        };
+        let out = self.model.forward(&batch, keep_attention)?;
+        let logits: Vec<Vec<f32>> = out.logits.to_vec2()?;
+        let attentions: Vec<Vec<Vec<Vec<Vec<f32>>>>> = out
+            .attentions
+            .iter()
+            .map(|t| t.to_dtype(DType::F32)?.to_vec3_rows())
+            .collect::<Result<_>>()?;
+        Ok(logits
+            .into_iter()
+            .enumerate()
+            .map(|(i, logits)| {
+                let probs = match self.scoring {
+                    Scoring::Softmax => softmax(&logits),
+                    Scoring::Sigmoid => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+                };
+                let top = argmax(&probs);
+                let n = inputs[i].ids.len();
+                let attention = keep_attention.then(|| {
+                    attentions
+                        .iter()
+                        .map(|layer| {
+                            layer[i]
+                                .iter()
+                                .map(|head| head[..n].iter().map(|row| row[..n].to_vec()).collect())
+                                .collect()
+                        })
+                        .collect()
+                });
+                Prediction { logits, probs, top, attention }
+            })
+            .collect())
+    }
+}
+
+/// Reads a `[batch, heads, seq, seq]` tensor into nested vectors.
+trait ToVec4 {
+    fn to_vec3_rows(&self) -> Result<Vec<Vec<Vec<Vec<f32>>>>>;
+}
+
+impl ToVec4 for Tensor {
+    fn to_vec3_rows(&self) -> Result<Vec<Vec<Vec<Vec<f32>>>>> {
+        let b = self.dim(0)?;
+        (0..b).map(|i| Ok(self.get(i)?.to_vec3()?)).collect()
+    }
+}
+
+/// Names for each label: `--labels`, else the config's, else built-in names for the default
+/// model; the count must match the classifier's outputs.
+fn label_names(model_id: &str, config: &[String], given: Option<&[String]>, num_labels: usize) -> Result<Vec<String>> {
+    if let Some(given) = given {
+        if given.len() != num_labels {
+            bail!(
+                "--labels names {} labels but the model has {num_labels} outputs",
+                given.len()
+            );
+        }
+        return Ok(given.to_vec());
+    }
+    if config.len() == num_labels && !(labels_are_generic(config) && model_id == DEFAULT_MODEL) {
+        return Ok(config.to_vec());
+    }
+    if model_id == DEFAULT_MODEL && num_labels == DEFAULT_MODEL_LABELS.len() {
+        return Ok(DEFAULT_MODEL_LABELS.iter().map(|s| s.to_string()).collect());
+    }
+    Ok((0..num_labels).map(|i| format!("LABEL_{i}")).collect())
+}
+
+fn softmax(xs: &[f32]) -> Vec<f32> {
+    let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let exps: Vec<f32> = xs.iter().map(|&x| (x - max).exp()).collect();
+    let sum: f32 = exps.iter().sum();
+    exps.iter().map(|e| e / sum).collect()
+}
+
+fn argmax(xs: &[f32]) -> usize {
+    xs.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best })
+        .0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(xs: &[&str]) -> Vec<String> {
+        xs.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn label_names_prefer_flag_then_config_then_builtin() {
+        let generic = strings(&["LABEL_0", "LABEL_1"]);
+        let named = strings(&["neg", "pos"]);
+        assert_eq!(label_names("x", &generic, Some(&named), 2).unwrap(), named);
+        assert_eq!(label_names("x", &named, None, 2).unwrap(), named);
+        assert_eq!(label_names(DEFAULT_MODEL, &generic, None, 2).unwrap(), strings(&DEFAULT_MODEL_LABELS));
+        assert_eq!(label_names("x", &generic, None, 2).unwrap(), generic);
+        let err = label_names("x", &generic, Some(&strings(&["a"])), 2).unwrap_err();
+        assert!(err.to_string().contains("1 labels"), "{err}");
+    }
+
+    #[test]
+    fn softmax_is_stable_and_argmax_picks_first_max() {
+        let p = softmax(&[1000.0, 1000.0]);
+        assert_eq!(p, vec![0.5, 0.5]);
+        assert_eq!(argmax(&[0.1, 0.7, 0.7]), 1);
+    }
+}

@@ -1,0 +1,122 @@
+//! Entry point: wires the flags to the hub, device, engine, pipeline and outputs, and
+//! turns the outcome into an exit status.
+
+use std::io::{self, IsTerminal, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+
+use bert_cli::cli::{ClassifyArgs, Cli, Command, FormatArg};
+use bert_cli::engine::{Engine, EngineOptions};
+use bert_cli::output::attention::AttentionDump;
+use bert_cli::output::{self, FormatKind, FormatOptions};
+use bert_cli::pipeline::{self, PipelineOptions, Source};
+use bert_cli::{device, hub};
+
+/// Every input classified.
+const EXIT_OK: u8 = 0;
+/// Nothing to classify.
+const EXIT_NO_INPUT: u8 = 1;
+/// Something failed.
+const EXIT_ERROR: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Classify(args) => classify(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) if is_broken_pipe(&e) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("bert-cli: error: {e:#}");
+            ExitCode::from(EXIT_ERROR)
+        }
+    }
+}
+
+/// A reader that went away (`| head`) is not an error worth a message.
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe))
+}
+
+fn classify(args: ClassifyArgs) -> Result<u8> {
+    // Open the dump file before the slow work so a bad path fails at once.
+    let dump_file = match &args.dump_attention {
+        Some(path) => Some(
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create attention dump {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let source = match (&args.input, args.texts.is_empty()) {
+        (Some(p), _) if p.as_os_str() != "-" => Source::Lines {
+            reader: Box::new(
+                std::fs::File::open(p).with_context(|| format!("cannot open input file {}", p.display()))?,
+            ),
+            name: p.display().to_string(),
+        },
+        (None, false) => Source::Args(args.texts),
+        _ => {
+            if io::stdin().is_terminal() && !args.quiet {
+                eprintln!("bert-cli: reading one text per line from standard input (Ctrl-D to end)");
+            }
+            Source::Lines { reader: Box::new(io::stdin()), name: "stdin".into() }
+        }
+    };
+    drop(dump_file);
+
+    let device = device::open(args.device)?;
+    let progress = !args.quiet && io::stderr().is_terminal();
+    let files = hub::resolve(&args.model.model, &args.model.revision, progress)?;
+    let engine = Engine::load(
+        &files,
+        device,
+        &EngineOptions {
+            max_length: args.max_length,
+            labels: args.model.labels.clone(),
+            allow_untrained_head: args.model.allow_untrained_head,
+        },
+    )?;
+    if !engine.head_is_trained() && !args.quiet {
+        eprintln!(
+            "bert-cli: warning: {} has no trained classification head; using a seeded random one, so the labels are meaningless",
+            engine.model_id
+        );
+    }
+
+    let mut dump = match &args.dump_attention {
+        Some(path) => Some(AttentionDump::create(path, &engine.model_id, engine.labels.clone())?),
+        None => None,
+    };
+    let kind = match args.format {
+        FormatArg::Human => FormatKind::Human,
+        FormatArg::Jsonl => FormatKind::Jsonl,
+        FormatArg::Tsv => FormatKind::Tsv,
+    };
+    let stdout: Box<dyn Write> = Box::new(io::BufWriter::new(io::stdout().lock()));
+    let mut out = output::writer(
+        kind,
+        stdout,
+        FormatOptions { labels: engine.labels.clone(), all_scores: args.all_scores },
+    );
+    let summary = pipeline::run(
+        &engine,
+        source,
+        out.as_mut(),
+        dump.as_mut(),
+        PipelineOptions { batch_size: args.batch_size as usize },
+    )?;
+    if let Some(d) = dump {
+        d.finish()?;
+    }
+    Ok(if summary.failed > 0 {
+        EXIT_ERROR
+    } else if summary.inputs == 0 {
+        EXIT_NO_INPUT
+    } else {
+        EXIT_OK
+    })
+}

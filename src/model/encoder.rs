@@ -1,0 +1,90 @@
+//! The stack of transformer layers: attention, then feed-forward, each with a residual.
+
+use anyhow::Result;
+use candle_core::Tensor;
+use candle_nn::{LayerNorm, Linear, Module, VarBuilder};
+
+use super::attention::SelfAttention;
+use super::config::{Config, HiddenAct};
+use super::{layer_norm, linear};
+
+/// `intermediate.dense` + activation + `output.dense` + residual + `output.LayerNorm`.
+struct FeedForward {
+    up: Linear,
+    down: Linear,
+    norm: LayerNorm,
+    act: HiddenAct,
+}
+
+impl FeedForward {
+    fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        Ok(Self {
+            up: linear(
+                vb.pp("intermediate").pp("dense"),
+                cfg.hidden_size,
+                cfg.intermediate_size,
+            )?,
+            down: linear(
+                vb.pp("output").pp("dense"),
+                cfg.intermediate_size,
+                cfg.hidden_size,
+            )?,
+            norm: layer_norm(vb.pp("output").pp("LayerNorm"), cfg)?,
+            act: cfg.hidden_act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let up = self.up.forward(x)?;
+        let up = match self.act {
+            HiddenAct::GeluErf => up.gelu_erf()?,
+            HiddenAct::GeluTanh => up.gelu()?,
+            HiddenAct::Relu => up.relu()?,
+        };
+        Ok(self.norm.forward(&(self.down.forward(&up)? + x)?)?)
+    }
+}
+
+/// One `encoder.layer.N`.
+struct Layer {
+    attention: SelfAttention,
+    ffn: FeedForward,
+}
+
+/// `encoder.layer.*`.
+pub struct Encoder {
+    layers: Vec<Layer>,
+}
+
+impl Encoder {
+    /// Loads every `encoder.layer.N` for N below `num_hidden_layers`.
+    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+        let layers = (0..cfg.num_layers)
+            .map(|i| {
+                let vb = vb.pp("layer").pp(i);
+                Ok(Layer {
+                    attention: SelfAttention::load(vb.pp("attention"), cfg)?,
+                    ffn: FeedForward::load(vb, cfg)?,
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+
+    /// Runs all layers; returns the last hidden state and, when asked, every layer's
+    /// attention probabilities.
+    pub fn forward(
+        &self,
+        mut x: Tensor,
+        mask_bias: &Tensor,
+        keep_probs: bool,
+    ) -> Result<(Tensor, Vec<Tensor>)> {
+        let mut probs = Vec::new();
+        for layer in &self.layers {
+            let (attended, p) = layer.attention.forward(&x, mask_bias, keep_probs)?;
+            probs.extend(p);
+            x = layer.ffn.forward(&attended)?;
+        }
+        Ok((x, probs))
+    }
+}

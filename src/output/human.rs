@@ -1,0 +1,43 @@
+//! `--format human`: `LABEL  score  text`, labels padded to one width.
+
+use std::io::{self, Write};
+
+use super::{Format, FormatOptions, Record};
+
+/// Aligned columns for a terminal.
+pub struct Human {
+    out: Box<dyn Write>,
+    opts: FormatOptions,
+    width: usize,
+}
+
+impl Human {
+    /// A writer over `out`.
+    pub fn new(out: Box<dyn Write>, opts: FormatOptions) -> Self {
+        let width = opts.labels.iter().map(|l| l.chars().count()).max().unwrap_or(0).max(5);
+        Self { out, opts, width }
+    }
+}
+
+impl Format for Human {
+    fn write(&mut self, r: &Record) -> io::Result<()> {
+        let w = self.width;
+        match r.outcome {
+            Ok((_, p)) => {
+                write!(self.out, "{:<w$}  {:.4}  ", self.opts.labels[p.top], p.probs[p.top])?;
+                if self.opts.all_scores {
+                    for (label, prob) in self.opts.labels.iter().zip(&p.probs) {
+                        write!(self.out, "{label}={prob:.4} ")?;
+                    }
+                    write!(self.out, " ")?;
+                }
+                writeln!(self.out, "{}", r.text.escape_debug())
+            }
+            Err(e) => writeln!(self.out, "{:<w$}  {:6}  input {}: {e}", "ERROR", "-", r.line),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
