@@ -137,7 +137,8 @@ def tiny(name, vocab, hidden_act, num_labels, problem_type, legacy, seed):
         save_file(renamed, out_dir / "model.safetensors", metadata={"format": "pt"})
     else:
         torch.save(state, out_dir / "pytorch_model.bin")
-    tok = BertTokenizerFast(vocab_file=str(out_dir / "vocab.txt"), do_lower_case=True)
+    # As a user would load it: vocab.txt + tokenizer_config.json, no tokenizer.json.
+    tok = BertTokenizerFast.from_pretrained(out_dir)
     cases = []
     for text in TINY_TEXTS:
         enc, out = run(model, tok, text, max_length=64)

