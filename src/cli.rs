@@ -26,6 +26,10 @@ pub enum Command {
     /// Classify each TEXT argument, or each line of standard input when none is given.
     ///
     /// Results come in input order, one per input, as soon as they are ready.
+    ///
+    /// Exit status: 0 when every input was classified, 1 when there was no input, 2 on an
+    /// error. An input that cannot be classified (say, a line that is not UTF-8) gets an
+    /// error row in its place, a warning on stderr and exit status 2; the others are kept.
     Classify(ClassifyArgs),
 }
 
@@ -44,7 +48,12 @@ pub struct ClassifyArgs {
     pub model: ModelArgs,
 
     /// Where to run: auto picks CUDA, then Metal, when built in and present, else the CPU.
-    #[arg(short, long, value_name = "auto|cpu|cuda[:N]|metal", default_value = "auto")]
+    #[arg(
+        short,
+        long,
+        value_name = "auto|cpu|cuda[:N]|metal",
+        default_value = "auto"
+    )]
     pub device: DeviceSpec,
 
     /// Output format.

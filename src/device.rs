@@ -30,7 +30,9 @@ impl FromStr for DeviceSpec {
             "metal" => Ok(Self::Metal),
             _ => match s.strip_prefix("cuda:").map(str::parse) {
                 Some(Ok(n)) => Ok(Self::Cuda(n)),
-                _ => Err(format!("unknown device {s:?}: use auto, cpu, cuda, cuda:N or metal")),
+                _ => Err(format!(
+                    "unknown device {s:?}: use auto, cpu, cuda, cuda:N or metal"
+                )),
             },
         }
     }

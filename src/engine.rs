@@ -77,10 +77,18 @@ impl Engine {
         };
         let model = BertClassifier::load(vb, &cfg, policy)
             .with_context(|| format!("cannot build the model from {weight_names}"))?;
-        let labels = label_names(&files.id, &cfg.labels, opts.labels.as_deref(), model.num_labels())?;
+        let labels = label_names(
+            &files.id,
+            &cfg.labels,
+            opts.labels.as_deref(),
+            model.num_labels(),
+        )?;
         let tokenizer = match &files.tokenizer {
             TokenizerPaths::Json(p) => TokenizerFiles::Json(p),
-            TokenizerPaths::Vocab(v, c) => TokenizerFiles::Vocab { vocab: v, config: c.as_deref() },
+            TokenizerPaths::Vocab(v, c) => TokenizerFiles::Vocab {
+                vocab: v,
+                config: c.as_deref(),
+            },
         };
         let tokenizer = TextTokenizer::load(tokenizer, max_length, cfg.vocab_size)?;
         Ok(Self {
@@ -159,7 +167,12 @@ impl Engine {
                         })
                         .collect()
                 });
-                Prediction { logits, probs, top, attention }
+                Prediction {
+                    logits,
+                    probs,
+                    top,
+                    attention,
+                }
             })
             .collect())
     }
@@ -179,7 +192,12 @@ impl ToVec4 for Tensor {
 
 /// Names for each label: `--labels`, else the config's, else built-in names for the default
 /// model; the count must match the classifier's outputs.
-fn label_names(model_id: &str, config: &[String], given: Option<&[String]>, num_labels: usize) -> Result<Vec<String>> {
+fn label_names(
+    model_id: &str,
+    config: &[String],
+    given: Option<&[String]>,
+    num_labels: usize,
+) -> Result<Vec<String>> {
     if let Some(given) = given {
         if given.len() != num_labels {
             bail!(
@@ -208,7 +226,13 @@ fn softmax(xs: &[f32]) -> Vec<f32> {
 fn argmax(xs: &[f32]) -> usize {
     xs.iter()
         .enumerate()
-        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| if x > best.1 { (i, x) } else { best })
+        .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {
+            if x > best.1 {
+                (i, x)
+            } else {
+                best
+            }
+        })
         .0
 }
 
@@ -226,7 +250,10 @@ mod tests {
         let named = strings(&["neg", "pos"]);
         assert_eq!(label_names("x", &generic, Some(&named), 2).unwrap(), named);
         assert_eq!(label_names("x", &named, None, 2).unwrap(), named);
-        assert_eq!(label_names(DEFAULT_MODEL, &generic, None, 2).unwrap(), strings(&DEFAULT_MODEL_LABELS));
+        assert_eq!(
+            label_names(DEFAULT_MODEL, &generic, None, 2).unwrap(),
+            strings(&DEFAULT_MODEL_LABELS)
+        );
         assert_eq!(label_names("x", &generic, None, 2).unwrap(), generic);
         let err = label_names("x", &generic, Some(&strings(&["a"])), 2).unwrap_err();
         assert!(err.to_string().contains("1 labels"), "{err}");

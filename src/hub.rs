@@ -30,7 +30,11 @@ pub enum TokenizerPaths {
 }
 
 /// Weight files in the order they are preferred.
-const WEIGHT_FILES: [&str; 3] = ["model.safetensors", "pytorch_model.bin", "model.safetensors.index.json"];
+const WEIGHT_FILES: [&str; 3] = [
+    "model.safetensors",
+    "pytorch_model.bin",
+    "model.safetensors.index.json",
+];
 
 /// A folder path or a repo id; `revision` is a branch, tag or commit (hub only).
 pub fn resolve(model: &str, revision: &str, progress: bool) -> Result<ModelFiles> {
@@ -47,12 +51,12 @@ pub fn resolve(model: &str, revision: &str, progress: bool) -> Result<ModelFiles
 /// Reads a local folder, choosing files in the same order as the hub path.
 fn from_folder(dir: &Path) -> Result<ModelFiles> {
     let have = |name: &str| Some(dir.join(name)).filter(|p| p.is_file());
-    let config = have("config.json").ok_or_else(|| anyhow!("{} has no config.json", dir.display()))?;
+    let config =
+        have("config.json").ok_or_else(|| anyhow!("{} has no config.json", dir.display()))?;
     let weights = match WEIGHT_FILES.iter().find_map(|f| have(f)) {
-        Some(p) if p.extension().is_some_and(|e| e == "json") => shards(&p)?
-            .into_iter()
-            .map(|s| dir.join(s))
-            .collect(),
+        Some(p) if p.extension().is_some_and(|e| e == "json") => {
+            shards(&p)?.into_iter().map(|s| dir.join(s)).collect()
+        }
         Some(p) => vec![p],
         None => bail!(
             "{} has no weights: expected one of {}",
@@ -63,9 +67,17 @@ fn from_folder(dir: &Path) -> Result<ModelFiles> {
     let tokenizer = match (have("tokenizer.json"), have("vocab.txt")) {
         (Some(j), _) => TokenizerPaths::Json(j),
         (None, Some(v)) => TokenizerPaths::Vocab(v, have("tokenizer_config.json")),
-        (None, None) => bail!("{} has no tokenizer: expected tokenizer.json or vocab.txt", dir.display()),
+        (None, None) => bail!(
+            "{} has no tokenizer: expected tokenizer.json or vocab.txt",
+            dir.display()
+        ),
     };
-    Ok(ModelFiles { id: dir.display().to_string(), config, weights, tokenizer })
+    Ok(ModelFiles {
+        id: dir.display().to_string(),
+        config,
+        weights,
+        tokenizer,
+    })
 }
 
 /// Fetches through hf-hub, which honours `HF_HOME`, `HF_ENDPOINT` and the token file.
@@ -74,7 +86,11 @@ fn from_hub(id: &str, revision: &str, progress: bool) -> Result<ModelFiles> {
         .with_progress(progress)
         .build()
         .context("cannot set up the Hugging Face client")?;
-    let repo = api.repo(Repo::with_revision(id.to_string(), RepoType::Model, revision.to_string()));
+    let repo = api.repo(Repo::with_revision(
+        id.to_string(),
+        RepoType::Model,
+        revision.to_string(),
+    ));
     let get = |file: &str| -> Result<PathBuf> {
         repo.get(file)
             .map_err(|e| anyhow!("cannot fetch {file} from {id} (revision {revision}): {e}"))
@@ -85,10 +101,17 @@ fn from_hub(id: &str, revision: &str, progress: bool) -> Result<ModelFiles> {
         Ok(p) => TokenizerPaths::Json(p),
         Err(json_err) => match get("vocab.txt") {
             Ok(v) => TokenizerPaths::Vocab(v, get("tokenizer_config.json").ok()),
-            Err(_) => return Err(json_err.context("the repo has neither tokenizer.json nor vocab.txt")),
+            Err(_) => {
+                return Err(json_err.context("the repo has neither tokenizer.json nor vocab.txt"))
+            }
         },
     };
-    Ok(ModelFiles { id: id.to_string(), config, weights, tokenizer })
+    Ok(ModelFiles {
+        id: id.to_string(),
+        config,
+        weights,
+        tokenizer,
+    })
 }
 
 /// The first weight format the repo has, with every shard of a sharded checkpoint.
@@ -100,8 +123,9 @@ fn fetch_weights(repo: &ApiRepo, id: &str, revision: &str) -> Result<Vec<PathBuf
                 return shards(&p)?
                     .iter()
                     .map(|s| {
-                        repo.get(s)
-                            .map_err(|e| anyhow!("cannot fetch shard {s} from {id} (revision {revision}): {e}"))
+                        repo.get(s).map_err(|e| {
+                            anyhow!("cannot fetch shard {s} from {id} (revision {revision}): {e}")
+                        })
                     })
                     .collect();
             }
@@ -112,14 +136,18 @@ fn fetch_weights(repo: &ApiRepo, id: &str, revision: &str) -> Result<Vec<PathBuf
         }
     }
     let e = first_err.map(|e| e.to_string()).unwrap_or_default();
-    bail!("cannot fetch weights from {id} (revision {revision}): tried {}: {e}", WEIGHT_FILES.join(", "))
+    bail!(
+        "cannot fetch weights from {id} (revision {revision}): tried {}: {e}",
+        WEIGHT_FILES.join(", ")
+    )
 }
 
 /// Shard file names listed in a `model.safetensors.index.json`, each once, in order.
 fn shards(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index).with_context(|| format!("cannot read {}", index.display()))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("invalid shard index {}", index.display()))?;
+    let text = std::fs::read_to_string(index)
+        .with_context(|| format!("cannot read {}", index.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("invalid shard index {}", index.display()))?;
     let map = json
         .get("weight_map")
         .and_then(|m| m.as_object())

@@ -38,35 +38,40 @@ fn main() -> ExitCode {
 
 /// A reader that went away (`| head`) is not an error worth a message.
 fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe))
+    e.chain().any(|c| {
+        c.downcast_ref::<io::Error>()
+            .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
+    })
 }
 
 fn classify(args: ClassifyArgs) -> Result<u8> {
     // Open the dump file before the slow work so a bad path fails at once.
-    let dump_file = match &args.dump_attention {
-        Some(path) => Some(
-            std::fs::File::create(path)
-                .with_context(|| format!("cannot create attention dump {}", path.display()))?,
-        ),
-        None => None,
-    };
+    let mut dump = args
+        .dump_attention
+        .as_deref()
+        .map(AttentionDump::create)
+        .transpose()?;
     let source = match (&args.input, args.texts.is_empty()) {
         (Some(p), _) if p.as_os_str() != "-" => Source::Lines {
             reader: Box::new(
-                std::fs::File::open(p).with_context(|| format!("cannot open input file {}", p.display()))?,
+                std::fs::File::open(p)
+                    .with_context(|| format!("cannot open input file {}", p.display()))?,
             ),
             name: p.display().to_string(),
         },
         (None, false) => Source::Args(args.texts),
         _ => {
             if io::stdin().is_terminal() && !args.quiet {
-                eprintln!("bert-cli: reading one text per line from standard input (Ctrl-D to end)");
+                eprintln!(
+                    "bert-cli: reading one text per line from standard input (Ctrl-D to end)"
+                );
             }
-            Source::Lines { reader: Box::new(io::stdin()), name: "stdin".into() }
+            Source::Lines {
+                reader: Box::new(io::stdin()),
+                name: "stdin".into(),
+            }
         }
     };
-    drop(dump_file);
 
     let device = device::open(args.device)?;
     let progress = !args.quiet && io::stderr().is_terminal();
@@ -87,10 +92,9 @@ fn classify(args: ClassifyArgs) -> Result<u8> {
         );
     }
 
-    let mut dump = match &args.dump_attention {
-        Some(path) => Some(AttentionDump::create(path, &engine.model_id, engine.labels.clone())?),
-        None => None,
-    };
+    if let Some(d) = dump.as_mut() {
+        d.describe(&engine.model_id, &engine.labels);
+    }
     let kind = match args.format {
         FormatArg::Human => FormatKind::Human,
         FormatArg::Jsonl => FormatKind::Jsonl,
@@ -100,14 +104,19 @@ fn classify(args: ClassifyArgs) -> Result<u8> {
     let mut out = output::writer(
         kind,
         stdout,
-        FormatOptions { labels: engine.labels.clone(), all_scores: args.all_scores },
+        FormatOptions {
+            labels: engine.labels.clone(),
+            all_scores: args.all_scores,
+        },
     );
     let summary = pipeline::run(
         &engine,
         source,
         out.as_mut(),
         dump.as_mut(),
-        PipelineOptions { batch_size: args.batch_size as usize },
+        PipelineOptions {
+            batch_size: args.batch_size as usize,
+        },
     )?;
     if let Some(d) = dump {
         d.finish()?;

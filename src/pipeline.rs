@@ -70,7 +70,11 @@ pub fn run(
             let mut items = texts
                 .into_iter()
                 .enumerate()
-                .map(|(i, text)| Item { line: i + 1, text, error: None })
+                .map(|(i, text)| Item {
+                    line: i + 1,
+                    text,
+                    error: None,
+                })
                 .peekable();
             while items.peek().is_some() {
                 process(items.by_ref().take(batch_size).collect())?;
@@ -98,7 +102,11 @@ pub fn run(
 }
 
 /// Reads lines on a thread into a bounded channel; a read error ends the stream with an error.
-fn spawn_reader(reader: Box<dyn Read + Send>, name: String, capacity: usize) -> Receiver<Result<Item>> {
+fn spawn_reader(
+    reader: Box<dyn Read + Send>,
+    name: String,
+    capacity: usize,
+) -> Receiver<Result<Item>> {
     let (tx, rx) = sync_channel(capacity);
     thread::spawn(move || {
         let mut reader = BufReader::with_capacity(1 << 16, reader);
@@ -108,7 +116,9 @@ fn spawn_reader(reader: Box<dyn Read + Send>, name: String, capacity: usize) -> 
             let item = match reader.read_until(b'\n', &mut buf) {
                 Ok(0) => break,
                 Ok(_) => Ok(decode_line(&buf, line, &name)),
-                Err(e) => Err(anyhow::Error::new(e).context(format!("cannot read {name} at line {line}"))),
+                Err(e) => {
+                    Err(anyhow::Error::new(e).context(format!("cannot read {name} at line {line}")))
+                }
             };
             let stop = item.is_err();
             if tx.send(item).is_err() || stop {
@@ -124,7 +134,11 @@ fn decode_line(raw: &[u8], line: usize, name: &str) -> Item {
     let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
     let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
     match std::str::from_utf8(raw) {
-        Ok(s) => Item { line, text: s.to_string(), error: None },
+        Ok(s) => Item {
+            line,
+            text: s.to_string(),
+            error: None,
+        },
         Err(e) => Item {
             line,
             text: String::from_utf8_lossy(raw).into_owned(),
@@ -166,7 +180,11 @@ fn classify_batch(
             failed += 1;
             eprintln!("bert-cli: warning: {e}");
         }
-        let record = Record { line: item.line, text: &item.text, outcome };
+        let record = Record {
+            line: item.line,
+            text: &item.text,
+            outcome,
+        };
         out.write(&record).context("cannot write results")?;
         if let Some(d) = dump.as_deref_mut() {
             d.write(&record)?;
@@ -184,7 +202,10 @@ mod tests {
         assert_eq!(decode_line(b"hi\r\n", 1, "stdin").text, "hi");
         let bad = decode_line(b"ok\xffno\n", 7, "stdin");
         let err = bad.error.unwrap();
-        assert!(err.contains("stdin line 7") && err.contains("column 3"), "{err}");
+        assert!(
+            err.contains("stdin line 7") && err.contains("column 3"),
+            "{err}"
+        );
         assert_eq!(bad.text, "ok\u{fffd}no");
     }
 }

@@ -80,7 +80,12 @@ impl TextTokenizer {
             .inner
             .encode_char_offsets(text, true)
             .map_err(|e| anyhow!("tokenizer failed: {e}"))?;
-        if let Some((i, id)) = enc.get_ids().iter().enumerate().find(|(_, &id)| id as usize >= self.vocab_size) {
+        if let Some((i, id)) = enc
+            .get_ids()
+            .iter()
+            .enumerate()
+            .find(|(_, &id)| id as usize >= self.vocab_size)
+        {
             bail!(
                 "token {:?} has id {id}, outside the model's vocabulary of {} (tokenizer and weights do not match)",
                 enc.get_tokens()[i],
@@ -100,12 +105,16 @@ impl TextTokenizer {
 fn from_vocab(vocab: &Path, config: Option<&Path>) -> Result<Tokenizer> {
     let cfg: TokenizerConfig = match config {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("invalid tokenizer config {}", p.display()))?
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("invalid tokenizer config {}", p.display()))?
         }
         None => TokenizerConfig::default(),
     };
-    let vocab_str = vocab.to_str().ok_or_else(|| anyhow!("vocab path {} is not UTF-8", vocab.display()))?;
+    let vocab_str = vocab
+        .to_str()
+        .ok_or_else(|| anyhow!("vocab path {} is not UTF-8", vocab.display()))?;
     let model = WordPiece::from_file(vocab_str)
         .unk_token("[UNK]".into())
         .build()
@@ -125,7 +134,10 @@ fn from_vocab(vocab: &Path, config: Option<&Path>) -> Result<Tokenizer> {
     )))
     .map_err(|e| anyhow!("cannot set up the normalizer: {e}"))?;
     tok.with_pre_tokenizer(Some(BertPreTokenizer));
-    tok.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), sep), ("[CLS]".into(), cls))));
+    tok.with_post_processor(Some(BertProcessing::new(
+        ("[SEP]".into(), sep),
+        ("[CLS]".into(), cls),
+    )));
     let specials: Vec<AddedToken> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
         .iter()
         .filter(|t| tok.token_to_id(t).is_some())

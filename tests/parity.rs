@@ -27,14 +27,23 @@ fn engine_with(dir: &Path, opts: &EngineOptions) -> anyhow::Result<Engine> {
 fn minilm_matches_pytorch_on_dev_set_and_edge_cases() {
     let reference = reference("minilm-sst2");
     let cases = reference["cases"].as_array().unwrap();
-    assert!(cases.len() >= 872 + 10, "reference has {} cases", cases.len());
+    assert!(
+        cases.len() >= 872 + 10,
+        "reference has {} cases",
+        cases.len()
+    );
     let engine = engine(&minilm_sst2());
     let encoded: Vec<_> = cases
         .iter()
         .map(|c| engine.encode(c["text"].as_str().unwrap()).unwrap())
         .collect();
     for (c, e) in cases.iter().zip(&encoded) {
-        assert_eq!(e.ids, ids(&c["ids"]), "token ids differ for case {}", c["name"]);
+        assert_eq!(
+            e.ids,
+            ids(&c["ids"]),
+            "token ids differ for case {}",
+            c["name"]
+        );
     }
     let mut single = Vec::new();
     for e in &encoded {
@@ -50,13 +59,31 @@ fn minilm_matches_pytorch_on_dev_set_and_edge_cases() {
         let want = floats(&c["logits"]);
         let d = max_diff(&s.logits, &want);
         worst = worst.max(d);
-        assert!(d < 1e-4, "case {}: logits {:?} vs PyTorch {:?}", c["name"], s.logits, want);
-        assert_eq!(s.top as u64, c["label"].as_u64().unwrap(), "label differs for case {}", c["name"]);
+        assert!(
+            d < 1e-4,
+            "case {}: logits {:?} vs PyTorch {:?}",
+            c["name"],
+            s.logits,
+            want
+        );
+        assert_eq!(
+            s.top as u64,
+            c["label"].as_u64().unwrap(),
+            "label differs for case {}",
+            c["name"]
+        );
         let db = max_diff(&b.logits, &s.logits);
-        assert!(db < 1e-5, "case {}: padded batch changed logits by {db}", c["name"]);
+        assert!(
+            db < 1e-5,
+            "case {}: padded batch changed logits by {db}",
+            c["name"]
+        );
         assert_eq!(b.top, s.top);
     }
-    eprintln!("worst logit difference against PyTorch: {worst:e} over {} cases", cases.len());
+    eprintln!(
+        "worst logit difference against PyTorch: {worst:e} over {} cases",
+        cases.len()
+    );
 }
 
 #[test]
@@ -66,13 +93,33 @@ fn long_input_is_truncated_to_512_tokens() {
     let text = "word ".repeat(3000);
     let e = engine.encode(&text).unwrap();
     assert_eq!(e.ids.len(), 512);
-    assert_eq!((e.ids[0], e.ids[511]), (101, 102), "[CLS] ... [SEP] survive truncation");
-    let short = engine_with(&minilm_sst2(), &EngineOptions { max_length: Some(16), ..Default::default() }).unwrap();
+    assert_eq!(
+        (e.ids[0], e.ids[511]),
+        (101, 102),
+        "[CLS] ... [SEP] survive truncation"
+    );
+    let short = engine_with(
+        &minilm_sst2(),
+        &EngineOptions {
+            max_length: Some(16),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(short.encode(&text).unwrap().ids.len(), 16);
-    let err = engine_with(&minilm_sst2(), &EngineOptions { max_length: Some(513), ..Default::default() })
-        .err()
-        .unwrap();
-    assert!(format!("{err:#}").contains("max_position_embeddings is 512"), "{err:#}");
+    let err = engine_with(
+        &minilm_sst2(),
+        &EngineOptions {
+            max_length: Some(513),
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(
+        format!("{err:#}").contains("max_position_embeddings is 512"),
+        "{err:#}"
+    );
 }
 
 /// Post-softmax attention of every layer and head within 1e-5 of PyTorch, rows summing to 1.
@@ -81,9 +128,14 @@ fn attention_probabilities_match_pytorch() {
     let reference = reference("minilm-sst2");
     let engine = engine(&minilm_sst2());
     let cases = reference["attention"].as_array().unwrap();
-    let encoded: Vec<_> = cases.iter().map(|c| engine.encode(c["text"].as_str().unwrap()).unwrap()).collect();
+    let encoded: Vec<_> = cases
+        .iter()
+        .map(|c| engine.encode(c["text"].as_str().unwrap()).unwrap())
+        .collect();
     // In one padded batch, to prove padding is cut away.
-    let preds = engine.predict(&encoded.iter().collect::<Vec<_>>(), true).unwrap();
+    let preds = engine
+        .predict(&encoded.iter().collect::<Vec<_>>(), true)
+        .unwrap();
     for ((c, e), p) in cases.iter().zip(&encoded).zip(&preds) {
         assert_eq!(e.ids, ids(&c["ids"]));
         let got = p.attention.as_ref().unwrap();
@@ -95,7 +147,11 @@ fn attention_probabilities_match_pytorch() {
                 assert_eq!(gh.len(), e.ids.len());
                 for (q, (grow, wrow)) in gh.iter().zip(wh.as_array().unwrap()).enumerate() {
                     let d = max_diff(grow, &floats(wrow));
-                    assert!(d < 1e-5, "{:?} layer {l} head {h} row {q}: off by {d}", c["text"]);
+                    assert!(
+                        d < 1e-5,
+                        "{:?} layer {l} head {h} row {q}: off by {d}",
+                        c["text"]
+                    );
                     let sum: f32 = grow.iter().sum();
                     assert!((sum - 1.0).abs() < 1e-5, "row sums to {sum}");
                 }
@@ -137,38 +193,63 @@ fn check_tiny(name: &str, scoring: Scoring, labels: &[&str]) {
 #[test]
 fn vocab_txt_tokenizer_equals_tokenizer_json() {
     let dir = tempfile::tempdir().unwrap();
-    for f in ["config.json", "model.safetensors", "vocab.txt", "tokenizer_config.json"] {
+    for f in [
+        "config.json",
+        "model.safetensors",
+        "vocab.txt",
+        "tokenizer_config.json",
+    ] {
         std::os::unix::fs::symlink(minilm_sst2().join(f), dir.path().join(f)).unwrap();
     }
     let from_vocab = engine(dir.path());
     let reference = reference("minilm-sst2");
     for c in reference["cases"].as_array().unwrap() {
         let e = from_vocab.encode(c["text"].as_str().unwrap()).unwrap();
-        assert_eq!(e.ids, ids(&c["ids"]), "vocab.txt tokenizer differs on {}", c["name"]);
+        assert_eq!(
+            e.ids,
+            ids(&c["ids"]),
+            "vocab.txt tokenizer differs on {}",
+            c["name"]
+        );
     }
 }
 
 #[test]
 fn bare_encoder_is_refused_unless_allowed() {
-    let err = engine_with(&minilm_encoder(), &EngineOptions::default()).err().unwrap();
+    let err = engine_with(&minilm_encoder(), &EngineOptions::default())
+        .err()
+        .unwrap();
     let msg = format!("{err:#}");
     assert!(msg.contains("no classification head"), "{msg}");
-    assert!(msg.contains("--allow-untrained-head") && msg.contains("JeremiahZ/bert-base-uncased-sst2"), "{msg}");
+    assert!(
+        msg.contains("--allow-untrained-head") && msg.contains("JeremiahZ/bert-base-uncased-sst2"),
+        "{msg}"
+    );
 
-    let opts = EngineOptions { allow_untrained_head: true, ..Default::default() };
+    let opts = EngineOptions {
+        allow_untrained_head: true,
+        ..Default::default()
+    };
     let a = engine_with(&minilm_encoder(), &opts).unwrap();
     let b = engine_with(&minilm_encoder(), &opts).unwrap();
     assert!(!a.head_is_trained());
     let e = a.encode("the same every run").unwrap();
-    let (pa, pb) = (&a.predict(&[&e], false).unwrap()[0], &b.predict(&[&e], false).unwrap()[0]);
-    assert_eq!(pa.logits, pb.logits, "the seeded head must be deterministic");
+    let (pa, pb) = (
+        &a.predict(&[&e], false).unwrap()[0],
+        &b.predict(&[&e], false).unwrap()[0],
+    );
+    assert_eq!(
+        pa.logits, pb.logits,
+        "the seeded head must be deterministic"
+    );
     assert_eq!(pa.logits.len(), 2);
 }
 
 /// Writes a copy of the fixture with its tensors changed by `edit`.
 fn edited_fixture(edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let mut tensors = safetensors::load(minilm_sst2().join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut tensors =
+        safetensors::load(minilm_sst2().join("model.safetensors"), &Device::Cpu).unwrap();
     edit(&mut tensors);
     safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
     for f in ["config.json", "tokenizer.json"] {
@@ -182,36 +263,88 @@ fn missing_or_misshapen_tensors_are_named() {
     let dir = edited_fixture(|t| {
         t.remove("bert.encoder.layer.3.attention.self.key.weight");
     });
-    let msg = format!("{:#}", engine_with(dir.path(), &EngineOptions::default()).err().unwrap());
-    assert!(msg.contains("encoder.layer.3.attention.self.key.weight"), "{msg}");
-    assert!(msg.contains("model.safetensors"), "the file is named: {msg}");
+    let msg = format!(
+        "{:#}",
+        engine_with(dir.path(), &EngineOptions::default())
+            .err()
+            .unwrap()
+    );
+    assert!(
+        msg.contains("encoder.layer.3.attention.self.key.weight"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("model.safetensors"),
+        "the file is named: {msg}"
+    );
 
     let dir = edited_fixture(|t| {
-        t.insert("bert.encoder.layer.0.output.dense.bias".into(), Tensor::zeros(7, candle_core::DType::F32, &Device::Cpu).unwrap());
+        t.insert(
+            "bert.encoder.layer.0.output.dense.bias".into(),
+            Tensor::zeros(7, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
     });
-    let msg = format!("{:#}", engine_with(dir.path(), &EngineOptions::default()).err().unwrap());
-    assert!(msg.contains("encoder.layer.0.output.dense.bias") && msg.contains("shape"), "{msg}");
+    let msg = format!(
+        "{:#}",
+        engine_with(dir.path(), &EngineOptions::default())
+            .err()
+            .unwrap()
+    );
+    assert!(
+        msg.contains("encoder.layer.0.output.dense.bias") && msg.contains("shape"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn bad_config_and_missing_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let msg = format!("{:#}", engine_with(dir.path(), &EngineOptions::default()).err().unwrap());
+    let msg = format!(
+        "{:#}",
+        engine_with(dir.path(), &EngineOptions::default())
+            .err()
+            .unwrap()
+    );
     assert!(msg.contains("no config.json"), "{msg}");
     std::fs::write(dir.path().join("config.json"), "{\"hidden_size\": 3").unwrap();
     std::fs::write(dir.path().join("model.safetensors"), "").unwrap();
     std::fs::write(dir.path().join("vocab.txt"), "[CLS]\n[SEP]\n").unwrap();
-    let msg = format!("{:#}", engine_with(dir.path(), &EngineOptions::default()).err().unwrap());
+    let msg = format!(
+        "{:#}",
+        engine_with(dir.path(), &EngineOptions::default())
+            .err()
+            .unwrap()
+    );
     assert!(msg.contains("config.json"), "{msg}");
-    let msg = format!("{:#}", engine_with(Path::new("/no/such/folder"), &EngineOptions::default()).err().unwrap());
-    assert!(msg.contains("/no/such/folder") && msg.contains("does not exist"), "{msg}");
+    let msg = format!(
+        "{:#}",
+        engine_with(Path::new("/no/such/folder"), &EngineOptions::default())
+            .err()
+            .unwrap()
+    );
+    assert!(
+        msg.contains("/no/such/folder") && msg.contains("does not exist"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn labels_flag_renames_and_checks_count() {
-    let opts = EngineOptions { labels: Some(vec!["bad".into(), "good".into()]), ..Default::default() };
-    assert_eq!(engine_with(&minilm_sst2(), &opts).unwrap().labels, ["bad", "good"]);
-    let opts = EngineOptions { labels: Some(vec!["one".into()]), ..Default::default() };
+    let opts = EngineOptions {
+        labels: Some(vec!["bad".into(), "good".into()]),
+        ..Default::default()
+    };
+    assert_eq!(
+        engine_with(&minilm_sst2(), &opts).unwrap().labels,
+        ["bad", "good"]
+    );
+    let opts = EngineOptions {
+        labels: Some(vec!["one".into()]),
+        ..Default::default()
+    };
     let msg = format!("{:#}", engine_with(&minilm_sst2(), &opts).err().unwrap());
-    assert!(msg.contains("1 labels") && msg.contains("2 outputs"), "{msg}");
+    assert!(
+        msg.contains("1 labels") && msg.contains("2 outputs"),
+        "{msg}"
+    );
 }

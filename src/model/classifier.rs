@@ -32,7 +32,12 @@ pub struct Head {
 impl Head {
     /// `root` is the checkpoint's top level (where `classifier.*` lives); `encoder` is
     /// the subtree holding `pooler.*` (`bert.` or the top level).
-    pub fn load(root: VarBuilder, encoder: VarBuilder, cfg: &Config, policy: HeadPolicy) -> Result<Self> {
+    pub fn load(
+        root: VarBuilder,
+        encoder: VarBuilder,
+        cfg: &Config,
+        policy: HeadPolicy,
+    ) -> Result<Self> {
         let h = cfg.hidden_size;
         let has_classifier = root.contains_tensor("classifier.weight");
         let has_pooler = encoder.contains_tensor("pooler.dense.weight");
@@ -117,7 +122,9 @@ fn seeded_linear(
     dev: &Device,
     dtype: candle_core::DType,
 ) -> Result<Linear> {
-    let w: Vec<f32> = (0..in_dim * out_dim).map(|_| (rng.normal() * std) as f32).collect();
+    let w: Vec<f32> = (0..in_dim * out_dim)
+        .map(|_| (rng.normal() * std) as f32)
+        .collect();
     let w = Tensor::from_vec(w, (out_dim, in_dim), dev)?.to_dtype(dtype)?;
     let b = Tensor::zeros(out_dim, dtype, dev)?;
     Ok(Linear::new(w, Some(b)))

@@ -129,7 +129,8 @@ impl Config {
                 bail!("position_embedding_type {pe:?} is not supported; only \"absolute\" is");
             }
         }
-        if raw.num_attention_heads == 0 || raw.hidden_size % raw.num_attention_heads != 0 {
+        if raw.num_attention_heads == 0 || !raw.hidden_size.is_multiple_of(raw.num_attention_heads)
+        {
             bail!(
                 "hidden_size {} is not divisible by num_attention_heads {}",
                 raw.hidden_size,
@@ -187,7 +188,10 @@ impl Config {
 
 /// True when every name is a placeholder such as `LABEL_0`, which says nothing to a reader.
 pub fn labels_are_generic(labels: &[String]) -> bool {
-    labels.iter().enumerate().all(|(i, l)| *l == format!("LABEL_{i}"))
+    labels
+        .iter()
+        .enumerate()
+        .all(|(i, l)| *l == format!("LABEL_{i}"))
 }
 
 #[cfg(test)]

@@ -81,8 +81,8 @@ impl BertClassifier {
     /// Classifies a padded batch; `keep_attention` also returns attention probabilities.
     pub fn forward(&self, batch: &Batch, keep_attention: bool) -> Result<Output> {
         let (b, t) = batch.ids.dims2()?;
-        let mask_bias = ((batch.mask.to_dtype(DType::F32)? - 1.0)? * -MASK_BIAS)?
-            .reshape((b, 1, 1, t))?;
+        let mask_bias =
+            ((batch.mask.to_dtype(DType::F32)? - 1.0)? * -MASK_BIAS)?.reshape((b, 1, 1, t))?;
         let x = self.embeddings.forward(&batch.ids, &batch.type_ids)?;
         let (hidden, attentions) = self.encoder.forward(x, &mask_bias, keep_attention)?;
         let logits = self.head.forward(&hidden)?.to_dtype(DType::F32)?;
@@ -91,11 +91,17 @@ impl BertClassifier {
 }
 
 /// Opens checkpoint files: `*.safetensors` are memory-mapped, `*.bin` read as PyTorch pickles.
-pub fn open_weights(files: &[PathBuf], dtype: DType, device: &Device) -> Result<VarBuilder<'static>> {
+pub fn open_weights(
+    files: &[PathBuf],
+    dtype: DType,
+    device: &Device,
+) -> Result<VarBuilder<'static>> {
     let Some(first) = files.first() else {
         bail!("no weight files given");
     };
-    let is_pth = first.extension().is_some_and(|e| e == "bin" || e == "pt" || e == "pth");
+    let is_pth = first
+        .extension()
+        .is_some_and(|e| e == "bin" || e == "pt" || e == "pth");
     if is_pth {
         if files.len() > 1 {
             bail!("sharded PyTorch .bin checkpoints are not supported; convert to safetensors");

@@ -44,20 +44,37 @@ struct PredictionEntry<'a> {
 }
 
 impl AttentionDump {
-    /// Creates (truncates) `path` now.
-    pub fn create(path: &Path, model: &str, labels: Vec<String>) -> Result<Self> {
+    /// Creates (truncates) `path` now, before any slow work; `model` and `labels` are
+    /// filled in by [`AttentionDump::describe`] once the model is loaded.
+    pub fn create(path: &Path) -> Result<Self> {
         let file = File::create(path)
             .with_context(|| format!("cannot create attention dump {}", path.display()))?;
         let mut out = BufWriter::new(file);
         out.write_all(b"[")
             .with_context(|| format!("cannot write attention dump {}", path.display()))?;
-        Ok(Self { out, path: path.to_path_buf(), model: model.to_string(), labels, written: 0 })
+        Ok(Self {
+            out,
+            path: path.to_path_buf(),
+            model: String::new(),
+            labels: Vec::new(),
+            written: 0,
+        })
+    }
+
+    /// Names the model and its labels for every entry written from now on.
+    pub fn describe(&mut self, model: &str, labels: &[String]) {
+        self.model = model.to_string();
+        self.labels = labels.to_vec();
     }
 
     /// Appends one input; failed inputs have no attention and are skipped.
     pub fn write(&mut self, r: &Record) -> Result<()> {
-        let Ok((enc, p)) = r.outcome else { return Ok(()) };
-        let Some(attention) = p.attention.as_deref() else { return Ok(()) };
+        let Ok((enc, p)) = r.outcome else {
+            return Ok(());
+        };
+        let Some(attention) = p.attention.as_deref() else {
+            return Ok(());
+        };
         let entry = Entry {
             model: &self.model,
             line: r.line,
@@ -79,7 +96,6 @@ impl AttentionDump {
         let sep: &[u8] = if self.written == 0 { b"\n" } else { b",\n" };
         self.out
             .write_all(sep)
-            .map_err(io::Error::from)
             .and_then(|_| serde_json::to_writer(&mut self.out, &entry).map_err(io::Error::from))
             .with_context(|| format!("cannot write attention dump {}", self.path.display()))?;
         self.written += 1;

@@ -14,9 +14,29 @@ pub struct Human {
 impl Human {
     /// A writer over `out`.
     pub fn new(out: Box<dyn Write>, opts: FormatOptions) -> Self {
-        let width = opts.labels.iter().map(|l| l.chars().count()).max().unwrap_or(0).max(5);
+        let width = opts
+            .labels
+            .iter()
+            .map(|l| l.chars().count())
+            .max()
+            .unwrap_or(0)
+            .max(5);
         Self { out, opts, width }
     }
+}
+
+/// Control characters (which could move the cursor or end the line) shown as escapes;
+/// everything else, quotes and non-ASCII included, as it is.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 impl Format for Human {
@@ -24,16 +44,24 @@ impl Format for Human {
         let w = self.width;
         match r.outcome {
             Ok((_, p)) => {
-                write!(self.out, "{:<w$}  {:.4}  ", self.opts.labels[p.top], p.probs[p.top])?;
+                write!(
+                    self.out,
+                    "{:<w$}  {:.4}  ",
+                    self.opts.labels[p.top], p.probs[p.top]
+                )?;
                 if self.opts.all_scores {
                     for (label, prob) in self.opts.labels.iter().zip(&p.probs) {
                         write!(self.out, "{label}={prob:.4} ")?;
                     }
                     write!(self.out, " ")?;
                 }
-                writeln!(self.out, "{}", r.text.escape_debug())
+                writeln!(self.out, "{}", printable(r.text))
             }
-            Err(e) => writeln!(self.out, "{:<w$}  {:6}  input {}: {e}", "ERROR", "-", r.line),
+            Err(e) => writeln!(
+                self.out,
+                "{:<w$}  {:6}  input {}: {e}",
+                "ERROR", "-", r.line
+            ),
         }
     }
 

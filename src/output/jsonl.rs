@@ -30,8 +30,13 @@ impl Format for Jsonl {
                 obj.insert("label".into(), json!(self.opts.labels[p.top]));
                 obj.insert("score".into(), json!(p.probs[p.top]));
                 if self.opts.all_scores {
-                    let scores: Map<String, Value> =
-                        self.opts.labels.iter().zip(&p.probs).map(|(l, s)| (l.clone(), json!(s))).collect();
+                    let scores: Map<String, Value> = self
+                        .opts
+                        .labels
+                        .iter()
+                        .zip(&p.probs)
+                        .map(|(l, s)| (l.clone(), json!(s)))
+                        .collect();
                     obj.insert("scores".into(), Value::Object(scores));
                     obj.insert("logits".into(), json!(p.logits));
                 }

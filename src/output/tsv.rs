@@ -38,7 +38,11 @@ impl Format for Tsv {
     fn write(&mut self, r: &Record) -> io::Result<()> {
         match r.outcome {
             Ok((_, p)) => {
-                write!(self.out, "{}\t{}\t{:.6}", r.line, self.opts.labels[p.top], p.probs[p.top])?;
+                write!(
+                    self.out,
+                    "{}\t{}\t{:.6}",
+                    r.line, self.opts.labels[p.top], p.probs[p.top]
+                )?;
                 if self.opts.all_scores {
                     for prob in &p.probs {
                         write!(self.out, "\t{prob:.6}")?;

@@ -20,13 +20,17 @@ pub fn fixtures() -> &'static Path {
         let dir = std::env::var_os("BERT_CLI_FIXTURES")
             .map(PathBuf::from)
             .unwrap_or_else(|| root().join(".cache/fixtures"));
-        if !dir.join("minilm-sst2/.complete").exists() {
+        // Idempotent and quick once the fixture is in place.
+        {
             let status = Command::new("bash")
                 .arg(root().join("scripts/fetch-fixture"))
                 .env("BERT_CLI_FIXTURES", &dir)
                 .status()
                 .expect("cannot run scripts/fetch-fixture");
-            assert!(status.success(), "scripts/fetch-fixture failed; run it by hand to see why");
+            assert!(
+                status.success(),
+                "scripts/fetch-fixture failed; run it by hand to see why"
+            );
         }
         dir
     })
@@ -49,23 +53,36 @@ pub fn committed(name: &str) -> PathBuf {
 
 /// A committed reference file from `scripts/make_reference.py`.
 pub fn reference(name: &str) -> Value {
-    let path = root().join("tests/fixtures/reference").join(format!("{name}.json"));
+    let path = root()
+        .join("tests/fixtures/reference")
+        .join(format!("{name}.json"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
 }
 
 /// A JSON array of numbers as f32.
 pub fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 /// A JSON array of token ids.
 pub fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Largest absolute difference between two equally long slices.
 pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
