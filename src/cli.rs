@@ -31,6 +31,41 @@ pub enum Command {
     /// error. An input that cannot be classified (say, a line that is not UTF-8) gets an
     /// error row in its place, a warning on stderr and exit status 2; the others are kept.
     Classify(ClassifyArgs),
+
+    /// Fetch everything MODEL needs into the Hugging Face cache, for later offline runs.
+    Download(ModelRefArgs),
+
+    /// Show MODEL's architecture, labels and files (fetching them if needed).
+    Info(ModelRefArgs),
+}
+
+/// A model named as an argument, for `download` and `info`.
+#[derive(Debug, Args)]
+pub struct ModelRefArgs {
+    /// Hugging Face repo id, or a local folder in Hugging Face layout.
+    #[arg(value_name = "MODEL", default_value = DEFAULT_MODEL)]
+    pub model: String,
+
+    #[command(flatten)]
+    pub hub: HubArgs,
+
+    /// Print no progress bars.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// How to reach the Hugging Face Hub. The cache is `HF_HUB_CACHE`, else `$HF_HOME/hub`,
+/// else `$XDG_CACHE_HOME/huggingface/hub`, else `~/.cache/huggingface/hub`; `HF_ENDPOINT`
+/// selects a mirror and `HF_TOKEN` (or the `huggingface-cli login` token file) a token.
+#[derive(Debug, Args)]
+pub struct HubArgs {
+    /// Branch, tag or commit of a hub model.
+    #[arg(long, value_name = "REV", default_value = "main")]
+    pub revision: String,
+
+    /// Use only files already in the cache; never touch the network (also HF_HUB_OFFLINE=1).
+    #[arg(long)]
+    pub offline: bool,
 }
 
 /// Flags of `bert-cli classify`.
@@ -90,9 +125,8 @@ pub struct ModelArgs {
     #[arg(short, long, value_name = "ID_OR_DIR", default_value = DEFAULT_MODEL, env = "BERT_CLI_MODEL")]
     pub model: String,
 
-    /// Branch, tag or commit of a hub model.
-    #[arg(long, value_name = "REV", default_value = "main")]
-    pub revision: String,
+    #[command(flatten)]
+    pub hub: HubArgs,
 
     /// Names for the labels, in index order, when the checkpoint only says LABEL_0, LABEL_1, ...
     #[arg(long, value_name = "A,B,...", value_delimiter = ',')]

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 
-use bert_cli::cli::{ClassifyArgs, Cli, Command, FormatArg};
+use bert_cli::cli::{ClassifyArgs, Cli, Command, FormatArg, HubArgs, ModelRefArgs};
 use bert_cli::engine::{Engine, EngineOptions};
 use bert_cli::output::attention::AttentionDump;
 use bert_cli::output::{self, FormatKind, FormatOptions};
@@ -25,6 +25,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Classify(args) => classify(args),
+        Command::Download(args) => download(args),
+        Command::Info(args) => info(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -42,6 +44,100 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         c.downcast_ref::<io::Error>()
             .is_some_and(|io| io.kind() == io::ErrorKind::BrokenPipe)
     })
+}
+
+/// Hub settings from the flags; progress bars only on a terminal.
+fn hub_options(hub: &HubArgs, quiet: bool) -> hub::HubOptions {
+    hub::HubOptions {
+        revision: hub.revision.clone(),
+        offline: hub.offline,
+        progress: !quiet && io::stderr().is_terminal(),
+        warn: !quiet,
+    }
+}
+
+/// `bert-cli download`: resolve every file, print where each landed.
+fn download(args: ModelRefArgs) -> Result<u8> {
+    let files = hub::resolve(&args.model, &hub_options(&args.hub, args.quiet))?;
+    let mut out = io::stdout().lock();
+    for f in files.all() {
+        writeln!(out, "{:>10}  {}", human_size(file_size(f)), f.display())?;
+    }
+    if files.cache_dir.is_some() {
+        writeln!(
+            out,
+            "ready for offline use: bert-cli classify --offline --model {}",
+            files.id
+        )?;
+    }
+    Ok(EXIT_OK)
+}
+
+/// `bert-cli info`: architecture, labels, files.
+fn info(args: ModelRefArgs) -> Result<u8> {
+    let files = hub::resolve(&args.model, &hub_options(&args.hub, args.quiet))?;
+    let cfg = bert_cli::model::config::Config::from_file(&files.config)?;
+    let vb = bert_cli::model::open_weights(
+        &files.weights,
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )?;
+    let head = vb.contains_tensor("classifier.weight");
+    let mut out = io::stdout().lock();
+    writeln!(out, "model:        {}", files.id)?;
+    if let Some(dir) = &files.cache_dir {
+        writeln!(out, "cache:        {}", dir.display())?;
+    }
+    writeln!(
+        out,
+        "architecture: BERT, {} layers, {} heads, hidden size {}, feed-forward {}, {}",
+        cfg.num_layers, cfg.num_heads, cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act
+    )?;
+    writeln!(out, "max length:   {} tokens", cfg.max_position_embeddings)?;
+    writeln!(out, "vocabulary:   {} tokens", cfg.vocab_size)?;
+    writeln!(
+        out,
+        "head:         {}",
+        if head {
+            "trained classifier"
+        } else {
+            "none (a bare encoder: classify refuses it without --allow-untrained-head)"
+        }
+    )?;
+    writeln!(
+        out,
+        "labels:       {}{}",
+        cfg.labels.join(", "),
+        if cfg.multi_label {
+            " (multi-label, sigmoid)"
+        } else {
+            ""
+        }
+    )?;
+    writeln!(out, "files:")?;
+    let mut total = 0;
+    for f in files.all() {
+        let size = file_size(f);
+        total += size;
+        writeln!(out, "  {:>10}  {}", human_size(size), f.display())?;
+    }
+    writeln!(out, "  {:>10}  total", human_size(total))?;
+    Ok(EXIT_OK)
+}
+
+fn file_size(p: &std::path::Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+/// Bytes in KB/MB/GB (powers of 1000, like the hub's web pages).
+fn human_size(bytes: u64) -> String {
+    let b = bytes as f64;
+    match bytes {
+        0..=999 => format!("{bytes} B"),
+        1_000..=999_999 => format!("{:.1} kB", b / 1e3),
+        1_000_000..=999_999_999 => format!("{:.1} MB", b / 1e6),
+        _ => format!("{:.2} GB", b / 1e9),
+    }
 }
 
 fn classify(args: ClassifyArgs) -> Result<u8> {
@@ -74,8 +170,7 @@ fn classify(args: ClassifyArgs) -> Result<u8> {
     };
 
     let device = device::open(args.device)?;
-    let progress = !args.quiet && io::stderr().is_terminal();
-    let files = hub::resolve(&args.model.model, &args.model.revision, progress)?;
+    let files = hub::resolve(&args.model.model, &hub_options(&args.model.hub, args.quiet))?;
     let engine = Engine::load(
         &files,
         device,

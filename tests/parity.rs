@@ -17,7 +17,7 @@ fn engine(dir: &Path) -> Engine {
 }
 
 fn engine_with(dir: &Path, opts: &EngineOptions) -> anyhow::Result<Engine> {
-    let files = hub::resolve(dir.to_str().unwrap(), "main", false)?;
+    let files = hub::resolve(dir.to_str().unwrap(), &hub::HubOptions::default())?;
     Engine::load(&files, Device::Cpu, opts)
 }
 

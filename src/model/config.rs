@@ -31,6 +31,16 @@ impl HiddenAct {
     }
 }
 
+impl std::fmt::Display for HiddenAct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::GeluErf => "GELU (exact erf)",
+            Self::GeluTanh => "GELU (tanh approximation)",
+            Self::Relu => "ReLU",
+        })
+    }
+}
+
 /// How the classifier's logits turn into probabilities.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scoring {

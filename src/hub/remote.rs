@@ -1,0 +1,217 @@
+//! One hub repository: files come from the Hugging Face cache when they are there, else
+//! they are downloaded through hf-hub into it. Every failure names the repo and the file.
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Error};
+use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
+use hf_hub::{Repo, RepoType};
+
+use super::env;
+use super::progress::Bar;
+
+/// Why a file could not be had.
+pub enum Miss {
+    /// The repo does not have this file (or it is not cached while offline): another
+    /// candidate file may still do.
+    Absent(Error),
+    /// Nothing else will work either (repo missing, no access, ...).
+    Fatal(Error),
+}
+
+/// How to reach the hub.
+#[derive(Debug, Clone)]
+pub struct RemoteOptions {
+    /// Never touch the network.
+    pub offline: bool,
+    /// Draw progress bars on stderr.
+    pub progress: bool,
+}
+
+/// A repo at a revision, backed by the local cache.
+pub struct Remote {
+    id: String,
+    revision: String,
+    endpoint: String,
+    /// `<cache>/models--owner--name`.
+    repo_dir: PathBuf,
+    api: Option<ApiRepo>,
+    progress: bool,
+    /// Set after the first connection failure: later files come from the cache only.
+    unreachable: RefCell<Option<String>>,
+    used_cache_after_failure: Cell<bool>,
+}
+
+impl Remote {
+    /// Sets up access to `id` at `revision`.
+    pub fn new(id: &str, revision: &str, opts: &RemoteOptions) -> anyhow::Result<Self> {
+        let cache = env::cache_dir();
+        let endpoint = env::endpoint();
+        let repo = Repo::with_revision(id.to_string(), RepoType::Model, revision.to_string());
+        let repo_dir = cache.join(repo.folder_name());
+        let api = if opts.offline {
+            None
+        } else {
+            let api = ApiBuilder::new()
+                .with_cache_dir(cache)
+                .with_endpoint(endpoint.clone())
+                .with_token(env::token())
+                .with_progress(false)
+                .build()
+                .map_err(|e| anyhow!("cannot set up the Hugging Face client: {e}"))?;
+            Some(api.repo(repo))
+        };
+        Ok(Self {
+            id: id.to_string(),
+            revision: revision.to_string(),
+            endpoint,
+            repo_dir,
+            api,
+            progress: opts.progress,
+            unreachable: RefCell::new(None),
+            used_cache_after_failure: Cell::new(false),
+        })
+    }
+
+    /// Where this repo's files sit in the cache.
+    pub fn cache_dir(&self) -> &Path {
+        &self.repo_dir
+    }
+
+    /// When the network failed but the cache had everything: the failure, to say once.
+    pub fn fell_back_to_cache(&self) -> Option<String> {
+        self.unreachable
+            .borrow()
+            .clone()
+            .filter(|_| self.used_cache_after_failure.get())
+    }
+
+    /// The commit a branch or tag points at in the cache (a commit hash is itself).
+    fn cached_commit(&self) -> Option<String> {
+        if self.revision.len() == 40 && self.revision.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Some(self.revision.clone());
+        }
+        let commit =
+            std::fs::read_to_string(self.repo_dir.join("refs").join(&self.revision)).ok()?;
+        Some(commit.trim().to_string())
+    }
+
+    /// The cached copy of `file`, if any (snapshots/ entries may be symlinks into blobs/).
+    fn cached(&self, file: &str) -> Option<PathBuf> {
+        let commit = self.cached_commit()?;
+        let path = self.repo_dir.join("snapshots").join(commit).join(file);
+        path.is_file().then_some(path)
+    }
+
+    /// Whether the cache records that the repo has no `file` (Python's `.no_exist/` marker).
+    fn known_absent(&self, file: &str) -> bool {
+        self.cached_commit()
+            .is_some_and(|c| self.repo_dir.join(".no_exist").join(c).join(file).exists())
+    }
+
+    /// Records that the repo has no `file` at `commit`, as `huggingface_hub` does, so an
+    /// offline run later knows to use the next candidate.
+    fn mark_absent(&self, commit: &str, file: &str) {
+        let marker = self.repo_dir.join(".no_exist").join(commit).join(file);
+        if let Some(parent) = marker.parent() {
+            let _ = std::fs::create_dir_all(parent);
+        }
+        let _ = std::fs::write(marker, b"");
+        let _ = std::fs::create_dir_all(self.repo_dir.join("refs"));
+        let ref_path = self.repo_dir.join("refs").join(&self.revision);
+        if commit != self.revision && !ref_path.exists() {
+            let _ = std::fs::write(ref_path, commit);
+        }
+    }
+
+    /// `file` from the cache, else from the hub.
+    pub fn fetch(&self, file: &str) -> Result<PathBuf, Miss> {
+        if let Some(path) = self.cached(file) {
+            if self.unreachable.borrow().is_some() {
+                self.used_cache_after_failure.set(true);
+            }
+            return Ok(path);
+        }
+        if self.known_absent(file) {
+            return Err(Miss::Absent(anyhow!(
+                "{} has no {file} (revision {})",
+                self.id,
+                self.revision
+            )));
+        }
+        let Some(api) = &self.api else {
+            return Err(Miss::Absent(anyhow!(
+                "offline, and {file} of {} (revision {}) is not in the cache at {}; \
+                 run `bert-cli download {}` while online first",
+                self.id,
+                self.revision,
+                self.repo_dir.display(),
+                self.id
+            )));
+        };
+        if let Some(reason) = self.unreachable.borrow().as_ref() {
+            return Err(Miss::Absent(anyhow!(
+                "{file} of {} is not in the cache and {} is unreachable ({reason})",
+                self.id,
+                self.endpoint
+            )));
+        }
+        api.download_with_progress(file, Bar::new(self.progress))
+            .map_err(|e| self.classify(file, e))
+    }
+
+    /// Turns an hf-hub error into a message that says what happened and what to do.
+    fn classify(&self, file: &str, err: ApiError) -> Miss {
+        let (id, rev, endpoint) = (&self.id, &self.revision, &self.endpoint);
+        match err {
+            ApiError::RequestError(boxed) => match *boxed {
+                ureq::Error::Status(status, response) => {
+                    let code = response.header("x-error-code").unwrap_or("").to_string();
+                    let commit = response.header("x-repo-commit").map(str::to_string);
+                    match (status, code.as_str()) {
+                        (404, "EntryNotFound") => {
+                            if let Some(c) = commit {
+                                self.mark_absent(&c, file);
+                            }
+                            Miss::Absent(anyhow!("{id} has no {file} (revision {rev})"))
+                        }
+                        (404, "RevisionNotFound") => Miss::Fatal(anyhow!(
+                            "revision {rev:?} not found in {id}: check the branch, tag or commit given to --revision"
+                        )),
+                        (401 | 403, "GatedRepo") | (403, _) => Miss::Fatal(anyhow!(
+                            "{id} is gated or private and this request was refused ({status}): accept its terms at \
+                             {endpoint}/{id} and pass a token with access through HF_TOKEN (or `huggingface-cli login`)"
+                        )),
+                        (401 | 404, _) => Miss::Fatal(anyhow!(
+                            "repository {id} not found on {endpoint} ({status}): check the name, or if it is private, \
+                             pass a token through HF_TOKEN (or `huggingface-cli login`)"
+                        )),
+                        _ => Miss::Fatal(anyhow!(
+                            "cannot fetch {file} from {id} (revision {rev}): the server answered {status} {}",
+                            response.status_text()
+                        )),
+                    }
+                }
+                ureq::Error::Transport(t) => {
+                    let reason = t.to_string();
+                    *self.unreachable.borrow_mut() = Some(reason.clone());
+                    Miss::Absent(anyhow!(
+                        "cannot reach {endpoint} to fetch {file} of {id} ({reason}); \
+                         use --offline for a cached model, or set HF_ENDPOINT to a mirror"
+                    ))
+                }
+            },
+            ApiError::IoError(e) => Miss::Fatal(anyhow!(
+                "download of {file} from {id} was cut off ({e}); nothing broken was kept in the cache \
+                 (the partial file under {} resumes on the next run): run the command again",
+                self.repo_dir.join("blobs").display()
+            )),
+            ApiError::LockAcquisition(p) => Miss::Fatal(anyhow!(
+                "another process is downloading {file} of {id} (lock {}); wait for it and retry",
+                p.display()
+            )),
+            other => Miss::Fatal(anyhow!("cannot fetch {file} from {id} (revision {rev}): {other}")),
+        }
+    }
+}
