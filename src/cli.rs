@@ -108,6 +108,11 @@ pub struct ClassifyArgs {
     #[arg(short, long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub batch_size: u64,
 
+    /// Most padded tokens per forward pass (inputs x longest input); bounds memory on long
+    /// inputs. Inputs are sorted by length within a window of 8 batches, so little is padding.
+    #[arg(long, value_name = "N", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_batch_tokens: u64,
+
     /// Write every input's tokens and attention probabilities (per layer, per head,
     /// token by token) to FILE as JSON; see the README for the schema.
     #[arg(long, value_name = "FILE")]

@@ -211,6 +211,7 @@ fn classify(args: ClassifyArgs) -> Result<u8> {
         dump.as_mut(),
         PipelineOptions {
             batch_size: args.batch_size as usize,
+            max_batch_tokens: args.max_batch_tokens as usize,
         },
     )?;
     if let Some(d) = dump {

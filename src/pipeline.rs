@@ -1,6 +1,8 @@
 //! Streams inputs through the engine in batches and hands results to the outputs in input
-//! order. A reader thread keeps memory bounded; a batch is cut as soon as no more input is
-//! waiting, so an interactive pipe sees each answer without waiting for end of input.
+//! order. A reader thread keeps memory bounded; a window of inputs is cut as soon as no
+//! more input is waiting, so an interactive pipe sees each answer without waiting for end
+//! of input. Within a window, inputs are sorted by length so each padded batch wastes
+//! little work on padding, then results are put back in input order.
 
 use std::io::{BufRead, BufReader, Read};
 use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
@@ -31,7 +33,22 @@ pub enum Source {
 pub struct PipelineOptions {
     /// Most inputs per forward pass.
     pub batch_size: usize,
+    /// Most padded tokens (inputs x longest input) per forward pass, so a batch of long
+    /// inputs does not take as much memory as `batch_size` of them.
+    pub max_batch_tokens: usize,
 }
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 32,
+            max_batch_tokens: 8192,
+        }
+    }
+}
+
+/// Inputs sorted together; larger windows pad less but hold more results back.
+const WINDOW_BATCHES: usize = 8;
 
 /// How a run went.
 #[derive(Debug, Default, Clone, Copy)]
@@ -58,11 +75,11 @@ pub fn run(
     mut dump: Option<&mut AttentionDump>,
     opts: PipelineOptions,
 ) -> Result<Summary> {
-    let batch_size = opts.batch_size.max(1);
+    let window = opts.batch_size.max(1) * WINDOW_BATCHES;
     let mut summary = Summary::default();
     let mut process = |items: Vec<Item>| -> Result<()> {
         summary.inputs += items.len();
-        summary.failed += classify_batch(engine, &items, out, dump.as_deref_mut())?;
+        summary.failed += classify_window(engine, &items, out, dump.as_deref_mut(), opts)?;
         out.flush().context("cannot write results")
     };
     match source {
@@ -77,18 +94,18 @@ pub fn run(
                 })
                 .peekable();
             while items.peek().is_some() {
-                process(items.by_ref().take(batch_size).collect())?;
+                process(items.by_ref().take(window).collect())?;
             }
         }
         Source::Lines { reader, name } => {
-            let rx = spawn_reader(reader, name, batch_size * 4);
+            let rx = spawn_reader(reader, name, window * 2);
             loop {
                 let first = match rx.recv() {
                     Ok(item) => item?,
                     Err(_) => break,
                 };
                 let mut items = vec![first];
-                while items.len() < batch_size {
+                while items.len() < window {
                     match rx.try_recv() {
                         Ok(item) => items.push(item?),
                         Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
@@ -150,12 +167,36 @@ fn decode_line(raw: &[u8], line: usize, name: &str) -> Item {
     }
 }
 
-/// Tokenizes and classifies one batch; returns how many inputs failed.
-fn classify_batch(
+/// Groups inputs into batches: shortest first, each batch within `batch_size` inputs and
+/// `max_batch_tokens` padded tokens (a single input always fits). Returns index lists.
+fn plan_batches(lengths: &[usize], opts: PipelineOptions) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.sort_by_key(|&i| lengths[i]);
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut current: Vec<usize> = Vec::new();
+    for i in order {
+        // Sorted ascending, so this input is the longest of the batch if it joins.
+        let padded = (current.len() + 1) * lengths[i];
+        if !current.is_empty()
+            && (current.len() >= opts.batch_size.max(1) || padded > opts.max_batch_tokens)
+        {
+            batches.push(std::mem::take(&mut current));
+        }
+        current.push(i);
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
+}
+
+/// Tokenizes and classifies one window of inputs; returns how many failed.
+fn classify_window(
     engine: &Engine,
     items: &[Item],
     out: &mut dyn Format,
     mut dump: Option<&mut AttentionDump>,
+    opts: PipelineOptions,
 ) -> Result<usize> {
     let encoded: Vec<Result<Encoded, String>> = items
         .iter()
@@ -166,12 +207,23 @@ fn classify_batch(
                 .map_err(|e| format!("input {}: {e:#}", item.line)),
         })
         .collect();
-    let ok: Vec<&Encoded> = encoded.iter().filter_map(|e| e.as_ref().ok()).collect();
-    let mut predictions = engine.predict(&ok, dump.is_some())?.into_iter();
+    let ok: Vec<(usize, &Encoded)> = encoded
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| e.as_ref().ok().map(|e| (i, e)))
+        .collect();
+    let lengths: Vec<usize> = ok.iter().map(|(_, e)| e.ids.len()).collect();
+    let mut predictions: Vec<Option<Prediction>> = vec![None; items.len()];
+    for batch in plan_batches(&lengths, opts) {
+        let inputs: Vec<&Encoded> = batch.iter().map(|&k| ok[k].1).collect();
+        let preds = engine.predict(&inputs, dump.is_some())?;
+        for (&k, p) in batch.iter().zip(preds) {
+            predictions[ok[k].0] = Some(p);
+        }
+    }
     let mut failed = 0;
-    for (item, enc) in items.iter().zip(&encoded) {
-        let prediction: Option<Prediction> = enc.as_ref().ok().and_then(|_| predictions.next());
-        let outcome = match (enc, &prediction) {
+    for ((item, enc), prediction) in items.iter().zip(&encoded).zip(&predictions) {
+        let outcome = match (enc, prediction) {
             (Ok(enc), Some(p)) => Ok((enc, p)),
             (Err(e), _) => Err(e.as_str()),
             (Ok(_), None) => Err("internal error: missing prediction"),
@@ -195,7 +247,28 @@ fn classify_batch(
 
 #[cfg(test)]
 mod tests {
-    use super::decode_line;
+    use super::{decode_line, plan_batches, PipelineOptions};
+
+    #[test]
+    fn batches_are_sorted_and_respect_both_limits() {
+        let lengths = [5, 100, 7, 6, 100, 8, 100, 300];
+        let opts = PipelineOptions {
+            batch_size: 3,
+            max_batch_tokens: 250,
+        };
+        let batches = plan_batches(&lengths, opts);
+        assert_eq!(
+            batches,
+            vec![vec![0, 3, 2], vec![5, 1], vec![4, 6], vec![7]]
+        );
+        let mut all: Vec<usize> = batches.concat();
+        all.sort();
+        assert_eq!(
+            all,
+            (0..lengths.len()).collect::<Vec<_>>(),
+            "every input exactly once"
+        );
+    }
 
     #[test]
     fn line_endings_are_stripped_and_bad_utf8_is_named() {

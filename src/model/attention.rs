@@ -2,17 +2,17 @@
 
 use anyhow::Result;
 use candle_core::{DType, Tensor};
-use candle_nn::{LayerNorm, Linear, Module, VarBuilder};
+use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use super::config::Config;
-use super::{layer_norm, linear};
+use super::{layer_norm, Dense};
 
 /// `attention.self.*` (Q, K, V) and `attention.output.*` (projection + LayerNorm).
 pub struct SelfAttention {
-    query: Linear,
-    key: Linear,
-    value: Linear,
-    output: Linear,
+    /// Q, K and V stacked into one `[3 * hidden, hidden]` projection, so the input is read
+    /// once; Q's rows carry the 1/sqrt(head_dim) score scale, which saves a pass per layer.
+    qkv: Dense,
+    output: Dense,
     norm: LayerNorm,
     num_heads: usize,
     head_dim: usize,
@@ -23,23 +23,28 @@ impl SelfAttention {
     pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
         let h = cfg.hidden_size;
         let s = vb.pp("self");
+        let scale = 1.0 / (cfg.head_dim() as f64).sqrt();
+        let (qw, qb) = (
+            s.pp("query").get((h, h), "weight")?,
+            s.pp("query").get(h, "bias")?,
+        );
+        let (kw, kb) = (
+            s.pp("key").get((h, h), "weight")?,
+            s.pp("key").get(h, "bias")?,
+        );
+        let (vw, vb_) = (
+            s.pp("value").get((h, h), "weight")?,
+            s.pp("value").get(h, "bias")?,
+        );
+        let weight = Tensor::cat(&[(qw * scale)?, kw, vw], 0)?;
+        let bias = Tensor::cat(&[(qb * scale)?, kb, vb_], 0)?;
         Ok(Self {
-            query: linear(s.pp("query"), h, h)?,
-            key: linear(s.pp("key"), h, h)?,
-            value: linear(s.pp("value"), h, h)?,
-            output: linear(vb.pp("output").pp("dense"), h, h)?,
+            qkv: Dense::new(weight, bias),
+            output: Dense::load(vb.pp("output").pp("dense"), h, h)?,
             norm: layer_norm(vb.pp("output").pp("LayerNorm"), cfg)?,
             num_heads: cfg.num_heads,
             head_dim: cfg.head_dim(),
         })
-    }
-
-    /// `[batch, seq, hidden]` -> `[batch, heads, seq, head_dim]`.
-    fn split_heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        Ok(x.reshape((b, t, self.num_heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?)
     }
 
     /// `x` is `[batch, seq, hidden]`; `mask_bias` is `[batch, 1, 1, seq]` f32, 0 for real
@@ -52,11 +57,15 @@ impl SelfAttention {
         keep_probs: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, h) = x.dims3()?;
-        let q = self.split_heads(&self.query.forward(x)?)?;
-        let k = self.split_heads(&self.key.forward(x)?)?;
-        let v = self.split_heads(&self.value.forward(x)?)?;
-        let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.matmul(&k.t()?)? * scale)?;
+        // [b, t, 3, heads, d] -> [3, b, heads, t, d]: one copy gives contiguous Q, K and V.
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, t, 3, self.num_heads, self.head_dim))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let scores = q.matmul(&k.t()?)?;
         // Softmax in f32 whatever the model dtype: half-precision exponentials of large
         // logits overflow, and the padding bias must stay a finite number, not -inf.
         let in_dtype = scores.dtype();

@@ -2,16 +2,16 @@
 
 use anyhow::Result;
 use candle_core::Tensor;
-use candle_nn::{LayerNorm, Linear, Module, VarBuilder};
+use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use super::attention::SelfAttention;
 use super::config::{Config, HiddenAct};
-use super::{layer_norm, linear};
+use super::{layer_norm, Dense};
 
 /// `intermediate.dense` + activation + `output.dense` + residual + `output.LayerNorm`.
 struct FeedForward {
-    up: Linear,
-    down: Linear,
+    up: Dense,
+    down: Dense,
     norm: LayerNorm,
     act: HiddenAct,
 }
@@ -19,12 +19,12 @@ struct FeedForward {
 impl FeedForward {
     fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
         Ok(Self {
-            up: linear(
+            up: Dense::load(
                 vb.pp("intermediate").pp("dense"),
                 cfg.hidden_size,
                 cfg.intermediate_size,
             )?,
-            down: linear(
+            down: Dense::load(
                 vb.pp("output").pp("dense"),
                 cfg.intermediate_size,
                 cfg.hidden_size,

@@ -122,6 +122,36 @@ fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Linear> {
     Ok(candle_nn::linear(in_dim, out_dim, vb)?)
 }
 
+/// A dense layer applied to `[batch, seq, in]` as one `[batch * seq, in]` matrix product:
+/// one large GEMM instead of `batch` small ones (what `candle_nn::Linear` does for 3-D input).
+pub(crate) struct Dense {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Dense {
+    fn new(weight: Tensor, bias: Tensor) -> Self {
+        Self { weight, bias }
+    }
+
+    /// `weight` `[out, in]` and `bias` `[out]` under `vb`, shapes checked.
+    fn load(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(Self::new(
+            vb.get((out_dim, in_dim), "weight")?,
+            vb.get(out_dim, "bias")?,
+        ))
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, i) = x.dims3()?;
+        let y = x
+            .reshape((b * t, i))?
+            .matmul(&self.weight.t()?)?
+            .broadcast_add(&self.bias)?;
+        Ok(y.reshape((b, t, ()))?)
+    }
+}
+
 /// A LayerNorm stored as `weight`/`bias` or, in old TensorFlow ports, `gamma`/`beta`.
 fn layer_norm(vb: VarBuilder, cfg: &Config) -> Result<LayerNorm> {
     let h = cfg.hidden_size;
