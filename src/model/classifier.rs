@@ -83,7 +83,8 @@ impl Head {
 
     /// `hidden` is the encoder's `[batch, seq, hidden]`; returns `[batch, num_labels]` logits.
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
-        let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+        // Contiguous: BLAS backends (MKL, Accelerate) need unit-stride rows.
+        let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?;
         let pooled = self.pooler.forward(&cls)?.tanh()?;
         Ok(self.classifier.forward(&pooled)?)
     }
