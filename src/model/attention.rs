@@ -69,8 +69,7 @@ impl SelfAttention {
         // Softmax in f32 whatever the model dtype: half-precision exponentials of large
         // logits overflow, and the padding bias must stay a finite number, not -inf.
         let in_dtype = scores.dtype();
-        let scores = scores.to_dtype(DType::F32)?.broadcast_add(mask_bias)?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let probs = super::ops::masked_softmax(&scores.to_dtype(DType::F32)?, mask_bias)?;
         let ctx = probs.to_dtype(in_dtype)?.matmul(&v)?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, t, h))?;
         let out = self.norm.forward(&(self.output.forward(&ctx)? + x)?)?;

@@ -37,7 +37,7 @@ impl FeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let up = self.up.forward(x)?;
         let up = match self.act {
-            HiddenAct::GeluErf => up.gelu_erf()?,
+            HiddenAct::GeluErf => super::ops::gelu_erf(&up)?,
             HiddenAct::GeluTanh => up.gelu()?,
             HiddenAct::Relu => up.relu()?,
         };

@@ -6,6 +6,7 @@ pub mod classifier;
 pub mod config;
 pub mod embeddings;
 pub mod encoder;
+mod ops;
 
 use std::path::PathBuf;
 

@@ -1,0 +1,315 @@
+#!/usr/bin/env python3
+"""bert-cli against PyTorch eager and ONNX Runtime on this CPU, in one run.
+
+Run through scripts/bench (which builds the binary and the Python environment). Prints,
+per model and workload, sentences/s and real-token/s for each tool and configuration,
+bert-cli's ratio to each baseline's best configuration, bert-cli's peak resident memory,
+the share of the machine's f32 matmul peak (measured here, with PyTorch) that bert-cli
+reaches, and a cold one-shot classification against the same job in Python.
+"""
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = ROOT / ".cache/bench"
+SST2 = ROOT.parent / "shared/data/sst2"
+FIXTURE = ROOT / ".cache/fixtures/minilm-sst2"
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+# ---------------------------------------------------------------- workloads
+
+def sst2_dev():
+    path = SST2 / "dev.tsv"
+    if path.exists():
+        lines = path.read_text().splitlines()[1:]
+        return [l.split("\t")[0] for l in lines]
+    # Without ../shared: the 872 dev sentences are in the committed parity reference.
+    ref = json.loads((ROOT / "tests/fixtures/reference/minilm-sst2.json").read_text())
+    return [c["text"] for c in ref["cases"] if c["name"].startswith("dev-")]
+
+
+def snippets(n):
+    path = SST2 / "rt_snippets.txt"
+    if path.exists():
+        return [l for l in path.read_text().splitlines() if l.strip()][:n]
+    # Without ../shared: review-length inputs built from dev sentences, two or three each.
+    dev, rng = sst2_dev(), random.Random(0)
+    return [" ".join(rng.sample(dev, rng.choice([2, 3]))) for _ in range(n)]
+
+
+def exact_length(tok, count, length, seed):
+    """`count` texts of exactly `length` tokens ([CLS] and [SEP] included)."""
+    vocab = [w for w in tok.get_vocab() if w.isalpha() and w.isascii() and len(w) > 2]
+    rng = random.Random(seed)
+    texts = []
+    while len(texts) < count:
+        words = [rng.choice(vocab) for _ in range(length - 2)]
+        text = " ".join(words)
+        if len(tok(text)["input_ids"]) == length:
+            texts.append(text)
+    return texts
+
+
+# ---------------------------------------------------------------- models
+
+def bert_base_random():
+    """A bert-base-shaped classifier with random weights (speed does not depend on values)."""
+    out = CACHE / "bert-base-random"
+    if (out / "model.safetensors").exists():
+        return out
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    log("bench: generating bert-base-shaped random weights (once)")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                     intermediate_size=3072, max_position_embeddings=512, num_labels=2,
+                     id2label={0: "NEGATIVE", 1: "POSITIVE"}, label2id={"NEGATIVE": 0, "POSITIVE": 1})
+    model = BertForSequenceClassification(cfg).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    for f in ["tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json"]:
+        shutil.copyfile(FIXTURE / f, out / f)
+    return out
+
+
+def flops(cfg, lengths):
+    """Forward FLOPs of the encoder for sequences of these (unpadded) lengths."""
+    h, i, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    return sum(layers * (2 * t * (4 * h * h + 2 * h * i) + 4 * t * t * h) for t in lengths)
+
+
+# ---------------------------------------------------------------- tools
+
+def batches(tok, texts, batch, sort):
+    order = list(range(len(texts)))
+    if sort:
+        lens = [len(tok(t, truncation=True, max_length=512)["input_ids"]) for t in texts]
+        order.sort(key=lambda k: lens[k])
+    for s in range(0, len(order), batch):
+        yield [texts[k] for k in order[s:s + batch]]
+
+
+def run_pytorch(model_dir, texts, batch, sort, threads):
+    import torch
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    torch.set_num_threads(threads)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = BertForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for chunk in batches(tok, texts, batch, sort):
+            enc = tok(chunk, padding=True, truncation=True, max_length=512, return_tensors="pt")
+            model(**enc)
+    return time.perf_counter() - t0
+
+
+def onnx_model(model_dir, name):
+    """Exports to ONNX once and optimises with onnxruntime's transformer optimizer."""
+    path = CACHE / f"{name}.opt.onnx"
+    if path.exists():
+        return path
+    import torch
+    from onnxruntime.transformers.optimizer import optimize_model
+    from transformers import BertForSequenceClassification
+
+    log(f"bench: exporting {name} to ONNX and optimising (once)")
+    model = BertForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
+    raw = CACHE / f"{name}.onnx"
+    ids = torch.ones((2, 16), dtype=torch.long)
+    axes = {0: "batch", 1: "seq"}
+    torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(raw),
+                      input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["logits"],
+                      dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes,
+                                    "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+    cfg = model.config
+    opt = optimize_model(str(raw), model_type="bert", num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size)
+    opt.save_model_to_file(str(path))
+    return path
+
+
+def run_ort(model_dir, onnx_path, texts, batch, sort, threads):
+    import onnxruntime as ort
+    from transformers import AutoTokenizer
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    names = {i.name for i in sess.get_inputs()}
+    t0 = time.perf_counter()
+    for chunk in batches(tok, texts, batch, sort):
+        enc = tok(chunk, padding=True, truncation=True, max_length=512, return_tensors="np")
+        sess.run(None, {k: v.astype("int64") for k, v in enc.items() if k in names})
+    return time.perf_counter() - t0
+
+
+def run_binary(cmd, threads, stdin_path=None):
+    """Wall time and peak RSS (KiB) of one child process."""
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads), CANDLE_NUM_THREADS=str(threads),
+               OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    _, status, usage = os.wait4(p.pid, 0)
+    wall = time.perf_counter() - t0
+    err = p.stderr.read().decode()
+    code = os.waitstatus_to_exitcode(status)
+    if code not in (0, 1):
+        raise RuntimeError(f"{cmd} exited {code}: {err}")
+    return wall, usage.ru_maxrss
+
+
+def run_bert_cli(binary, model_dir, texts, batch, threads, extra=()):
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+        f.write("\n".join(texts) + "\n")
+    empty = tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False)
+    empty.close()
+    base = [str(binary), "classify", "--quiet", "--model", str(model_dir), "--format", "tsv",
+            "--batch-size", str(batch), *extra]
+    # Start-up (process, model load) measured on empty input and taken off, as the
+    # Python baselines are timed after their model is loaded.
+    startup = min(run_binary(base + ["--input", empty.name], threads)[0] for _ in range(2))
+    wall, rss = run_binary(base + ["--input", f.name], threads)
+    os.unlink(f.name)
+    os.unlink(empty.name)
+    return max(wall - startup, 1e-9), rss, startup
+
+
+def matmul_peak(threads):
+    import torch
+
+    torch.set_num_threads(threads)
+    best = 0.0
+    for n in (2048, 1024):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        torch.matmul(a, b)
+        for _ in range(5):
+            t0 = time.perf_counter()
+            torch.matmul(a, b)
+            best = max(best, 2 * n ** 3 / (time.perf_counter() - t0))
+    return best
+
+
+def one_shot_python(model_dir, text):
+    code = (
+        "import torch\nfrom transformers import AutoTokenizer, AutoModelForSequenceClassification\n"
+        f"t = AutoTokenizer.from_pretrained({str(model_dir)!r})\n"
+        f"m = AutoModelForSequenceClassification.from_pretrained({str(model_dir)!r}).eval()\n"
+        f"with torch.inference_mode(): print(m.config.id2label[int(m(**t({text!r}, return_tensors='pt')).logits.argmax())])\n"
+    )
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------- main
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--binary", required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="MiniLM only, smaller workloads, no batch-1 runs")
+    ap.add_argument("--label", default="bert-cli")
+    args = ap.parse_args()
+    CACHE.mkdir(parents=True, exist_ok=True)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(FIXTURE)
+    dev = sst2_dev()
+    workloads = {
+        "sst2-dev": dev,
+        "rt-snippets": snippets(2000),
+        "exact-128": exact_length(tok, 256, 128, 1),
+        "exact-512": exact_length(tok, 64, 512, 2),
+    }
+    models = {"minilm-l6": FIXTURE}
+    if not args.quick:
+        models["bert-base"] = bert_base_random()
+    else:
+        workloads = {"sst2-dev": dev, "exact-128": workloads["exact-128"][:64]}
+    peak = matmul_peak(args.threads)
+    print(f"# bert-cli benchmark, {time.strftime('%Y-%m-%d')}, {cpu_name()}, {args.threads} threads")
+    print(f"# f32 matmul peak measured with PyTorch: {peak / 1e9:.0f} GFLOP/s")
+    print("# throughput excludes model loading for every tool; bert-cli's start-up is timed separately")
+    print()
+    print(f"| model | workload | tool | config | sent/s | tok/s |")
+    print(f"|---|---|---|---|---:|---:|")
+    summary = []
+    for mname, mdir in models.items():
+        cfg = json.loads((Path(mdir) / "config.json").read_text())
+        onnx_path = onnx_model(mdir, mname)
+        for wname, texts in workloads.items():
+            lengths = [len(tok(t, truncation=True, max_length=512)["input_ids"]) for t in texts]
+            ntok = sum(lengths)
+            results = {}
+
+            def record(tool, config, seconds):
+                results[(tool, config)] = seconds
+                print(f"| {mname} | {wname} | {tool} | {config} | {len(texts) / seconds:.1f} | {ntok / seconds:.0f} |", flush=True)
+
+            variants = [("sorted b32", 32, True), ("unsorted b32", 32, False)]
+            if not args.quick and wname == "sst2-dev":
+                variants.append(("b1", 1, False))
+            for config, batch, sort in variants:
+                record("pytorch", config, run_pytorch(mdir, texts, batch, sort, args.threads))
+                record("onnxruntime", config, run_ort(mdir, onnx_path, texts, batch, sort, args.threads))
+            secs, rss, startup = run_bert_cli(args.binary, mdir, texts, 32, args.threads)
+            record(args.label, "b32", secs)
+            if not args.quick and wname == "sst2-dev":
+                record(args.label, "b1", run_bert_cli(args.binary, mdir, texts, 1, args.threads)[0])
+            best = lambda tool: min(v for (t, c), v in results.items() if t == tool and c != "b1")
+            ours = results[(args.label, "b32")]
+            row = {
+                "model": mname, "workload": wname,
+                "vs_pytorch": best("pytorch") / ours, "vs_ort": best("onnxruntime") / ours,
+                "rss_mb": rss / 1024, "peak_share": flops(cfg, lengths) / ours / peak, "startup": startup,
+            }
+            if (args.label, "b1") in results:
+                row["b1_vs_ort_b1"] = results[("onnxruntime", "b1")] / results[(args.label, "b1")]
+            summary.append(row)
+    print()
+    print(f"| model | workload | {args.label} / PyTorch best | / ONNX Runtime best | batch 1 / ORT batch 1 | peak RSS | share of matmul peak | start-up |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    for r in summary:
+        b1 = f"{r['b1_vs_ort_b1']:.2f}x" if "b1_vs_ort_b1" in r else "-"
+        print(f"| {r['model']} | {r['workload']} | {r['vs_pytorch']:.2f}x | {r['vs_ort']:.2f}x | {b1} | "
+              f"{r['rss_mb']:.0f} MB | {100 * r['peak_share']:.0f}% | {r['startup']:.2f} s |")
+    print()
+    for mname, mdir in models.items():
+        weights = Path(mdir) / "model.safetensors"
+        text = "I didn't really enjoy this movie. It was fantastic!"
+        cli = min(run_binary([args.binary, "classify", "--quiet", "--model", str(mdir), text], args.threads)[0] for _ in range(3))
+        py = min(one_shot_python(mdir, text) for _ in range(2))
+        print(f"cold one-shot, {mname}: {args.label} {cli:.2f} s, Python transformers {py:.2f} s "
+              f"(ratio {py / cli:.1f}x); weights file {weights.stat().st_size / 1e6:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
