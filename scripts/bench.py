@@ -170,20 +170,33 @@ def run_ort(model_dir, onnx_path, texts, batch, sort, threads):
     return time.perf_counter() - t0
 
 
-def run_binary(cmd, threads, stdin_path=None):
-    """Wall time and peak RSS (KiB) of one child process."""
-    env = dict(os.environ, RAYON_NUM_THREADS=str(threads), CANDLE_NUM_THREADS=str(threads),
-               OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    stdin = open(stdin_path, "rb") if stdin_path else subprocess.DEVNULL
+def peak_rss_kib(pid):
+    """VmHWM of a live process (KiB), or 0 once it has exited."""
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def run_binary(cmd, threads):
+    """Wall time and peak RSS (KiB) of one child process. The RSS is polled from /proc
+    (VmHWM, a high-water mark): getrusage would report the forked Python parent's size."""
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
     t0 = time.perf_counter()
-    p = subprocess.Popen(cmd, stdin=stdin, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    _, status, usage = os.wait4(p.pid, 0)
+    p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    rss = 0
+    while p.poll() is None:
+        rss = max(rss, peak_rss_kib(p.pid))
+        time.sleep(0.005)
     wall = time.perf_counter() - t0
     err = p.stderr.read().decode()
-    code = os.waitstatus_to_exitcode(status)
-    if code not in (0, 1):
-        raise RuntimeError(f"{cmd} exited {code}: {err}")
-    return wall, usage.ru_maxrss
+    if p.returncode not in (0, 1):
+        raise RuntimeError(f"{cmd} exited {p.returncode}: {err}")
+    return wall, rss
 
 
 def run_bert_cli(binary, model_dir, texts, batch, threads, extra=()):

@@ -109,7 +109,8 @@ pub struct ClassifyArgs {
     pub batch_size: u64,
 
     /// Most padded tokens per forward pass (inputs x longest input); bounds memory on long
-    /// inputs. Inputs are sorted by length within a window of 8 batches, so little is padding.
+    /// inputs (attention, which grows with length squared, is bounded to match). Inputs are
+    /// sorted by length within a window of 8 batches, so little is padding.
     #[arg(long, value_name = "N", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_batch_tokens: u64,
 

@@ -47,6 +47,10 @@ impl Default for PipelineOptions {
     }
 }
 
+/// Attention holds `batch x heads x length^2` scores, so long inputs also get a bound on
+/// `batch x length^2` (in units of the token budget): 512-token inputs go 2 at a time.
+const ATTENTION_CELLS_PER_TOKEN: usize = 64;
+
 /// Inputs sorted together; larger windows pad less but hold more results back.
 const WINDOW_BATCHES: usize = 8;
 
@@ -176,10 +180,11 @@ fn plan_batches(lengths: &[usize], opts: PipelineOptions) -> Vec<Vec<usize>> {
     let mut current: Vec<usize> = Vec::new();
     for i in order {
         // Sorted ascending, so this input is the longest of the batch if it joins.
-        let padded = (current.len() + 1) * lengths[i];
-        if !current.is_empty()
-            && (current.len() >= opts.batch_size.max(1) || padded > opts.max_batch_tokens)
-        {
+        let (n, t) = (current.len() + 1, lengths[i]);
+        let too_big = n > opts.batch_size.max(1)
+            || n * t > opts.max_batch_tokens
+            || n * t * t > opts.max_batch_tokens * ATTENTION_CELLS_PER_TOKEN;
+        if !current.is_empty() && too_big {
             batches.push(std::mem::take(&mut current));
         }
         current.push(i);
@@ -251,7 +256,9 @@ mod tests {
 
     #[test]
     fn batches_are_sorted_and_respect_both_limits() {
-        let lengths = [5, 100, 7, 6, 100, 8, 100, 300];
+        // Count, then tokens (5+... fits, 2 x 300 does not), then attention cells: two
+        // 100-token inputs are 200 tokens but 20,000 > 64 x 250 cells, so they go alone.
+        let lengths = [5, 100, 7, 6, 100, 8, 100, 300, 9, 10];
         let opts = PipelineOptions {
             batch_size: 3,
             max_batch_tokens: 250,
@@ -259,8 +266,23 @@ mod tests {
         let batches = plan_batches(&lengths, opts);
         assert_eq!(
             batches,
-            vec![vec![0, 3, 2], vec![5, 1], vec![4, 6], vec![7]]
+            vec![
+                vec![0, 3, 2],
+                vec![5, 8, 9],
+                vec![1],
+                vec![4],
+                vec![6],
+                vec![7]
+            ]
         );
+        let long = plan_batches(
+            &[512; 8],
+            PipelineOptions {
+                batch_size: 32,
+                max_batch_tokens: 8192,
+            },
+        );
+        assert!(long.iter().all(|b| b.len() == 2), "{long:?}");
         let mut all: Vec<usize> = batches.concat();
         all.sort();
         assert_eq!(

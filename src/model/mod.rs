@@ -8,7 +8,9 @@ pub mod embeddings;
 pub mod encoder;
 mod ops;
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
@@ -110,12 +112,74 @@ pub fn open_weights(
         return VarBuilder::from_pth(first, dtype, device)
             .with_context(|| format!("cannot read PyTorch weights {}", first.display()));
     }
-    // SAFETY: the mapped files are model weights nobody else writes while we run; this is
-    // the same contract every safetensors loader relies on.
-    unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }.with_context(|| {
-        let names: Vec<_> = files.iter().map(|f| f.display().to_string()).collect();
-        format!("cannot read safetensors weights {}", names.join(", "))
-    })
+    let mut tensors = HashMap::new();
+    for file in files {
+        read_safetensors(file, device, &mut tensors)
+            .with_context(|| format!("cannot read safetensors weights {}", file.display()))?;
+    }
+    Ok(VarBuilder::from_tensors(tensors, dtype, device))
+}
+
+/// Reads every tensor of a safetensors file with positioned reads. Not a memory map:
+/// candle copies each tensor out of a mapping anyway, so mapping the file would only keep
+/// a second copy of the weights resident while the model loads (twice the peak memory).
+fn read_safetensors(path: &Path, device: &Device, out: &mut HashMap<String, Tensor>) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+
+    let file = File::open(path)?;
+    let file_len = file.metadata()?.len();
+    let mut len_bytes = [0u8; 8];
+    file.read_exact_at(&mut len_bytes, 0)?;
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > file_len.saturating_sub(8) || header_len > 100 << 20 {
+        bail!(
+            "not a safetensors file: header length {header_len} does not fit in {file_len} bytes"
+        );
+    }
+    let mut header = vec![0u8; header_len as usize];
+    file.read_exact_at(&mut header, 8)?;
+    let header: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).context("the safetensors header is not valid JSON")?;
+    let data_start = 8 + header_len;
+    for (name, info) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let info: TensorInfo = serde_json::from_value(info)
+            .with_context(|| format!("tensor {name}: bad header entry"))?;
+        let dtype = match info.dtype.as_str() {
+            "F32" => DType::F32,
+            "F16" => DType::F16,
+            "BF16" => DType::BF16,
+            "F64" => DType::F64,
+            "I64" => DType::I64,
+            "U32" => DType::U32,
+            "U8" => DType::U8,
+            other => bail!("tensor {name} has dtype {other}, which bert-cli cannot read"),
+        };
+        let [start, end] = info.data_offsets;
+        let expected = info.shape.iter().product::<usize>() * dtype.size_in_bytes();
+        if end < start || end - start != expected || data_start + end as u64 > file_len {
+            bail!(
+                "tensor {name}: {} bytes at offsets {start}..{end} do not match shape {:?} {dtype:?} in a {file_len}-byte file",
+                end.saturating_sub(start),
+                info.shape
+            );
+        }
+        let mut raw = vec![0u8; expected];
+        file.read_exact_at(&mut raw, data_start + start as u64)?;
+        let tensor = Tensor::from_raw_buffer(&raw, dtype, &info.shape, device)?;
+        out.insert(name, tensor);
+    }
+    Ok(())
+}
+
+/// One entry of a safetensors header.
+#[derive(serde::Deserialize)]
+struct TensorInfo {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [usize; 2],
 }
 
 /// A `Linear` named `weight`/`bias` under `vb`, with its shape checked.
