@@ -114,6 +114,11 @@ pub struct ClassifyArgs {
     #[arg(long, value_name = "N", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_batch_tokens: u64,
 
+    /// CPU threads for the model. Default: the CPU cores this process may use
+    /// (RAYON_NUM_THREADS, if set, is honoured too).
+    #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub threads: Option<u64>,
+
     /// Write every input's tokens and attention probabilities (per layer, per head,
     /// token by token) to FILE as JSON; see the README for the schema.
     #[arg(long, value_name = "FILE")]

@@ -140,7 +140,17 @@ fn human_size(bytes: u64) -> String {
     }
 }
 
+/// Sets the thread count once, before any pool exists: rayon's global pool and candle's
+/// own workers both read RAYON_NUM_THREADS, so one setting covers all and none oversubscribe.
+fn set_threads(threads: Option<u64>) {
+    if let Some(n) = threads {
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        std::env::remove_var("CANDLE_NUM_THREADS");
+    }
+}
+
 fn classify(args: ClassifyArgs) -> Result<u8> {
+    set_threads(args.threads);
     // Open the dump file before the slow work so a bad path fails at once.
     let mut dump = args
         .dump_attention

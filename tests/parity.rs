@@ -16,6 +16,14 @@ fn engine(dir: &Path) -> Engine {
     engine_with(dir, &EngineOptions::default()).unwrap()
 }
 
+/// The full error chain of a load that must fail.
+fn load_error(dir: &Path, opts: &EngineOptions) -> String {
+    match engine_with(dir, opts) {
+        Ok(_) => panic!("loading {} should have failed", dir.display()),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
 fn engine_with(dir: &Path, opts: &EngineOptions) -> anyhow::Result<Engine> {
     let files = hub::resolve(dir.to_str().unwrap(), &hub::HubOptions::default())?;
     Engine::load(&files, Device::Cpu, opts)
@@ -263,12 +271,7 @@ fn missing_or_misshapen_tensors_are_named() {
     let dir = edited_fixture(|t| {
         t.remove("bert.encoder.layer.3.attention.self.key.weight");
     });
-    let msg = format!(
-        "{:#}",
-        engine_with(dir.path(), &EngineOptions::default())
-            .err()
-            .unwrap()
-    );
+    let msg = load_error(dir.path(), &EngineOptions::default());
     assert!(
         msg.contains("encoder.layer.3.attention.self.key.weight"),
         "{msg}"
@@ -284,12 +287,7 @@ fn missing_or_misshapen_tensors_are_named() {
             Tensor::zeros(7, candle_core::DType::F32, &Device::Cpu).unwrap(),
         );
     });
-    let msg = format!(
-        "{:#}",
-        engine_with(dir.path(), &EngineOptions::default())
-            .err()
-            .unwrap()
-    );
+    let msg = load_error(dir.path(), &EngineOptions::default());
     assert!(
         msg.contains("encoder.layer.0.output.dense.bias") && msg.contains("shape"),
         "{msg}"
@@ -299,29 +297,14 @@ fn missing_or_misshapen_tensors_are_named() {
 #[test]
 fn bad_config_and_missing_files_are_named() {
     let dir = tempfile::tempdir().unwrap();
-    let msg = format!(
-        "{:#}",
-        engine_with(dir.path(), &EngineOptions::default())
-            .err()
-            .unwrap()
-    );
+    let msg = load_error(dir.path(), &EngineOptions::default());
     assert!(msg.contains("no config.json"), "{msg}");
     std::fs::write(dir.path().join("config.json"), "{\"hidden_size\": 3").unwrap();
     std::fs::write(dir.path().join("model.safetensors"), "").unwrap();
     std::fs::write(dir.path().join("vocab.txt"), "[CLS]\n[SEP]\n").unwrap();
-    let msg = format!(
-        "{:#}",
-        engine_with(dir.path(), &EngineOptions::default())
-            .err()
-            .unwrap()
-    );
+    let msg = load_error(dir.path(), &EngineOptions::default());
     assert!(msg.contains("config.json"), "{msg}");
-    let msg = format!(
-        "{:#}",
-        engine_with(Path::new("/no/such/folder"), &EngineOptions::default())
-            .err()
-            .unwrap()
-    );
+    let msg = load_error(Path::new("/no/such/folder"), &EngineOptions::default());
     assert!(
         msg.contains("/no/such/folder") && msg.contains("does not exist"),
         "{msg}"
@@ -342,7 +325,7 @@ fn labels_flag_renames_and_checks_count() {
         labels: Some(vec!["one".into()]),
         ..Default::default()
     };
-    let msg = format!("{:#}", engine_with(&minilm_sst2(), &opts).err().unwrap());
+    let msg = load_error(&minilm_sst2(), &opts);
     assert!(
         msg.contains("1 labels") && msg.contains("2 outputs"),
         "{msg}"

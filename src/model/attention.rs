@@ -39,7 +39,7 @@ impl SelfAttention {
         let weight = Tensor::cat(&[(qw * scale)?, kw, vw], 0)?;
         let bias = Tensor::cat(&[(qb * scale)?, kb, vb_], 0)?;
         Ok(Self {
-            qkv: Dense::new(weight, bias),
+            qkv: Dense::new(weight, bias)?,
             output: Dense::load(vb.pp("output").pp("dense"), h, h)?,
             norm: layer_norm(vb.pp("output").pp("LayerNorm"), cfg)?,
             num_heads: cfg.num_heads,

@@ -190,28 +190,35 @@ fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Linear> {
 /// A dense layer applied to `[batch, seq, in]` as one `[batch * seq, in]` matrix product:
 /// one large GEMM instead of `batch` small ones (what `candle_nn::Linear` does for 3-D input).
 pub(crate) struct Dense {
-    weight: Tensor,
+    /// `[in, out]`, contiguous: the checkpoint's `[out, in]` transposed once at load, so
+    /// the GEMM reads it row-major and need not repack it on every call (which cost more
+    /// than the arithmetic for one short sentence).
+    weight_t: Tensor,
     bias: Tensor,
 }
 
 impl Dense {
-    fn new(weight: Tensor, bias: Tensor) -> Self {
-        Self { weight, bias }
+    /// From a checkpoint-layout `[out, in]` weight and its `[out]` bias.
+    fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
+        Ok(Self {
+            weight_t: weight.t()?.contiguous()?,
+            bias,
+        })
     }
 
     /// `weight` `[out, in]` and `bias` `[out]` under `vb`, shapes checked.
     fn load(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
-        Ok(Self::new(
+        Self::new(
             vb.get((out_dim, in_dim), "weight")?,
             vb.get(out_dim, "bias")?,
-        ))
+        )
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, i) = x.dims3()?;
         let y = x
             .reshape((b * t, i))?
-            .matmul(&self.weight.t()?)?
+            .matmul(&self.weight_t)?
             .broadcast_add(&self.bias)?;
         Ok(y.reshape((b, t, ()))?)
     }
