@@ -250,6 +250,7 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="MiniLM only, smaller workloads, no batch-1 runs")
     ap.add_argument("--label", default="bert-cli")
+    ap.add_argument("--models", default="minilm-l6,bert-base", help="comma-separated subset")
     args = ap.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
     from transformers import AutoTokenizer
@@ -262,10 +263,11 @@ def main():
         "exact-128": exact_length(tok, 256, 128, 1),
         "exact-512": exact_length(tok, 64, 512, 2),
     }
-    models = {"minilm-l6": FIXTURE}
-    if not args.quick:
+    wanted = args.models.split(",")
+    models = {"minilm-l6": FIXTURE} if "minilm-l6" in wanted else {}
+    if not args.quick and "bert-base" in wanted:
         models["bert-base"] = bert_base_random()
-    else:
+    if args.quick:
         workloads = {"sst2-dev": dev, "exact-128": workloads["exact-128"][:64]}
     peak = matmul_peak(args.threads)
     print(f"# bert-cli benchmark, {time.strftime('%Y-%m-%d')}, {cpu_name()}, {args.threads} threads")
