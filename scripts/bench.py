@@ -251,6 +251,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="MiniLM only, smaller workloads, no batch-1 runs")
     ap.add_argument("--label", default="bert-cli")
     ap.add_argument("--models", default="minilm-l6,bert-base", help="comma-separated subset")
+    ap.add_argument("--workloads", default="sst2-dev,rt-snippets,exact-128,exact-512", help="comma-separated subset")
     args = ap.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
     from transformers import AutoTokenizer
@@ -269,6 +270,7 @@ def main():
         models["bert-base"] = bert_base_random()
     if args.quick:
         workloads = {"sst2-dev": dev, "exact-128": workloads["exact-128"][:64]}
+    workloads = {k: v for k, v in workloads.items() if k in args.workloads.split(",")}
     peak = matmul_peak(args.threads)
     print(f"# bert-cli benchmark, {time.strftime('%Y-%m-%d')}, {cpu_name()}, {args.threads} threads")
     print(f"# f32 matmul peak measured with PyTorch: {peak / 1e9:.0f} GFLOP/s")

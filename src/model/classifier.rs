@@ -50,9 +50,10 @@ impl Head {
             if in_dim != h {
                 bail!("tensor classifier.weight has shape [{num_labels}, {in_dim}], expected [num_labels, {h}] (hidden_size)");
             }
+            let bias = root.pp("classifier").get(num_labels, "bias")?;
             return Ok(Self {
                 pooler: linear(encoder.pp("pooler").pp("dense"), h, h)?,
-                classifier: linear(root.pp("classifier"), h, num_labels)?,
+                classifier: Linear::new(w, Some(bias)),
                 num_labels,
                 trained: true,
             });

@@ -1,0 +1,175 @@
+//! Checkpoint files as a candle `VarBuilder`. safetensors tensors are read from disk one at
+//! a time, when the model asks for them: candle copies every tensor into its own buffer
+//! anyway, so reading on demand keeps one copy of the weights in memory (a memory map, or
+//! reading everything first, kept a second copy resident while the model was built).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Shape, Tensor};
+use candle_nn::var_builder::SimpleBackend;
+use candle_nn::VarBuilder;
+
+/// Opens checkpoint files: `*.safetensors` (one or several shards) read on demand, or a
+/// PyTorch `*.bin` pickle.
+pub fn open_weights(
+    files: &[PathBuf],
+    dtype: DType,
+    device: &Device,
+) -> Result<VarBuilder<'static>> {
+    let Some(first) = files.first() else {
+        bail!("no weight files given");
+    };
+    let is_pth = first
+        .extension()
+        .is_some_and(|e| e == "bin" || e == "pt" || e == "pth");
+    if is_pth {
+        if files.len() > 1 {
+            bail!("sharded PyTorch .bin checkpoints are not supported; convert to safetensors");
+        }
+        return VarBuilder::from_pth(first, dtype, device)
+            .with_context(|| format!("cannot read PyTorch weights {}", first.display()));
+    }
+    let mut backend = SafetensorsFiles::default();
+    for path in files {
+        backend
+            .index(path)
+            .with_context(|| format!("cannot read safetensors weights {}", path.display()))?;
+    }
+    Ok(VarBuilder::from_backend(
+        Box::new(backend),
+        dtype,
+        device.clone(),
+    ))
+}
+
+/// Where one tensor's bytes are.
+struct Entry {
+    file: usize,
+    dtype: DType,
+    shape: Vec<usize>,
+    offset: u64,
+    len: usize,
+}
+
+/// The headers of one or more safetensors files; tensor data stays on disk until asked for.
+#[derive(Default)]
+struct SafetensorsFiles {
+    files: Vec<(PathBuf, File)>,
+    entries: HashMap<String, Entry>,
+}
+
+/// One entry of a safetensors header.
+#[derive(serde::Deserialize)]
+struct TensorInfo {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: [usize; 2],
+}
+
+impl SafetensorsFiles {
+    /// Reads and checks the header of `path`.
+    fn index(&mut self, path: &Path) -> Result<()> {
+        let file = File::open(path)?;
+        let file_len = file.metadata()?.len();
+        let mut len_bytes = [0u8; 8];
+        file.read_exact_at(&mut len_bytes, 0)?;
+        let header_len = u64::from_le_bytes(len_bytes);
+        if header_len > file_len.saturating_sub(8) || header_len > 100 << 20 {
+            bail!("not a safetensors file: header length {header_len} does not fit in {file_len} bytes");
+        }
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact_at(&mut header, 8)?;
+        let header: HashMap<String, serde_json::Value> =
+            serde_json::from_slice(&header).context("the safetensors header is not valid JSON")?;
+        let data_start = 8 + header_len;
+        for (name, info) in header {
+            if name == "__metadata__" {
+                continue;
+            }
+            let info: TensorInfo = serde_json::from_value(info)
+                .with_context(|| format!("tensor {name}: bad header entry"))?;
+            let dtype = match info.dtype.as_str() {
+                "F32" => DType::F32,
+                "F16" => DType::F16,
+                "BF16" => DType::BF16,
+                "F64" => DType::F64,
+                "I64" => DType::I64,
+                "U32" => DType::U32,
+                "U8" => DType::U8,
+                other => bail!("tensor {name} has dtype {other}, which bert-cli cannot read"),
+            };
+            let [start, end] = info.data_offsets;
+            let len = info.shape.iter().product::<usize>() * dtype.size_in_bytes();
+            if end < start || end - start != len || data_start + end as u64 > file_len {
+                bail!(
+                    "tensor {name}: {} bytes at offsets {start}..{end} do not match shape {:?} {dtype:?} in a {file_len}-byte file",
+                    end.saturating_sub(start),
+                    info.shape
+                );
+            }
+            let entry = Entry {
+                file: self.files.len(),
+                dtype,
+                shape: info.shape,
+                offset: data_start + start as u64,
+                len,
+            };
+            self.entries.insert(name, entry);
+        }
+        self.files.push((path.to_path_buf(), file));
+        Ok(())
+    }
+
+    /// Reads one tensor from disk.
+    fn load(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        let Some(e) = self.entries.get(name) else {
+            return Err(candle_core::Error::CannotFindTensor {
+                path: name.to_string(),
+            }
+            .bt());
+        };
+        let (path, file) = &self.files[e.file];
+        let mut raw = vec![0u8; e.len];
+        file.read_exact_at(&mut raw, e.offset).map_err(|err| {
+            candle_core::Error::Msg(format!(
+                "cannot read tensor {name} from {}: {err}",
+                path.display()
+            ))
+        })?;
+        Tensor::from_raw_buffer(&raw, e.dtype, &e.shape, dev)?.to_dtype(dtype)
+    }
+}
+
+impl SimpleBackend for SafetensorsFiles {
+    fn get(
+        &self,
+        s: Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self.load(name, dtype, dev)?;
+        if tensor.shape() != &s {
+            return Err(candle_core::Error::UnexpectedShape {
+                msg: format!("shape mismatch for {name}"),
+                expected: s,
+                got: tensor.shape().clone(),
+            }
+            .bt());
+        }
+        Ok(tensor)
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
+        self.load(name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.entries.contains_key(name)
+    }
+}
