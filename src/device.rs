@@ -82,15 +82,6 @@ pub fn open(spec: DeviceSpec) -> Result<Device> {
     }
 }
 
-/// A short name for messages: `cpu`, `cuda:0`, `metal`.
-pub fn describe(device: &Device) -> String {
-    match device {
-        Device::Cpu => "cpu".into(),
-        Device::Cuda(_) => "cuda".into(),
-        Device::Metal(_) => "metal".into(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -107,11 +107,6 @@ impl Engine {
         self.model.head_is_trained()
     }
 
-    /// The architecture in use.
-    pub fn config(&self) -> &Config {
-        &self.model.config
-    }
-
     /// Tokenizes one text.
     pub fn encode(&self, text: &str) -> Result<Encoded> {
         self.tokenizer.encode(text)
