@@ -136,52 +136,39 @@ impl Engine {
         };
         let out = self.model.forward(&batch, keep_attention)?;
         let logits: Vec<Vec<f32>> = out.logits.to_vec2()?;
-        let attentions: Vec<Vec<Vec<Vec<Vec<f32>>>>> = out
-            .attentions
-            .iter()
-            .map(|t| t.to_dtype(DType::F32)?.to_vec3_rows())
-            .collect::<Result<_>>()?;
-        Ok(logits
-            .into_iter()
-            .enumerate()
-            .map(|(i, logits)| {
-                let probs = match self.scoring {
-                    Scoring::Softmax => softmax(&logits),
-                    Scoring::Sigmoid => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
-                };
-                let top = argmax(&probs);
-                let n = inputs[i].ids.len();
-                let attention = keep_attention.then(|| {
-                    attentions
-                        .iter()
-                        .map(|layer| {
-                            layer[i]
-                                .iter()
-                                .map(|head| head[..n].iter().map(|row| row[..n].to_vec()).collect())
-                                .collect()
-                        })
-                        .collect()
-                });
-                Prediction {
-                    logits,
-                    probs,
-                    top,
-                    attention,
-                }
-            })
-            .collect())
-    }
-}
-
-/// Reads a `[batch, heads, seq, seq]` tensor into nested vectors.
-trait ToVec4 {
-    fn to_vec3_rows(&self) -> Result<Vec<Vec<Vec<Vec<f32>>>>>;
-}
-
-impl ToVec4 for Tensor {
-    fn to_vec3_rows(&self) -> Result<Vec<Vec<Vec<Vec<f32>>>>> {
-        let b = self.dim(0)?;
-        (0..b).map(|i| Ok(self.get(i)?.to_vec3()?)).collect()
+        let mut predictions = Vec::with_capacity(inputs.len());
+        for (i, logits) in logits.into_iter().enumerate() {
+            let probs = match self.scoring {
+                Scoring::Softmax => softmax(&logits),
+                Scoring::Sigmoid => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+            };
+            let top = argmax(&probs);
+            // Cut the padding away in tensor space, so only real tokens are copied out.
+            let n = inputs[i].ids.len();
+            let attention = if keep_attention {
+                let layers = out
+                    .attentions
+                    .iter()
+                    .map(|t| {
+                        Ok(t.get(i)?
+                            .narrow(1, 0, n)?
+                            .narrow(2, 0, n)?
+                            .to_dtype(DType::F32)?
+                            .to_vec3()?)
+                    })
+                    .collect::<Result<_>>()?;
+                Some(layers)
+            } else {
+                None
+            };
+            predictions.push(Prediction {
+                logits,
+                probs,
+                top,
+                attention,
+            });
+        }
+        Ok(predictions)
     }
 }
 
