@@ -91,6 +91,11 @@ pub struct ClassifyArgs {
     )]
     pub device: DeviceSpec,
 
+    /// Number format of weights and activations: auto is f32 on the CPU and f16 on a GPU.
+    /// Attention softmax and the padding mask stay in f32 whatever is chosen.
+    #[arg(long, value_enum, default_value_t = DTypeArg::Auto)]
+    pub dtype: DTypeArg,
+
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = FormatArg::Human)]
     pub format: FormatArg,
@@ -105,14 +110,16 @@ pub struct ClassifyArgs {
     pub max_length: Option<usize>,
 
     /// Inputs per forward pass. Larger batches are faster; smaller ones answer sooner.
-    #[arg(short, long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    pub batch_size: u64,
+    /// Default: 32 on the CPU, 256 on a GPU.
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub batch_size: Option<u64>,
 
     /// Most padded tokens per forward pass (inputs x longest input); bounds memory on long
     /// inputs (attention, which grows with length squared, is bounded to match). Inputs are
     /// sorted by length within a window of 8 batches, so little is padding.
-    #[arg(long, value_name = "N", default_value_t = 8192, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_batch_tokens: u64,
+    /// Default: 8192 on the CPU, 65536 on a GPU.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_batch_tokens: Option<u64>,
 
     /// CPU threads for the model. Default: the CPU cores this process may use
     /// (RAYON_NUM_THREADS, if set, is honoured too).
@@ -147,6 +154,19 @@ pub struct ModelArgs {
     /// bert-base-uncased) with a seeded random head. Its labels mean nothing.
     #[arg(long)]
     pub allow_untrained_head: bool,
+}
+
+/// `--dtype` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DTypeArg {
+    /// f32 on the CPU, f16 on a GPU.
+    Auto,
+    /// 32-bit floats: the reference precision.
+    F32,
+    /// 16-bit floats (10-bit mantissa): fast on GPUs; slow on the CPU.
+    F16,
+    /// bfloat16 (8-bit mantissa, f32's range): fast on recent GPUs; slow on the CPU.
+    Bf16,
 }
 
 /// `--format` values.

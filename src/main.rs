@@ -5,9 +5,10 @@ use std::io::{self, IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use candle_core::DType;
 use clap::Parser;
 
-use bert_cli::cli::{ClassifyArgs, Cli, Command, FormatArg, HubArgs, ModelRefArgs};
+use bert_cli::cli::{ClassifyArgs, Cli, Command, DTypeArg, FormatArg, HubArgs, ModelRefArgs};
 use bert_cli::engine::{Engine, EngineOptions};
 use bert_cli::output::attention::AttentionDump;
 use bert_cli::output::{self, FormatKind, FormatOptions};
@@ -180,6 +181,7 @@ fn classify(args: ClassifyArgs) -> Result<u8> {
     };
 
     let device = device::open(args.device)?;
+    let defaults = PipelineOptions::for_device(&device);
     let files = hub::resolve(&args.model.model, &hub_options(&args.model.hub, args.quiet))?;
     let engine = Engine::load(
         &files,
@@ -188,6 +190,12 @@ fn classify(args: ClassifyArgs) -> Result<u8> {
             max_length: args.max_length,
             labels: args.model.labels.clone(),
             allow_untrained_head: args.model.allow_untrained_head,
+            dtype: match args.dtype {
+                DTypeArg::Auto => None,
+                DTypeArg::F32 => Some(DType::F32),
+                DTypeArg::F16 => Some(DType::F16),
+                DTypeArg::Bf16 => Some(DType::BF16),
+            },
         },
     )?;
     if !engine.head_is_trained() && !args.quiet {
@@ -220,8 +228,10 @@ fn classify(args: ClassifyArgs) -> Result<u8> {
         out.as_mut(),
         dump.as_mut(),
         PipelineOptions {
-            batch_size: args.batch_size as usize,
-            max_batch_tokens: args.max_batch_tokens as usize,
+            batch_size: args.batch_size.map_or(defaults.batch_size, |n| n as usize),
+            max_batch_tokens: args
+                .max_batch_tokens
+                .map_or(defaults.max_batch_tokens, |n| n as usize),
         },
     )?;
     if let Some(d) = dump {

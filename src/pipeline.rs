@@ -47,6 +47,21 @@ impl Default for PipelineOptions {
     }
 }
 
+impl PipelineOptions {
+    /// Defaults for a device. The CPU is saturated by 32-input batches and gains nothing
+    /// from bigger ones but memory; a GPU needs thousands of tokens per pass to be busy.
+    pub fn for_device(device: &candle_core::Device) -> Self {
+        if device.is_cpu() {
+            Self::default()
+        } else {
+            Self {
+                batch_size: 256,
+                max_batch_tokens: 65536,
+            }
+        }
+    }
+}
+
 /// Attention holds `batch x heads x length^2` scores, so long inputs also get a bound on
 /// `batch x length^2` (in units of the token budget): 512-token inputs go 2 at a time.
 const ATTENTION_CELLS_PER_TOKEN: usize = 64;

@@ -9,7 +9,7 @@ use std::path::Path;
 use bert_cli::engine::{Engine, EngineOptions};
 use bert_cli::hub;
 use bert_cli::model::config::Scoring;
-use candle_core::{safetensors, Device, Tensor};
+use candle_core::{safetensors, DType, Device, Tensor};
 use common::*;
 
 fn engine(dir: &Path) -> Engine {
@@ -92,6 +92,53 @@ fn minilm_matches_pytorch_on_dev_set_and_edge_cases() {
         "worst logit difference against PyTorch: {worst:e} over {} cases",
         cases.len()
     );
+}
+
+/// f16 and bf16 (the GPU defaults' number formats, run here on the CPU): labels agree
+/// with PyTorch f32 on at least 99.5% of the dev set, and logits stay close. The padding
+/// mask must stay finite and the softmax f32, or padded batches would give NaN or drift.
+#[test]
+fn half_precision_keeps_labels() {
+    let reference = reference("minilm-sst2");
+    let cases = reference["cases"].as_array().unwrap();
+    for (dtype, tolerance) in [(DType::F16, 0.05f32), (DType::BF16, 0.25)] {
+        let engine = engine_with(
+            &minilm_sst2(),
+            &EngineOptions {
+                dtype: Some(dtype),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(engine.dtype, dtype);
+        let encoded: Vec<_> = cases
+            .iter()
+            .map(|c| engine.encode(c["text"].as_str().unwrap()).unwrap())
+            .collect();
+        let mut predictions = Vec::new();
+        for chunk in encoded.chunks(64) {
+            let refs: Vec<_> = chunk.iter().collect();
+            predictions.extend(engine.predict(&refs, false).unwrap());
+        }
+        let (mut agree, mut worst) = (0, 0f32);
+        for (c, p) in cases.iter().zip(&predictions) {
+            assert!(p.logits.iter().all(|x| x.is_finite()), "{dtype:?}: {p:?}");
+            worst = worst.max(max_diff(&p.logits, &floats(&c["logits"])));
+            agree += usize::from(p.top as u64 == c["label"].as_u64().unwrap());
+        }
+        let share = agree as f64 / cases.len() as f64;
+        eprintln!(
+            "{dtype:?}: labels agree on {agree}/{} ({:.2}%), worst logit difference {worst:e}",
+            cases.len(),
+            share * 100.0
+        );
+        assert!(
+            share >= 0.995,
+            "{dtype:?}: only {agree}/{} labels agree",
+            cases.len()
+        );
+        assert!(worst < tolerance, "{dtype:?}: logits off by {worst}");
+    }
 }
 
 #[test]
