@@ -215,6 +215,14 @@ def run_bert_cli(binary, model_dir, texts, batch, threads, extra=()):
     return max(wall - startup, 1e-9), rss, startup
 
 
+def bert_cli_labels(binary, model_dir, texts, threads, extra=()):
+    """Predicted labels, in input order."""
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
+    out = subprocess.run([str(binary), "classify", "--quiet", "--model", str(model_dir), "--format", "tsv", *extra],
+                         input="\n".join(texts) + "\n", capture_output=True, text=True, env=env, check=True).stdout
+    return [line.split("\t")[1] for line in out.splitlines()]
+
+
 def matmul_peak(threads):
     import torch
 
@@ -299,6 +307,8 @@ def main():
                 record("onnxruntime", config, run_ort(mdir, onnx_path, texts, batch, sort, args.threads))
             secs, rss, startup = run_bert_cli(args.binary, mdir, texts, 32, args.threads)
             record(args.label, "b32", secs)
+            q8_secs = run_bert_cli(args.binary, mdir, texts, 32, args.threads, ["--quantize", "q8"])[0]
+            record(args.label, "q8 b32", q8_secs)
             if not args.quick and wname == "sst2-dev":
                 record(args.label, "b1", run_bert_cli(args.binary, mdir, texts, 1, args.threads)[0])
             best = lambda tool: min(v for (t, c), v in results.items() if t == tool and c != "b1")
@@ -308,16 +318,23 @@ def main():
                 "vs_pytorch": best("pytorch") / ours, "vs_ort": best("onnxruntime") / ours,
                 "rss_mb": rss / 1024, "peak_share": flops(cfg, lengths) / ours / peak, "startup": startup,
             }
+            row["q8_vs_pytorch"] = best("pytorch") / q8_secs
+            if wname == "sst2-dev":
+                f32_labels = bert_cli_labels(args.binary, mdir, texts, args.threads)
+                q8_labels = bert_cli_labels(args.binary, mdir, texts, args.threads, ["--quantize", "q8"])
+                row["q8_agree"] = sum(a == b for a, b in zip(f32_labels, q8_labels)) / len(texts)
             if (args.label, "b1") in results:
                 row["b1_vs_ort_b1"] = results[("onnxruntime", "b1")] / results[(args.label, "b1")]
             summary.append(row)
     print()
-    print(f"| model | workload | {args.label} / PyTorch best | / ONNX Runtime best | batch 1 / ORT batch 1 | peak RSS | share of matmul peak | start-up |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
+    print(f"| model | workload | {args.label} / PyTorch best | / ONNX Runtime best | batch 1 / ORT batch 1 | peak RSS | share of matmul peak | start-up | q8 / PyTorch best (f32) | q8 labels = f32 labels |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in summary:
         b1 = f"{r['b1_vs_ort_b1']:.2f}x" if "b1_vs_ort_b1" in r else "-"
+        agree = f"{100 * r['q8_agree']:.2f}%" if "q8_agree" in r else "-"
         print(f"| {r['model']} | {r['workload']} | {r['vs_pytorch']:.2f}x | {r['vs_ort']:.2f}x | {b1} | "
-              f"{r['rss_mb']:.0f} MB | {100 * r['peak_share']:.0f}% | {r['startup']:.2f} s |")
+              f"{r['rss_mb']:.0f} MB | {100 * r['peak_share']:.0f}% | {r['startup']:.2f} s | "
+              f"{r['q8_vs_pytorch']:.2f}x | {agree} |")
     print()
     for mname, mdir in models.items():
         weights = Path(mdir) / "model.safetensors"

@@ -96,6 +96,11 @@ pub struct ClassifyArgs {
     #[arg(long, value_enum, default_value_t = DTypeArg::Auto)]
     pub dtype: DTypeArg,
 
+    /// int8 weights for the encoder's linear layers (CPU only): about twice as fast with
+    /// AVX-512 VNNI, labels agree with f32 on over 99% of SST-2 dev (see README).
+    #[arg(long, value_enum, default_value_t = QuantizeArg::None)]
+    pub quantize: QuantizeArg,
+
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = FormatArg::Human)]
     pub format: FormatArg,
@@ -167,6 +172,15 @@ pub enum DTypeArg {
     F16,
     /// bfloat16 (8-bit mantissa, f32's range): fast on recent GPUs; slow on the CPU.
     Bf16,
+}
+
+/// `--quantize` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum QuantizeArg {
+    /// Weights as in the checkpoint (converted to --dtype).
+    None,
+    /// int8 weights per output channel, int8 activations per token, f32 everything else.
+    Q8,
 }
 
 /// `--format` values.

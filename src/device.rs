@@ -58,7 +58,11 @@ pub fn open(spec: DeviceSpec) -> Result<Device> {
             if !cfg!(feature = "cuda") {
                 bail!("this build has no CUDA support; rebuild with --features cuda (see README, \"GPU builds\") or use --device cpu");
             }
-            Device::new_cuda(n).map_err(|e| anyhow::anyhow!("cannot open CUDA device {n}: {e}"))
+            Device::new_cuda(n).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot open CUDA device {n}: {e}\nCheck that the NVIDIA driver is loaded and `nvidia-smi` lists GPU {n}, or use --device cpu"
+                )
+            })
         }
         DeviceSpec::Metal => {
             if !cfg!(feature = "metal") {

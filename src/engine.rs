@@ -24,6 +24,8 @@ pub struct EngineOptions {
     pub allow_untrained_head: bool,
     /// Number format of weights and activations; `None` picks the device's default.
     pub dtype: Option<DType>,
+    /// int8 encoder linear layers (`--quantize q8`); CPU and f32 only.
+    pub quantize_q8: bool,
 }
 
 /// One classified input.
@@ -54,6 +56,8 @@ pub struct Engine {
     pub max_length: usize,
     /// Number format the model computes in.
     pub dtype: DType,
+    /// Whether the encoder's linear layers are int8.
+    pub quantized: bool,
 }
 
 /// f32 on the CPU, where half precision has no fast kernels and only loses accuracy;
@@ -91,8 +95,14 @@ impl Engine {
             allow_untrained: opts.allow_untrained_head,
             num_labels: opts.labels.as_ref().map_or(cfg.labels.len(), Vec::len),
         };
-        let model = BertClassifier::load(vb, &cfg, policy)
+        let mut model = BertClassifier::load(vb, &cfg, policy)
             .with_context(|| format!("cannot build the model from {weight_names}"))?;
+        if opts.quantize_q8 {
+            if !device.is_cpu() || dtype != DType::F32 {
+                bail!("--quantize q8 runs on the CPU in f32 only; use --device cpu and no --dtype, or drop --quantize");
+            }
+            model.quantize_q8()?;
+        }
         let labels = label_names(
             &files.id,
             &cfg.labels,
@@ -116,6 +126,7 @@ impl Engine {
             model_id: files.id.clone(),
             max_length,
             dtype,
+            quantized: opts.quantize_q8,
         })
     }
 

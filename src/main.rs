@@ -8,8 +8,11 @@ use anyhow::{Context, Result};
 use candle_core::DType;
 use clap::Parser;
 
-use bert_cli::cli::{ClassifyArgs, Cli, Command, DTypeArg, FormatArg, HubArgs, ModelRefArgs};
+use bert_cli::cli::{
+    ClassifyArgs, Cli, Command, DTypeArg, FormatArg, HubArgs, ModelRefArgs, QuantizeArg,
+};
 use bert_cli::engine::{Engine, EngineOptions};
+use bert_cli::model::BertClassifier;
 use bert_cli::output::attention::AttentionDump;
 use bert_cli::output::{self, FormatKind, FormatOptions};
 use bert_cli::pipeline::{self, PipelineOptions, Source};
@@ -196,8 +199,12 @@ fn classify(args: ClassifyArgs) -> Result<u8> {
                 DTypeArg::F16 => Some(DType::F16),
                 DTypeArg::Bf16 => Some(DType::BF16),
             },
+            quantize_q8: args.quantize == QuantizeArg::Q8,
         },
     )?;
+    if engine.quantized && !BertClassifier::q8_is_fast() && !args.quiet {
+        eprintln!("bert-cli: warning: this CPU lacks AVX-512 VNNI, so --quantize q8 gives the same answers but no speed-up");
+    }
     if !engine.head_is_trained() && !args.quiet {
         eprintln!(
             "bert-cli: warning: {} has no trained classification head; using a seeded random one, so the labels are meaningless",

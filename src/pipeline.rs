@@ -9,6 +9,7 @@ use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 use std::thread;
 
 use anyhow::{Context, Result};
+use rayon::prelude::*;
 
 use crate::engine::{Engine, Prediction};
 use crate::output::attention::AttentionDump;
@@ -218,8 +219,9 @@ fn classify_window(
     mut dump: Option<&mut AttentionDump>,
     opts: PipelineOptions,
 ) -> Result<usize> {
+    // Tokenizing in parallel matters on a GPU, where one thread cannot keep up with it.
     let encoded: Vec<Result<Encoded, String>> = items
-        .iter()
+        .par_iter()
         .map(|item| match &item.error {
             Some(e) => Err(e.clone()),
             None => engine

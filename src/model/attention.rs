@@ -47,6 +47,12 @@ impl SelfAttention {
         })
     }
 
+    /// Int8 projections (query/key/value and output).
+    pub fn quantize_q8(&mut self) -> Result<()> {
+        self.qkv.quantize_q8()?;
+        self.output.quantize_q8()
+    }
+
     /// `x` is `[batch, seq, hidden]`; `mask_bias` is `[batch, 1, 1, seq]` f32, 0 for real
     /// tokens and a large negative number for padding. Returns the layer's output and,
     /// when `keep_probs`, the post-softmax probabilities `[batch, heads, seq, seq]` (f32).

@@ -71,6 +71,16 @@ impl Encoder {
         Ok(Self { layers })
     }
 
+    /// Int8 dense layers everywhere in the encoder.
+    pub fn quantize_q8(&mut self) -> Result<()> {
+        for layer in &mut self.layers {
+            layer.attention.quantize_q8()?;
+            layer.ffn.up.quantize_q8()?;
+            layer.ffn.down.quantize_q8()?;
+        }
+        Ok(())
+    }
+
     /// Runs all layers; returns the last hidden state and, when asked, every layer's
     /// attention probabilities.
     pub fn forward(

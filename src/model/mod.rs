@@ -7,6 +7,7 @@ pub mod config;
 pub mod embeddings;
 pub mod encoder;
 mod ops;
+mod q8;
 mod weights;
 
 use anyhow::{bail, Result};
@@ -79,6 +80,17 @@ impl BertClassifier {
         self.head.trained
     }
 
+    /// Turns the encoder's dense layers (attention projections and feed-forward) into int8
+    /// ones for `--quantize q8`. CPU and f32 only: the kernel is a CPU one.
+    pub fn quantize_q8(&mut self) -> Result<()> {
+        self.encoder.quantize_q8()
+    }
+
+    /// Whether the int8 layers have this CPU's fast kernel (AVX-512 VNNI).
+    pub fn q8_is_fast() -> bool {
+        q8::vnni_available()
+    }
+
     /// Classifies a padded batch; `keep_attention` also returns attention probabilities.
     pub fn forward(&self, batch: &Batch, keep_attention: bool) -> Result<Output> {
         let (b, t) = batch.ids.dims2()?;
@@ -101,17 +113,20 @@ fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Linear> {
 pub(crate) struct Dense {
     /// `[in, out]`, contiguous: the checkpoint's `[out, in]` transposed once at load, so
     /// the GEMM reads it row-major and need not repack it on every call (which cost more
-    /// than the arithmetic for one short sentence).
-    weight_t: Tensor,
+    /// than the arithmetic for one short sentence). `None` once quantized.
+    weight_t: Option<Tensor>,
     bias: Tensor,
+    /// The int8 form, after `quantize_q8`.
+    q8: Option<q8::Q8Linear>,
 }
 
 impl Dense {
     /// From a checkpoint-layout `[out, in]` weight and its `[out]` bias.
     fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
         Ok(Self {
-            weight_t: transpose(&weight)?,
+            weight_t: Some(transpose(&weight)?),
             bias,
+            q8: None,
         })
     }
 
@@ -123,12 +138,22 @@ impl Dense {
         )
     }
 
+    /// Replaces the f32 weight by its int8 form (the f32 copy is freed).
+    fn quantize_q8(&mut self) -> Result<()> {
+        if let Some(w) = self.weight_t.take() {
+            self.q8 = Some(q8::Q8Linear::new(&w, &self.bias)?);
+        }
+        Ok(())
+    }
+
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, i) = x.dims3()?;
-        let y = x
-            .reshape((b * t, i))?
-            .matmul(&self.weight_t)?
-            .broadcast_add(&self.bias)?;
+        let x = x.reshape((b * t, i))?;
+        let y = match (&self.q8, &self.weight_t) {
+            (Some(q), _) => q.forward(&x.contiguous()?)?,
+            (None, Some(w)) => x.matmul(w)?.broadcast_add(&self.bias)?,
+            (None, None) => bail!("dense layer has no weights"),
+        };
         Ok(y.reshape((b, t, ()))?)
     }
 }
