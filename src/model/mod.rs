@@ -1,6 +1,33 @@
 //! The BERT sequence classifier, built from candle-nn ops as a tree of small structs,
 //! each with `load(vb, cfg)` and `forward`. Weight names are the checkpoint's own.
 
+/// Runs `body` compiled for the widest vector unit the CPU has (decided at run time, so
+/// the binary still runs on any x86-64). No fast-math: every path gives the same numbers.
+macro_rules! dispatch_simd {
+    ($name:ident, |$($arg:ident: $ty:ty),*| $body:block) => {
+        fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) { generic($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) { generic($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has just been checked for the enabled features.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            generic($($arg),*)
+        }
+    };
+}
+
 pub mod attention;
 pub mod classifier;
 pub mod config;

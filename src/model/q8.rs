@@ -38,7 +38,7 @@ pub struct Q8Linear {
     packed: Vec<i8>,
     /// `[panel][group][NR]`: weight scale per group and column.
     scale: Vec<f32>,
-    /// `[group][n]`: `ws · Σ q` per group and column, for the zero-point correction.
+    /// `[panel][group][NR]`: `ws · Σ q` per group and column, for the zero-point correction.
     weight_sums: Vec<f32>,
     bias: Vec<f32>,
 }
@@ -61,23 +61,46 @@ impl Q8Linear {
         let panels = n.div_ceil(NR);
         let mut packed = vec![0i8; panels * kp * NR];
         let mut scale = vec![1f32; panels * groups * NR];
-        let mut weight_sums = vec![0f32; groups * n];
-        for g in 0..groups {
-            let ks = g * GROUP..((g + 1) * GROUP).min(k);
-            for col in 0..n {
-                let max = ks.clone().fold(0f32, |m, kk| m.max(w[kk * n + col].abs()));
-                let ws = if max > 0.0 { max / 127.0 } else { 1.0 };
-                let (p, j) = (col / NR, col % NR);
-                scale[(p * groups + g) * NR + j] = ws;
-                let mut sum = 0i32;
-                for kk in ks.clone() {
-                    let q = (w[kk * n + col] / ws).round().clamp(-127.0, 127.0) as i8;
-                    packed[(p * (kp / 4) + kk / 4) * NR * 4 + j * 4 + kk % 4] = q;
-                    sum += i32::from(q);
+        // One panel per task, its columns read row by row as they lie in memory.
+        let panel_sums: Vec<Vec<f32>> = packed
+            .par_chunks_mut(kp * NR)
+            .zip(scale.par_chunks_mut(groups * NR))
+            .enumerate()
+            .map(|(p, (packed, scale))| {
+                let cols = p * NR..((p + 1) * NR).min(n);
+                let mut sums = vec![0f32; groups * NR];
+                for g in 0..groups {
+                    let ks = g * GROUP..((g + 1) * GROUP).min(k);
+                    let mut max = [0f32; NR];
+                    for kk in ks.clone() {
+                        for (m, &v) in max
+                            .iter_mut()
+                            .zip(&w[kk * n + cols.start..kk * n + cols.end])
+                        {
+                            *m = if v.abs() > *m { v.abs() } else { *m };
+                        }
+                    }
+                    let ws = &mut scale[g * NR..(g + 1) * NR];
+                    for (s, &m) in ws.iter_mut().zip(&max[..cols.len()]) {
+                        *s = if m > 0.0 { m / 127.0 } else { 1.0 };
+                    }
+                    let mut count = [0i32; NR];
+                    for kk in ks {
+                        let row = &w[kk * n + cols.start..kk * n + cols.end];
+                        for (j, &v) in row.iter().enumerate() {
+                            let q = round_magic((v / ws[j]).clamp(-127.0, 127.0)) as i8;
+                            packed[(kk / 4) * NR * 4 + j * 4 + kk % 4] = q;
+                            count[j] += i32::from(q);
+                        }
+                    }
+                    for j in 0..cols.len() {
+                        sums[g * NR + j] = ws[j] * count[j] as f32;
+                    }
                 }
-                weight_sums[g * n + col] = ws * sum as f32;
-            }
-        }
+                sums
+            })
+            .collect();
+        let weight_sums = panel_sums.concat();
         Ok(Self {
             k,
             n,
@@ -138,6 +161,7 @@ impl Q8Linear {
                 let panel = Panel {
                     weights: &self.packed[p * kp * NR..(p + 1) * kp * NR],
                     scale: &self.scale[p * groups * NR..(p + 1) * groups * NR],
+                    sums: &self.weight_sums[p * groups * NR..(p + 1) * groups * NR],
                 };
                 let cols = p * NR..((p + 1) * NR).min(n);
                 let mut r0 = row_range.start;
@@ -146,6 +170,7 @@ impl Q8Linear {
                     let a = Activations {
                         data: &rows.data[r0 * kp..(r0 + mr) * kp],
                         scale: &rows.scale[r0 * groups..(r0 + mr) * groups],
+                        scaled_zero: &rows.scaled_zero[r0 * groups..(r0 + mr) * groups],
                     };
                     tile(&a, groups, mr, &panel, &mut acc);
                     for (i, acc) in acc.iter().take(mr).enumerate() {
@@ -158,16 +183,8 @@ impl Q8Linear {
                                 cols.len(),
                             )
                         };
-                        out.copy_from_slice(&acc[..cols.len()]);
-                        for (o, b) in out.iter_mut().zip(&self.bias[cols.clone()]) {
-                            *o += b;
-                        }
-                        let sz = &rows.scaled_zero[r * groups..(r + 1) * groups];
-                        for (g, &sz) in sz.iter().enumerate() {
-                            let sums = &self.weight_sums[g * n + cols.start..g * n + cols.end];
-                            for (o, &ws) in out.iter_mut().zip(sums) {
-                                *o -= sz * ws;
-                            }
+                        for ((o, a), b) in out.iter_mut().zip(acc).zip(&self.bias[cols.clone()]) {
+                            *o = a + b;
                         }
                     }
                     r0 += mr;
@@ -194,37 +211,64 @@ impl SendPtr {
 /// the 256 levels span exactly the group's range (GELU outputs are nearly all positive,
 /// and a symmetric range would waste half of them). Returns `(s, z)`.
 fn quantize_group(x: &[f32], out: &mut [u8]) -> (f32, i32) {
-    let (lo, hi) = x
-        .iter()
-        .fold((0f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
-    let s = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
-    let inv = 1.0 / s;
-    let z = (-lo * inv).round().clamp(0.0, 255.0);
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = (v * inv + z).round().clamp(0.0, 255.0) as u8;
-    }
-    (s, z as i32)
+    let mut scale_zero = (1.0, 0);
+    quantize_group_simd(x, out, &mut scale_zero);
+    scale_zero
 }
+
+/// Round to nearest (ties to even) for |x| < 2^22, without a call to `roundf`.
+#[inline(always)]
+fn round_magic(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0;
+    (x + ROUND) - ROUND
+}
+
+// Comparisons instead of f32::min/max (whose NaN rules block vectorising), and rounding by
+// adding and taking off 1.5 * 2^23 instead of a call to `roundf` per element.
+dispatch_simd!(
+    quantize_group_simd,
+    |x: &[f32], out: &mut [u8], scale_zero: &mut (f32, i32)| {
+        let (mut lo, mut hi) = (0f32, 0f32);
+        for &v in x {
+            lo = if v < lo { v } else { lo };
+            hi = if v > hi { v } else { hi };
+        }
+        let s = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
+        let inv = 1.0 / s;
+        let z = round_magic((-lo * inv).clamp(0.0, 255.0));
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = round_magic((v * inv + z).clamp(0.0, 255.0)) as u8;
+        }
+        *scale_zero = (s, z as i32);
+    }
+);
 
 /// Up to `MR` rows of quantized activations: `data` `[rows][groups * GROUP]`, `scale`
 /// `[rows][groups]`.
 struct Activations<'a> {
     data: &'a [u8],
     scale: &'a [f32],
+    /// `[rows][groups]`: scale times zero point.
+    scaled_zero: &'a [f32],
 }
 
 /// One packed panel: `weights` `[groups * GROUP / 4][NR][4]`, `scale` `[groups][NR]`.
 struct Panel<'a> {
     weights: &'a [i8],
     scale: &'a [f32],
+    /// `[groups][NR]`: `ws · Σ q`.
+    sums: &'a [f32],
 }
 
-/// `acc[i][j] = Σ_g s[i,g]·ws[g,j]·Σ_{k∈g} u[i,k]·q[k,j]` for `mr` rows.
+/// `acc[i][j] = Σ_g s[i,g]·ws[g,j]·Σ_{k∈g} u[i,k]·q[k,j] - (s·z)[i,g]·(ws·Σq)[g,j]` for
+/// `mr` rows: the product without bias.
 fn tile(a: &Activations, groups: usize, mr: usize, panel: &Panel, acc: &mut [[f32; NR]; MR]) {
     let kp = groups * GROUP;
     assert!(mr <= MR && mr > 0);
     assert!(a.data.len() >= mr * kp && a.scale.len() >= mr * groups);
+    assert!(a.scaled_zero.len() >= mr * groups);
     assert!(panel.weights.len() >= kp * NR && panel.scale.len() >= groups * NR);
+    assert!(panel.sums.len() >= groups * NR);
     #[cfg(target_arch = "x86_64")]
     if vnni_available() {
         // SAFETY: the features were just detected; the asserts above bound every access.
@@ -284,9 +328,10 @@ fn tile_portable(
                     }
                 }
             }
-            let s = a.scale[i * groups + g];
+            let (s, sz) = (a.scale[i * groups + g], a.scaled_zero[i * groups + g]);
             for (j, out) in acc.iter_mut().enumerate() {
-                *out += sums[j] as f32 * (s * panel.scale[g * NR + j]);
+                *out +=
+                    sums[j] as f32 * (s * panel.scale[g * NR + j]) - sz * panel.sums[g * NR + j];
             }
         }
     }
@@ -325,10 +370,19 @@ unsafe fn tile_vnni<const R: usize>(
             _mm512_loadu_ps(ws.add(16)),
             _mm512_loadu_ps(ws.add(32)),
         ];
+        let zs = panel.sums.as_ptr().add(g * NR);
+        let z = [
+            _mm512_loadu_ps(zs),
+            _mm512_loadu_ps(zs.add(16)),
+            _mm512_loadu_ps(zs.add(32)),
+        ];
         for (i, (f, c)) in f.iter_mut().zip(&c).enumerate() {
             let s = _mm512_set1_ps(*a.scale.get_unchecked(i * groups + g));
+            let sz = _mm512_set1_ps(*a.scaled_zero.get_unchecked(i * groups + g));
             for v in 0..3 {
-                f[v] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(c[v]), _mm512_mul_ps(s, w[v]), f[v]);
+                let scaled =
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(c[v]), _mm512_mul_ps(s, w[v]), f[v]);
+                f[v] = _mm512_fnmadd_ps(sz, z[v], scaled);
             }
         }
     }
@@ -382,7 +436,7 @@ mod tests {
                     let mut acc = 0i64;
                     for (t, &u) in u.iter().enumerate() {
                         let kk = g * GROUP + t;
-                        let q = (w[kk * n + c] / ws).round().clamp(-127.0, 127.0) as i64;
+                        let q = round_magic((w[kk * n + c] / ws).clamp(-127.0, 127.0)) as i64;
                         acc += (i64::from(u) - i64::from(z)) * q;
                     }
                     total += acc as f64 * f64::from(s) * f64::from(ws);
@@ -455,13 +509,17 @@ mod tests {
             .map(|i| ((i * 91 % 255) as i32 - 127) as i8)
             .collect();
         let wscale: Vec<f32> = (0..groups * NR).map(|i| 0.02 + i as f32 * 1e-4).collect();
+        let zeros: Vec<f32> = (0..mr * groups).map(|i| (i % 7) as f32 * 0.1).collect();
+        let sums: Vec<f32> = (0..groups * NR).map(|i| (i % 11) as f32 - 5.0).collect();
         let a = Activations {
             data: &data,
             scale: &scale,
+            scaled_zero: &zeros,
         };
         let panel = Panel {
             weights: &weights,
             scale: &wscale,
+            sums: &sums,
         };
         let mut want = [[0f32; NR]; MR];
         tile_portable(&a, groups, mr, &panel, &mut want);
