@@ -247,7 +247,7 @@ def speed(report, args):
     peak = matmul_peak(tdev, base_dtype)
     ptname = "fp16" if gpu else "f32"
     report.add(f"Matmul peak measured now with PyTorch ({ptname}, {'8192' if gpu else '2048'}^3, best of 10): "
-               f"{peak / 1e12:.1f} TFLOP/s.")
+               f"{peak / 1e12:.2f} TFLOP/s.")
     report.add()
     model = ref_model.to(base_dtype)
     cfg = json.loads((model_dir / "config.json").read_text())
@@ -266,7 +266,7 @@ def speed(report, args):
             out, wall = bert_cli(args, args.binary, model_dir, args.device, cli_dtype, extra, texts)
             assert len(out) == len(texts), "bert-cli lost inputs"
             ours = len(texts) / max(wall - min(startup, startup2), 1e-9)
-            rows.append([length, batch, len(texts), f"{ours:.0f}", f"{pt:.0f}", f"{ours / pt:.2f}x",
+            rows.append([length, batch, len(texts), f"{ours:.1f}", f"{pt:.1f}", f"{ours / pt:.2f}x",
                          f"{100 * ours * flop_per_seq / peak:.0f}%", f"{100 * pt * flop_per_seq / peak:.0f}%"])
             log(f"  {length} tokens, batch {batch}: bert-cli {ours:.0f}/s, PyTorch {pt:.0f}/s")
     report.add(f"Throughput, sentences/s (bert-cli {cli_dtype}, start-up and model load taken off; "
