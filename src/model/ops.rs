@@ -72,21 +72,72 @@ dispatch_simd!(gelu_slice, |dst: &mut [f32], src: &[f32]| {
 dispatch_simd!(softmax_row, |dst: &mut [f32],
                              scores: &[f32],
                              mask: &[f32]| {
-    let mut max = f32::NEG_INFINITY;
     for (d, (&s, &m)) in dst.iter_mut().zip(scores.iter().zip(mask)) {
         *d = s + m;
-        max = max.max(*d);
     }
-    let mut sum = 0f32;
+    let max = lane_max(dst);
     for d in dst.iter_mut() {
         *d = fast_exp(*d - max);
-        sum += *d;
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / lane_sum(dst);
     for d in dst.iter_mut() {
         *d *= inv;
     }
 });
+
+/// Reductions over 16 independent lanes: a single running max or sum is a chain the
+/// compiler must keep in order (floating-point rules), which leaves the loop scalar.
+const LANES: usize = 16;
+
+/// The largest element (NEG_INFINITY for an empty slice).
+#[inline(always)]
+pub(crate) fn lane_max(xs: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    let mut max = f32::NEG_INFINITY;
+    for &v in acc.iter().chain(tail) {
+        max = if v > max { v } else { max };
+    }
+    max
+}
+
+/// The smallest element (INFINITY for an empty slice).
+#[inline(always)]
+pub(crate) fn lane_min(xs: &[f32]) -> f32 {
+    let mut acc = [f32::INFINITY; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = if v < *a { v } else { *a };
+        }
+    }
+    let mut min = f32::INFINITY;
+    for &v in acc.iter().chain(tail) {
+        min = if v < min { v } else { min };
+    }
+    min
+}
+
+/// The sum, accumulated in 16 lanes.
+#[inline(always)]
+fn lane_sum(xs: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
+}
 
 struct GeluErf;
 

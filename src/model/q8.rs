@@ -223,21 +223,21 @@ fn round_magic(x: f32) -> f32 {
     (x + ROUND) - ROUND
 }
 
-// Comparisons instead of f32::min/max (whose NaN rules block vectorising), and rounding by
-// adding and taking off 1.5 * 2^23 instead of a call to `roundf` per element.
+// Lane-wise min/max (a single running one stays scalar), and rounding by adding and
+// taking off 1.5 * 2^23 instead of a call to `roundf` per element.
 dispatch_simd!(
     quantize_group_simd,
     |x: &[f32], out: &mut [u8], scale_zero: &mut (f32, i32)| {
-        let (mut lo, mut hi) = (0f32, 0f32);
-        for &v in x {
-            lo = if v < lo { v } else { lo };
-            hi = if v > hi { v } else { hi };
-        }
+        // The range always includes 0, so that 0 is exact.
+        let lo = super::ops::lane_min(x).min(0.0);
+        let hi = super::ops::lane_max(x).max(0.0);
         let s = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
         let inv = 1.0 / s;
         let z = round_magic((-lo * inv).clamp(0.0, 255.0));
         for (o, &v) in out.iter_mut().zip(x) {
-            *o = round_magic((v * inv + z).clamp(0.0, 255.0)) as u8;
+            // Through i32: already in 0..=255, and a plain conversion vectorises where a
+            // saturating one to u8 does not.
+            *o = round_magic((v * inv + z).clamp(0.0, 255.0)) as i32 as u8;
         }
         *scale_zero = (s, z as i32);
     }
