@@ -65,7 +65,7 @@ class Report:
 
 # ---------------------------------------------------------------- running bert-cli
 
-def bert_cli(args, binary, model, device, dtype, extra=(), texts=None):
+def bert_cli(binary, model, device, dtype, extra=(), texts=None):
     """Runs `bert-cli classify` on `texts` (one per line); returns (jsonl records, seconds)."""
     with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
         f.write("".join(t + "\n" for t in (texts or [])))
@@ -99,7 +99,7 @@ def parity_reference(report, args):
     report.add()
     rows = []
     for dtype in ["f32", "f16", "bf16"]:
-        out, seconds = bert_cli(args, args.binary, args.parity_model, args.device, dtype,
+        out, seconds = bert_cli(args.binary, args.parity_model, args.device, dtype,
                                 ["--batch-size", "64"], texts)
         if len(out) != len(cases):
             report.check(False, f"{dtype}: {len(out)} results for {len(cases)} inputs")
@@ -122,7 +122,7 @@ def parity_reference(report, args):
     items = ref["attention"]
     with tempfile.TemporaryDirectory() as tmp:
         dump = Path(tmp) / "attn.json"
-        bert_cli(args, args.binary, args.parity_model, args.device, "f32",
+        bert_cli(args.binary, args.parity_model, args.device, "f32",
                  ["--dump-attention", str(dump)], [a["text"] for a in items])
         got = json.loads(dump.read_text())
     worst = 0.0
@@ -238,7 +238,7 @@ def speed(report, args):
     with torch.inference_mode():
         enc = tok(sample, padding=True, return_tensors="pt").to(tdev)
         want = ref_model(**enc).logits.float().cpu().tolist()
-    out, _ = bert_cli(args, args.binary, model_dir, args.device, "f32", [], sample)
+    out, _ = bert_cli(args.binary, model_dir, args.device, "f32", [], sample)
     worst = max(abs(a - b) for r, w in zip(out, want) for a, b in zip(r["logits"], w))
     report.check(len(out) == len(sample) and worst < 1e-3,
                  f"bert-base f32 on {args.device} vs transformers f32 on {tdev}: worst logit diff {worst:.2e}")
@@ -261,9 +261,9 @@ def speed(report, args):
         for batch in sizes:
             pt = pytorch_rate(model, tok, texts, batch, tdev)
             extra = ["--batch-size", str(batch), "--max-batch-tokens", str(max(batch * length, 8192))]
-            _, startup = bert_cli(args, args.binary, model_dir, args.device, cli_dtype, extra, [])
-            _, startup2 = bert_cli(args, args.binary, model_dir, args.device, cli_dtype, extra, [])
-            out, wall = bert_cli(args, args.binary, model_dir, args.device, cli_dtype, extra, texts)
+            _, startup = bert_cli(args.binary, model_dir, args.device, cli_dtype, extra, [])
+            _, startup2 = bert_cli(args.binary, model_dir, args.device, cli_dtype, extra, [])
+            out, wall = bert_cli(args.binary, model_dir, args.device, cli_dtype, extra, texts)
             assert len(out) == len(texts), "bert-cli lost inputs"
             ours = len(texts) / max(wall - min(startup, startup2), 1e-9)
             rows.append([length, batch, len(texts), f"{ours:.1f}", f"{pt:.1f}", f"{ours / pt:.2f}x",

@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use bert_cli::engine::{Engine, EngineOptions};
+use bert_cli::engine::{Engine, EngineOptions, Prediction};
 use bert_cli::hub;
 use bert_cli::model::config::Scoring;
 use candle_core::{safetensors, DType, Device, Tensor};
@@ -94,6 +94,24 @@ fn minilm_matches_pytorch_on_dev_set_and_edge_cases() {
     );
 }
 
+/// Every reference case's prediction, in padded batches of `batch` (input order kept).
+fn predict_in_batches(
+    engine: &Engine,
+    cases: &[serde_json::Value],
+    batch: usize,
+) -> Vec<Prediction> {
+    let encoded: Vec<_> = cases
+        .iter()
+        .map(|c| engine.encode(c["text"].as_str().unwrap()).unwrap())
+        .collect();
+    let mut predictions = Vec::new();
+    for chunk in encoded.chunks(batch) {
+        let refs: Vec<_> = chunk.iter().collect();
+        predictions.extend(engine.predict(&refs, false).unwrap());
+    }
+    predictions
+}
+
 /// f16 and bf16 (the GPU defaults' number formats, run here on the CPU): labels agree
 /// with PyTorch f32 on at least 99.5% of the dev set, and logits stay close. The padding
 /// mask must stay finite and the softmax f32, or padded batches would give NaN or drift.
@@ -111,15 +129,7 @@ fn half_precision_keeps_labels() {
         )
         .unwrap();
         assert_eq!(engine.dtype, dtype);
-        let encoded: Vec<_> = cases
-            .iter()
-            .map(|c| engine.encode(c["text"].as_str().unwrap()).unwrap())
-            .collect();
-        let mut predictions = Vec::new();
-        for chunk in encoded.chunks(64) {
-            let refs: Vec<_> = chunk.iter().collect();
-            predictions.extend(engine.predict(&refs, false).unwrap());
-        }
+        let predictions = predict_in_batches(&engine, cases, 64);
         let (mut agree, mut worst) = (0, 0f32);
         for (c, p) in cases.iter().zip(&predictions) {
             assert!(p.logits.iter().all(|x| x.is_finite()), "{dtype:?}: {p:?}");
@@ -157,15 +167,7 @@ fn q8_keeps_labels() {
         },
     )
     .unwrap();
-    let encoded: Vec<_> = cases
-        .iter()
-        .map(|c| engine.encode(c["text"].as_str().unwrap()).unwrap())
-        .collect();
-    let mut predictions = Vec::new();
-    for chunk in encoded.chunks(32) {
-        let refs: Vec<_> = chunk.iter().collect();
-        predictions.extend(engine.predict(&refs, false).unwrap());
-    }
+    let predictions = predict_in_batches(&engine, cases, 32);
     let (mut agree, mut worst) = (0, 0f32);
     for (c, p) in cases.iter().zip(&predictions) {
         let want = floats(&c["logits"]);

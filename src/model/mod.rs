@@ -138,22 +138,26 @@ fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Linear> {
 /// A dense layer applied to `[batch, seq, in]` as one `[batch * seq, in]` matrix product:
 /// one large GEMM instead of `batch` small ones (what `candle_nn::Linear` does for 3-D input).
 pub(crate) struct Dense {
+    weights: DenseWeights,
+    bias: Tensor,
+}
+
+/// A dense layer's weights in the form it computes with.
+enum DenseWeights {
     /// `[in, out]`, contiguous: the checkpoint's `[out, in]` transposed once at load, so
     /// the GEMM reads it row-major and need not repack it on every call (which cost more
-    /// than the arithmetic for one short sentence). `None` once quantized.
-    weight_t: Option<Tensor>,
-    bias: Tensor,
-    /// The int8 form, after `quantize_q8`.
-    q8: Option<q8::Q8Linear>,
+    /// than the arithmetic for one short sentence).
+    Float(Tensor),
+    /// int8, after `quantize_q8` (the bias is folded into its output pass).
+    Q8(q8::Q8Linear),
 }
 
 impl Dense {
     /// From a checkpoint-layout `[out, in]` weight and its `[out]` bias.
     fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
         Ok(Self {
-            weight_t: Some(transpose(&weight)?),
+            weights: DenseWeights::Float(transpose(&weight)?),
             bias,
-            q8: None,
         })
     }
 
@@ -167,8 +171,8 @@ impl Dense {
 
     /// Replaces the f32 weight by its int8 form (the f32 copy is freed).
     fn quantize_q8(&mut self) -> Result<()> {
-        if let Some(w) = self.weight_t.take() {
-            self.q8 = Some(q8::Q8Linear::new(&w, &self.bias)?);
+        if let DenseWeights::Float(w) = &self.weights {
+            self.weights = DenseWeights::Q8(q8::Q8Linear::new(w, &self.bias)?);
         }
         Ok(())
     }
@@ -176,10 +180,9 @@ impl Dense {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, t, i) = x.dims3()?;
         let x = x.reshape((b * t, i))?;
-        let y = match (&self.q8, &self.weight_t) {
-            (Some(q), _) => q.forward(&x.contiguous()?)?,
-            (None, Some(w)) => x.matmul(w)?.broadcast_add(&self.bias)?,
-            (None, None) => bail!("dense layer has no weights"),
+        let y = match &self.weights {
+            DenseWeights::Float(w) => x.matmul(w)?.broadcast_add(&self.bias)?,
+            DenseWeights::Q8(q) => q.forward(&x.contiguous()?)?,
         };
         Ok(y.reshape((b, t, ()))?)
     }

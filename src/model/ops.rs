@@ -89,54 +89,36 @@ dispatch_simd!(softmax_row, |dst: &mut [f32],
 /// compiler must keep in order (floating-point rules), which leaves the loop scalar.
 const LANES: usize = 16;
 
-/// The largest element (NEG_INFINITY for an empty slice).
+/// `xs` folded with `pick` in 16 lanes, then the lanes and the tail folded together.
 #[inline(always)]
-pub(crate) fn lane_max(xs: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; LANES];
+fn lane_fold(xs: &[f32], init: f32, pick: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; LANES];
     let chunks = xs.chunks_exact(LANES);
     let tail = chunks.remainder();
     for c in chunks {
         for (a, &v) in acc.iter_mut().zip(c) {
-            *a = if v > *a { v } else { *a };
+            *a = pick(*a, v);
         }
     }
-    let mut max = f32::NEG_INFINITY;
-    for &v in acc.iter().chain(tail) {
-        max = if v > max { v } else { max };
-    }
-    max
+    acc.iter().chain(tail).fold(init, |a, &v| pick(a, v))
+}
+
+/// The largest element (NEG_INFINITY for an empty slice).
+#[inline(always)]
+pub(crate) fn lane_max(xs: &[f32]) -> f32 {
+    lane_fold(xs, f32::NEG_INFINITY, |a, v| if v > a { v } else { a })
 }
 
 /// The smallest element (INFINITY for an empty slice).
 #[inline(always)]
 pub(crate) fn lane_min(xs: &[f32]) -> f32 {
-    let mut acc = [f32::INFINITY; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a = if v < *a { v } else { *a };
-        }
-    }
-    let mut min = f32::INFINITY;
-    for &v in acc.iter().chain(tail) {
-        min = if v < min { v } else { min };
-    }
-    min
+    lane_fold(xs, f32::INFINITY, |a, v| if v < a { v } else { a })
 }
 
 /// The sum, accumulated in 16 lanes.
 #[inline(always)]
 fn lane_sum(xs: &[f32]) -> f32 {
-    let mut acc = [0f32; LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for c in chunks {
-        for (a, &v) in acc.iter_mut().zip(c) {
-            *a += v;
-        }
-    }
-    acc.iter().sum::<f32>() + tail.iter().sum::<f32>()
+    lane_fold(xs, 0.0, |a, v| a + v)
 }
 
 struct GeluErf;
