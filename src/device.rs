@@ -49,6 +49,20 @@ impl fmt::Display for DeviceSpec {
     }
 }
 
+/// Makes glibc's allocator keep freed memory for reuse instead of handing each large
+/// buffer back to the kernel. A forward pass allocates and frees tens of megabytes per op;
+/// by default each such buffer is a fresh `mmap`, so the kernel zero-fills every page on
+/// first touch, which measured 7% of bert-base's time (and no lower peak memory). Other
+/// allocators already reuse memory; there this does nothing.
+pub fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator tuning; called before any worker thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_MAX, 0);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
+
 /// Opens the device; asking for one this build or machine lacks is an error that says
 /// how to get it, never a silent fall back to the CPU.
 pub fn open(spec: DeviceSpec) -> Result<Device> {

@@ -155,6 +155,7 @@ fn set_threads(threads: Option<u64>) {
 
 fn classify(args: ClassifyArgs) -> Result<u8> {
     set_threads(args.threads);
+    device::keep_freed_memory();
     // Open the dump file before the slow work so a bad path fails at once.
     let mut dump = args
         .dump_attention

@@ -1,7 +1,7 @@
 //! Multi-head self-attention: the part of BERT people come to look at.
 
 use anyhow::Result;
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use super::config::Config;
@@ -63,10 +63,38 @@ impl SelfAttention {
         keep_probs: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, h) = x.dims3()?;
+        let qkv = self.qkv.forward(x)?;
+        let fused = matches!(x.device(), Device::Cpu)
+            && x.dtype() == DType::F32
+            && super::sgemm::available();
+        let (ctx, probs) = if fused {
+            let shape = super::fused::Shape {
+                batch: b,
+                seq: t,
+                heads: self.num_heads,
+                head_dim: self.head_dim,
+            };
+            let qkv = qkv.reshape((b * t, 3 * h))?.contiguous()?;
+            let (ctx, probs) = super::fused::attention(&qkv, mask_bias, shape, keep_probs)?;
+            (ctx.reshape((b, t, h))?, probs)
+        } else {
+            self.split_heads_attention(&qkv, mask_bias, keep_probs)?
+        };
+        let out = self.norm.forward(&(self.output.forward(&ctx)? + x)?)?;
+        Ok((out, probs))
+    }
+
+    /// Attention through candle's ops, for GPUs, half precision and CPUs without AVX-512:
+    /// returns the context `[batch, seq, hidden]` and, when `keep_probs`, the probabilities.
+    fn split_heads_attention(
+        &self,
+        qkv: &Tensor,
+        mask_bias: &Tensor,
+        keep_probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (b, t, _) = qkv.dims3()?;
         // [b, t, 3, heads, d] -> [3, b, heads, t, d]: one copy gives contiguous Q, K and V.
-        let qkv = self
-            .qkv
-            .forward(x)?
+        let qkv = qkv
             .reshape((b, t, 3, self.num_heads, self.head_dim))?
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?;
@@ -77,8 +105,7 @@ impl SelfAttention {
         let in_dtype = scores.dtype();
         let probs = super::ops::masked_softmax(&scores.to_dtype(DType::F32)?, mask_bias)?;
         let ctx = probs.to_dtype(in_dtype)?.matmul(&v)?;
-        let ctx = ctx.transpose(1, 2)?.reshape((b, t, h))?;
-        let out = self.norm.forward(&(self.output.forward(&ctx)? + x)?)?;
-        Ok((out, keep_probs.then_some(probs)))
+        let ctx = ctx.transpose(1, 2)?.reshape((b, t, ()))?;
+        Ok((ctx, keep_probs.then_some(probs)))
     }
 }

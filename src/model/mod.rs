@@ -4,8 +4,8 @@
 /// Runs `body` compiled for the widest vector unit the CPU has (decided at run time, so
 /// the binary still runs on any x86-64). No fast-math: every path gives the same numbers.
 macro_rules! dispatch_simd {
-    ($name:ident, |$($arg:ident: $ty:ty),*| $body:block) => {
-        fn $name($($arg: $ty),*) {
+    ($vis:vis $name:ident, |$($arg:ident: $ty:ty),*| $body:block) => {
+        $vis fn $name($($arg: $ty),*) {
             #[inline(always)]
             fn generic($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
@@ -33,8 +33,10 @@ pub mod classifier;
 pub mod config;
 pub mod embeddings;
 pub mod encoder;
+mod fused;
 mod ops;
 mod q8;
+mod sgemm;
 mod weights;
 
 use anyhow::{bail, Result};
@@ -144,6 +146,8 @@ pub(crate) struct Dense {
 
 /// A dense layer's weights in the form it computes with.
 enum DenseWeights {
+    /// f32 packed for the AVX-512 kernel, bias included (CPU, f32, AVX-512 only).
+    Packed(sgemm::PackedLinear),
     /// `[in, out]`, contiguous: the checkpoint's `[out, in]` transposed once at load, so
     /// the GEMM reads it row-major and need not repack it on every call (which cost more
     /// than the arithmetic for one short sentence).
@@ -155,10 +159,15 @@ enum DenseWeights {
 impl Dense {
     /// From a checkpoint-layout `[out, in]` weight and its `[out]` bias.
     fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
-        Ok(Self {
-            weights: DenseWeights::Float(transpose(&weight)?),
-            bias,
-        })
+        let packable = matches!(weight.device(), candle_core::Device::Cpu)
+            && weight.dtype() == DType::F32
+            && sgemm::available();
+        let weights = if packable {
+            DenseWeights::Packed(sgemm::PackedLinear::new(&weight, &bias)?)
+        } else {
+            DenseWeights::Float(transpose(&weight)?)
+        };
+        Ok(Self { weights, bias })
     }
 
     /// `weight` `[out, in]` and `bias` `[out]` under `vb`, shapes checked.
@@ -171,9 +180,12 @@ impl Dense {
 
     /// Replaces the f32 weight by its int8 form (the f32 copy is freed).
     fn quantize_q8(&mut self) -> Result<()> {
-        if let DenseWeights::Float(w) = &self.weights {
-            self.weights = DenseWeights::Q8(q8::Q8Linear::new(w, &self.bias)?);
-        }
+        let q = match &self.weights {
+            DenseWeights::Packed(p) => q8::Q8Linear::new(&p.weight_t()?, &self.bias)?,
+            DenseWeights::Float(w) => q8::Q8Linear::new(w, &self.bias)?,
+            DenseWeights::Q8(_) => return Ok(()),
+        };
+        self.weights = DenseWeights::Q8(q);
         Ok(())
     }
 
@@ -181,6 +193,7 @@ impl Dense {
         let (b, t, i) = x.dims3()?;
         let x = x.reshape((b * t, i))?;
         let y = match &self.weights {
+            DenseWeights::Packed(p) => p.forward(&x.contiguous()?)?,
             DenseWeights::Float(w) => x.matmul(w)?.broadcast_add(&self.bias)?,
             DenseWeights::Q8(q) => q.forward(&x.contiguous()?)?,
         };

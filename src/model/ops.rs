@@ -69,7 +69,7 @@ dispatch_simd!(gelu_slice, |dst: &mut [f32], src: &[f32]| {
     }
 });
 
-dispatch_simd!(softmax_row, |dst: &mut [f32],
+dispatch_simd!(pub(crate) softmax_row, |dst: &mut [f32],
                              scores: &[f32],
                              mask: &[f32]| {
     for (d, (&s, &m)) in dst.iter_mut().zip(scores.iter().zip(mask)) {
@@ -265,5 +265,19 @@ mod tests {
             .to_scalar::<f32>()?;
         assert!(diff < 1e-6, "max difference {diff}");
         Ok(())
+    }
+}
+
+/// A raw pointer that may cross threads, for kernels whose parallel tasks write disjoint
+/// blocks of one output that interleave in memory; the caller keeps the writes disjoint.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub *mut f32);
+// SAFETY: only used for disjoint writes (see the users' SAFETY comments).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    pub fn get(self) -> *mut f32 {
+        self.0
     }
 }

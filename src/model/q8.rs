@@ -16,6 +16,8 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use super::ops::SendPtr;
+
 /// Input channels per quantization group (16 steps of `vpdpbusd`'s 4 bytes).
 const GROUP: usize = 64;
 /// Columns per packed panel: three 16-lane vectors.
@@ -192,18 +194,6 @@ impl Q8Linear {
             }
         });
         y
-    }
-}
-
-/// A raw pointer that may cross threads; the caller keeps writes disjoint.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: only used for disjoint writes, see `Q8Linear::matmul`.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 
