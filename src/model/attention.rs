@@ -5,7 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use super::config::Config;
-use super::{layer_norm, Dense};
+use super::{layer_norm, Dense, Then};
 
 /// `attention.self.*` (Q, K, V) and `attention.output.*` (projection + LayerNorm).
 pub struct SelfAttention {
@@ -80,7 +80,9 @@ impl SelfAttention {
         } else {
             self.split_heads_attention(&qkv, mask_bias, keep_probs)?
         };
-        let out = self.norm.forward(&(self.output.forward(&ctx)? + x)?)?;
+        let out = self
+            .norm
+            .forward(&self.output.forward_then(&ctx, Then::Residual(x))?)?;
         Ok((out, probs))
     }
 

@@ -6,7 +6,7 @@ use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use super::attention::SelfAttention;
 use super::config::{Config, HiddenAct};
-use super::{layer_norm, Dense};
+use super::{layer_norm, Dense, Then};
 
 /// `intermediate.dense` + activation + `output.dense` + residual + `output.LayerNorm`.
 struct FeedForward {
@@ -35,13 +35,9 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let up = self.up.forward(x)?;
-        let up = match self.act {
-            HiddenAct::GeluErf => super::ops::gelu_erf(&up)?,
-            HiddenAct::GeluTanh => up.gelu()?,
-            HiddenAct::Relu => up.relu()?,
-        };
-        Ok(self.norm.forward(&(self.down.forward(&up)? + x)?)?)
+        let up = self.up.forward_then(x, Then::Activation(self.act))?;
+        let down = self.down.forward_then(&up, Then::Residual(x))?;
+        Ok(self.norm.forward(&down)?)
     }
 }
 

@@ -10,10 +10,10 @@
 //! The arithmetic is the same as the generic path's: Q's rows were already scaled by
 //! 1/sqrt(head_dim) at load.
 
-use candle_core::{bail, CpuStorage, Result, Storage, Tensor};
+use candle_core::{bail, Result, Tensor};
 use rayon::prelude::*;
 
-use super::ops::{softmax_row, SendPtr};
+use super::ops::{softmax_row, with_cpu_f32, SendPtr};
 use super::sgemm::{tile_product, MR, NR};
 
 /// Attention's shape: `batch` sequences of `seq` tokens, `heads` heads of `head_dim`.
@@ -49,15 +49,26 @@ pub fn attention(
             mask_bias.dims()
         );
     }
-    let (storage, layout) = qkv.storage_and_layout();
-    let Storage::Cpu(CpuStorage::F32(data)) = &*storage else {
-        bail!("fused attention: expected f32 on the CPU");
-    };
-    let Some((start, end)) = layout.contiguous_offsets() else {
-        bail!("fused attention: expected a contiguous qkv");
-    };
-    let qkv = &data[start..end];
+    let qkv = qkv.contiguous()?;
+    with_cpu_f32(&qkv, "fused attention", |qkv| {
+        run_heads(qkv, &bias, shape, keep_probs)
+    })?
+}
 
+/// Every (sequence, head) as one parallel task; returns the context and the probabilities.
+fn run_heads(
+    qkv: &[f32],
+    bias: &[f32],
+    shape: Shape,
+    keep_probs: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let Shape {
+        batch,
+        seq,
+        heads,
+        head_dim,
+    } = shape;
+    let hidden = heads * head_dim;
     let mut ctx = vec![0f32; batch * seq * hidden];
     let mut probs = vec![
         0f32;
@@ -103,7 +114,6 @@ pub fn attention(
             out.copy_from_slice(values);
         });
     });
-    drop(storage);
     let device = candle_core::Device::Cpu;
     let ctx = Tensor::from_vec(ctx, (batch * seq, hidden), &device)?;
     let probs = keep_probs

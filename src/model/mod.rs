@@ -44,7 +44,7 @@ use candle_core::{DType, Tensor};
 use candle_nn::{LayerNorm, Linear, VarBuilder};
 
 use classifier::{Head, HeadPolicy};
-use config::Config;
+use config::{Config, HiddenAct};
 use embeddings::Embeddings;
 use encoder::Encoder;
 pub use weights::open_weights;
@@ -190,15 +190,65 @@ impl Dense {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_then(x, Then::Nothing)
+    }
+
+    /// The layer, then `then`: in the packed kernel's output pass (a residual) or in place
+    /// (GELU) where the weights are packed, as separate ops otherwise.
+    fn forward_then(&self, x: &Tensor, then: Then) -> Result<Tensor> {
+        use sgemm::Epilogue;
+
         let (b, t, i) = x.dims3()?;
         let x = x.reshape((b * t, i))?;
         let y = match &self.weights {
-            DenseWeights::Packed(p) => p.forward(&x.contiguous()?)?,
-            DenseWeights::Float(w) => x.matmul(w)?.broadcast_add(&self.bias)?,
-            DenseWeights::Q8(q) => q.forward(&x.contiguous()?)?,
+            DenseWeights::Packed(p) => match then {
+                Then::Nothing => p.forward(&x, Epilogue::Bias)?,
+                Then::Activation(HiddenAct::GeluErf) => {
+                    let y = p.forward(&x, Epilogue::Bias)?;
+                    ops::gelu_erf_in_place(&y)?;
+                    y
+                }
+                Then::Activation(act) => activate(&p.forward(&x, Epilogue::Bias)?, act)?,
+                Then::Residual(r) => {
+                    let r = r.reshape((b * t, ()))?;
+                    p.forward(&x, Epilogue::BiasResidual(&r))?
+                }
+            },
+            DenseWeights::Float(w) => then.apply(x.matmul(w)?.broadcast_add(&self.bias)?)?,
+            DenseWeights::Q8(q) => then.apply(q.forward(&x.contiguous()?)?)?,
         };
         Ok(y.reshape((b, t, ()))?)
     }
+}
+
+/// What follows a dense layer in BERT.
+#[derive(Clone, Copy)]
+pub(crate) enum Then<'a> {
+    Nothing,
+    /// The feed-forward activation.
+    Activation(HiddenAct),
+    /// A residual of the output's shape, added.
+    Residual(&'a Tensor),
+}
+
+impl Then<'_> {
+    /// As separate ops, on a `[rows, out]` output.
+    fn apply(self, y: Tensor) -> Result<Tensor> {
+        Ok(match self {
+            Then::Nothing => y,
+            Then::Activation(act) => activate(&y, act)?,
+            Then::Residual(r) => (y + r.reshape(((), r.dim(candle_core::D::Minus1)?))?)?,
+        })
+    }
+}
+
+/// The feed-forward activation as its own op.
+fn activate(x: &Tensor, act: HiddenAct) -> Result<Tensor> {
+    Ok(match act {
+        HiddenAct::GeluErf => ops::gelu_erf(x)?,
+        HiddenAct::GeluTanh => x.gelu()?,
+        HiddenAct::Relu => x.relu()?,
+    })
 }
 
 /// `[rows, cols]` -> `[cols, rows]`, contiguous. On the CPU in f32: groups of 16 output

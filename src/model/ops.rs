@@ -3,7 +3,9 @@
 //! Both use a branch-free exponential that the compiler vectorises, and both fall back to
 //! candle's own ops on other devices, dtypes or layouts.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{
+    CpuStorage, CustomOp1, CustomOp2, DType, Device, InplaceOp1, Layout, Result, Shape, Tensor,
+};
 use rayon::prelude::*;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to split.
@@ -69,6 +71,12 @@ dispatch_simd!(gelu_slice, |dst: &mut [f32], src: &[f32]| {
     }
 });
 
+dispatch_simd!(gelu_in_place_slice, |xs: &mut [f32]| {
+    for x in xs.iter_mut() {
+        *x = gelu_erf_scalar(*x);
+    }
+});
+
 dispatch_simd!(pub(crate) softmax_row, |dst: &mut [f32],
                              scores: &[f32],
                              mask: &[f32]| {
@@ -129,13 +137,39 @@ impl CustomOp1 for GeluErf {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let src = contiguous_f32(storage, layout, self.name())?;
+        let src = contiguous_f32(storage, layout, CustomOp1::name(self))?;
         let mut dst = vec![0f32; src.len()];
         dst.par_chunks_mut(CHUNK)
             .zip(src.par_chunks(CHUNK))
             .for_each(|(d, s)| gelu_slice(d, s));
         Ok((CpuStorage::F32(dst), layout.shape().clone()))
     }
+}
+
+impl InplaceOp1 for GeluErf {
+    fn name(&self) -> &'static str {
+        "bert-gelu-erf-in-place"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("{}: expected f32", InplaceOp1::name(self));
+        };
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            candle_core::bail!("{}: expected a contiguous tensor", InplaceOp1::name(self));
+        };
+        data[start..end]
+            .par_chunks_mut(CHUNK)
+            .for_each(gelu_in_place_slice);
+        Ok(())
+    }
+}
+
+/// Exact GELU written over `x` itself, for a freshly computed contiguous f32 CPU tensor
+/// that nothing else holds: saves the feed-forward's largest buffer (a quarter of
+/// bert-base's activation memory).
+pub fn gelu_erf_in_place(x: &Tensor) -> Result<()> {
+    x.inplace_op1(&GeluErf)
 }
 
 /// Exact GELU; the fast kernel on contiguous f32 CPU tensors, candle's op elsewhere.
@@ -229,6 +263,15 @@ mod tests {
         }
     }
 
+    #[test]
+    fn gelu_in_place_equals_gelu() -> Result<()> {
+        let x = Tensor::arange(-5000f32, 5000f32, &Device::Cpu)?.affine(0.002, 0.0)?;
+        let want = gelu_erf(&x)?.to_vec1::<f32>()?;
+        gelu_erf_in_place(&x)?;
+        assert_eq!(x.to_vec1::<f32>()?, want);
+        Ok(())
+    }
+
     /// erf in f64 by its Taylor series (accurate to ~1e-9 for |x| <= 4; beyond, erf is within
     /// 2e-8 of +-1), as an independent reference.
     fn erf(x: f64) -> f64 {
@@ -280,4 +323,14 @@ impl SendPtr {
     pub fn get(self) -> *mut f32 {
         self.0
     }
+}
+
+/// Runs `f` on the data of a contiguous f32 tensor on the CPU (no copy); `what` names the
+/// caller in the error otherwise.
+pub(crate) fn with_cpu_f32<T>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(storage) = &*storage else {
+        candle_core::bail!("{what}: expected a CPU tensor");
+    };
+    Ok(f(contiguous_f32(storage, layout, what)?))
 }

@@ -10,10 +10,10 @@
 //! Results differ from a plain dot product only in summation order (f32 FMAs, `KC` at a
 //! time), well inside the parity tolerance.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
-use super::ops::SendPtr;
+use super::ops::{with_cpu_f32, SendPtr};
 
 /// Columns per packed panel: two 16-lane vectors.
 pub(super) const NR: usize = 32;
@@ -27,6 +27,21 @@ const MC: usize = 96;
 /// Panels per parallel task; small enough that one short sentence still splits into
 /// tasks for every thread.
 const PANELS_PER_TASK: usize = 4;
+
+/// What the output pass does to `x Wᵀ + b` as it stores it.
+pub enum Epilogue<'a> {
+    /// Nothing more.
+    Bias,
+    /// Adds a residual of the output's shape.
+    BiasResidual(&'a Tensor),
+}
+
+/// `Epilogue` with the residual's data in hand.
+#[derive(Clone, Copy)]
+enum Finish<'a> {
+    Bias,
+    Residual(&'a [f32]),
+}
 
 /// A linear layer `y = x Wᵀ + b` whose f32 weight is packed for the AVX-512 kernel.
 pub struct PackedLinear {
@@ -86,12 +101,41 @@ impl PackedLinear {
         Tensor::from_vec(w, (k, n), &candle_core::Device::Cpu)
     }
 
-    /// `x` is `[m, in]`, f32; the result is `[m, out]`.
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.apply_op1_no_bwd(self)
+    /// `x` is `[m, in]`, f32; the result is `[m, out]`, finished by `epilogue` as it is
+    /// stored (so a residual costs no pass of its own).
+    pub fn forward(&self, x: &Tensor, epilogue: Epilogue) -> Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        if k != self.k {
+            candle_core::bail!(
+                "packed-linear: input has {k} features, the layer takes {}",
+                self.k
+            );
+        }
+        let x = x.contiguous()?;
+        let y = match epilogue {
+            Epilogue::Bias => {
+                with_cpu_f32(&x, "packed-linear", |x| self.matmul(x, m, Finish::Bias))?
+            }
+            Epilogue::BiasResidual(r) => {
+                if r.dims() != [m, self.n] {
+                    candle_core::bail!(
+                        "packed-linear: residual {:?} does not match the output [{m}, {}]",
+                        r.dims(),
+                        self.n
+                    );
+                }
+                let r = r.contiguous()?;
+                with_cpu_f32(&r, "packed-linear residual", |r| {
+                    with_cpu_f32(&x, "packed-linear", |x| {
+                        self.matmul(x, m, Finish::Residual(r))
+                    })
+                })??
+            }
+        };
+        Tensor::from_vec(y, (m, self.n), &candle_core::Device::Cpu)
     }
 
-    fn matmul(&self, x: &[f32], m: usize) -> Vec<f32> {
+    fn matmul(&self, x: &[f32], m: usize, finish: Finish) -> Vec<f32> {
         let (k, n) = (self.k, self.n);
         let panels = n.div_ceil(NR);
         let row_tasks = m.div_ceil(MC);
@@ -137,8 +181,19 @@ impl PackedLinear {
                                 cols.len(),
                             )
                         };
-                        for ((o, a), b) in out.iter_mut().zip(acc).zip(&self.bias[cols.clone()]) {
-                            *o = a + b;
+                        let bias = &self.bias[cols.clone()];
+                        match finish {
+                            Finish::Bias => {
+                                for ((o, a), b) in out.iter_mut().zip(acc).zip(bias) {
+                                    *o = a + b;
+                                }
+                            }
+                            Finish::Residual(res) => {
+                                let res = &res[(r0 + i) * n + cols.start..][..cols.len()];
+                                for (((o, a), b), r) in out.iter_mut().zip(acc).zip(bias).zip(res) {
+                                    *o = a + b + r;
+                                }
+                            }
                         }
                     }
                 }
@@ -241,30 +296,6 @@ unsafe fn tile_avx512<const R: usize>(
     }
 }
 
-impl CustomOp1 for PackedLinear {
-    fn name(&self) -> &'static str {
-        "packed-linear"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("packed-linear: expected f32 activations");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("packed-linear: expected contiguous activations");
-        };
-        let (m, k) = layout.shape().dims2()?;
-        if k != self.k {
-            candle_core::bail!(
-                "packed-linear: input has {k} features, the layer takes {}",
-                self.k
-            );
-        }
-        let y = self.matmul(&data[start..end], m);
-        Ok((CpuStorage::F32(y), Shape::from((m, self.n))))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -300,7 +331,7 @@ mod tests {
                 &Tensor::from_vec(b.clone(), n, &dev)?,
             )?;
             let got = layer
-                .forward(&Tensor::from_vec(x.clone(), (m, k), &dev)?)?
+                .forward(&Tensor::from_vec(x.clone(), (m, k), &dev)?, Epilogue::Bias)?
                 .flatten_all()?
                 .to_vec1::<f32>()?;
             for r in 0..m {
@@ -315,6 +346,21 @@ mod tests {
                         "{m}x{k}x{n} at ({r}, {c}): {g} vs {want}"
                     );
                 }
+            }
+            // The residual epilogue adds exactly the residual.
+            let res: Vec<f32> = (0..m * n).map(|_| rand()).collect();
+            let with_res = layer
+                .forward(
+                    &Tensor::from_vec(x.clone(), (m, k), &dev)?,
+                    Epilogue::BiasResidual(&Tensor::from_vec(res.clone(), (m, n), &dev)?),
+                )?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            for ((w, g), r) in with_res.iter().zip(&got).zip(&res) {
+                assert!(
+                    (w - (g + r)).abs() <= 1e-6 * w.abs().max(1.0),
+                    "{w} vs {g} + {r}"
+                );
             }
             // Unpacking gives the weight back exactly.
             let wt = layer.weight_t()?.flatten_all()?.to_vec1::<f32>()?;
