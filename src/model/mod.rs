@@ -193,8 +193,8 @@ impl Dense {
         self.forward_then(x, Then::Nothing)
     }
 
-    /// The layer, then `then`: in the packed kernel's output pass (a residual) or in place
-    /// (GELU) where the weights are packed, as separate ops otherwise.
+    /// The layer, then `then`: in the packed kernel's output pass (a residual), in place
+    /// (GELU, packed or int8 weights), as separate ops otherwise.
     fn forward_then(&self, x: &Tensor, then: Then) -> Result<Tensor> {
         use sgemm::Epilogue;
 
@@ -215,7 +215,15 @@ impl Dense {
                 }
             },
             DenseWeights::Float(w) => then.apply(x.matmul(w)?.broadcast_add(&self.bias)?)?,
-            DenseWeights::Q8(q) => then.apply(q.forward(&x.contiguous()?)?)?,
+            DenseWeights::Q8(q) => {
+                let y = q.forward(&x.contiguous()?)?;
+                if let Then::Activation(HiddenAct::GeluErf) = then {
+                    ops::gelu_erf_in_place(&y)?;
+                    y
+                } else {
+                    then.apply(y)?
+                }
+            }
         };
         Ok(y.reshape((b, t, ()))?)
     }

@@ -201,9 +201,52 @@ impl Q8Linear {
 /// the 256 levels span exactly the group's range (GELU outputs are nearly all positive,
 /// and a symmetric range would waste half of them). Returns `(s, z)`.
 fn quantize_group(x: &[f32], out: &mut [u8]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if x.len() == GROUP && out.len() == GROUP && vnni_available() {
+        // SAFETY: AVX-512 F and BW were detected (`vnni_available` checks both); the
+        // lengths were just checked.
+        return unsafe { quantize_full_group_avx512(x, out) };
+    }
     let mut scale_zero = (1.0, 0);
     quantize_group_simd(x, out, &mut scale_zero);
     scale_zero
+}
+
+/// `quantize_group` for one whole group in registers: the generic code's 16-lane
+/// reductions ended in 32 scalar steps per 64 values, and a call per group (14% of a
+/// MiniLM q8 profile). Same arithmetic, so the same bytes: multiply then add (no FMA),
+/// clamp, and the conversion's default rounding (to nearest, ties to even) in place of
+/// `round_magic`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_full_group_avx512(x: &[f32], out: &mut [u8]) -> (f32, i32) {
+    use std::arch::x86_64::*;
+    let p = x.as_ptr();
+    let v = [
+        _mm512_loadu_ps(p),
+        _mm512_loadu_ps(p.add(16)),
+        _mm512_loadu_ps(p.add(32)),
+        _mm512_loadu_ps(p.add(48)),
+    ];
+    let lo = _mm512_min_ps(_mm512_min_ps(v[0], v[1]), _mm512_min_ps(v[2], v[3]));
+    let hi = _mm512_max_ps(_mm512_max_ps(v[0], v[1]), _mm512_max_ps(v[2], v[3]));
+    // The range always includes 0, so that 0 is exact.
+    let lo = _mm512_reduce_min_ps(lo).min(0.0);
+    let hi = _mm512_reduce_max_ps(hi).max(0.0);
+    let s = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
+    let inv = 1.0 / s;
+    let z = round_magic((-lo * inv).clamp(0.0, 255.0));
+    let (vinv, vz) = (_mm512_set1_ps(inv), _mm512_set1_ps(z));
+    let (floor, top) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
+    for (i, v) in v.iter().enumerate() {
+        let q = _mm512_add_ps(_mm512_mul_ps(*v, vinv), vz);
+        let q = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, floor), top));
+        _mm_storeu_si128(
+            out.as_mut_ptr().add(i * 16) as *mut __m128i,
+            _mm512_cvtepi32_epi8(q),
+        );
+    }
+    (s, z as i32)
 }
 
 /// Round to nearest (ties to even) for |x| < 2^22, without a call to `roundf`.
@@ -487,6 +530,30 @@ mod tests {
             );
         }
         Ok(())
+    }
+
+    #[test]
+    fn group_fast_path_equals_generic_code() {
+        let mut rand = rand_fn();
+        for spread in [0.0f32, 1e-3, 1.0, 40.0] {
+            // Mostly positive (like GELU outputs), with exact ties to the rounding steps.
+            let x: Vec<f32> = (0..GROUP)
+                .map(|i| {
+                    if i % 9 == 0 {
+                        0.5
+                    } else {
+                        (rand() + 0.3) * spread
+                    }
+                })
+                .collect();
+            let mut fast = vec![0u8; GROUP];
+            let got = quantize_group(&x, &mut fast);
+            let mut generic = vec![0u8; GROUP];
+            let mut want = (1.0, 0);
+            quantize_group_simd(&x, &mut generic, &mut want);
+            assert_eq!(got, want, "spread {spread}");
+            assert_eq!(fast, generic, "spread {spread}");
+        }
     }
 
     #[test]
