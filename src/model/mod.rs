@@ -49,6 +49,13 @@ use embeddings::Embeddings;
 use encoder::Encoder;
 pub use weights::open_weights;
 
+/// `BERT_CLI_PORTABLE=1` turns off the AVX-512 kernels (packed f32, fused attention,
+/// VNNI int8), so the portable path that CPUs without AVX-512 take can be checked, or
+/// chosen, on any machine. Read when a kernel is first chosen.
+fn portable_only() -> bool {
+    std::env::var_os("BERT_CLI_PORTABLE").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
 /// Padding bias added to attention scores before softmax. Large enough that
 /// `exp` underflows to exactly 0, small enough to stay finite after adding a score.
 const MASK_BIAS: f64 = -1.0e9;
@@ -118,6 +125,12 @@ impl BertClassifier {
     /// Whether the int8 layers have this CPU's fast kernel (AVX-512 VNNI).
     pub fn q8_is_fast() -> bool {
         q8::vnni_available()
+    }
+
+    /// Whether f32 runs on the packed AVX-512 kernels (`sgemm`, `fused`), rather than
+    /// the portable path through candle's ops.
+    pub fn packed_kernels() -> bool {
+        sgemm::available()
     }
 
     /// Classifies a padded batch; `keep_attention` also returns attention probabilities.

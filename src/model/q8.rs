@@ -331,6 +331,7 @@ pub fn vnni_available() -> bool {
         std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512vnni")
+            && !super::portable_only()
     })
 }
 

@@ -57,7 +57,7 @@ pub struct PackedLinear {
 pub fn available() -> bool {
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f"))
+    *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f") && !super::portable_only())
 }
 
 /// Whether this CPU runs the packed kernel: never off x86-64.

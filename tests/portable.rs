@@ -1,0 +1,71 @@
+//! The portable path, which CPUs without AVX-512 take (candle's matmul and split-head
+//! attention, portable int8 code), against PyTorch. `BERT_CLI_PORTABLE=1` forces it; this
+//! file holds one test so that the variable is set in its own process before any kernel
+//! is chosen.
+
+mod common;
+
+use bert_cli::engine::{Engine, EngineOptions};
+use bert_cli::hub;
+use bert_cli::model::BertClassifier;
+use candle_core::Device;
+use common::*;
+
+#[test]
+fn portable_path_matches_pytorch() {
+    std::env::set_var("BERT_CLI_PORTABLE", "1");
+    assert!(!BertClassifier::packed_kernels());
+    assert!(!BertClassifier::q8_is_fast());
+    let files = hub::resolve(minilm_sst2().to_str().unwrap(), &hub::HubOptions::default()).unwrap();
+    let engine = Engine::load(&files, Device::Cpu, &EngineOptions::default()).unwrap();
+
+    // Logits and labels of every case, in padded batches of 32.
+    let reference = reference("minilm-sst2");
+    let cases = reference["cases"].as_array().unwrap();
+    let encoded: Vec<_> = cases
+        .iter()
+        .map(|c| engine.encode(c["text"].as_str().unwrap()).unwrap())
+        .collect();
+    let mut worst = 0f32;
+    for (chunk, cases) in encoded.chunks(32).zip(cases.chunks(32)) {
+        let preds = engine
+            .predict(&chunk.iter().collect::<Vec<_>>(), false)
+            .unwrap();
+        for (p, c) in preds.iter().zip(cases) {
+            let d = max_diff(&p.logits, &floats(&c["logits"]));
+            worst = worst.max(d);
+            assert!(d < 1e-4, "case {}: off by {d}", c["name"]);
+            assert_eq!(
+                p.top as u64,
+                c["label"].as_u64().unwrap(),
+                "case {}",
+                c["name"]
+            );
+        }
+    }
+    eprintln!(
+        "portable path: worst logit difference {worst:e} over {} cases",
+        cases.len()
+    );
+
+    // Attention probabilities, in one padded batch.
+    let cases = reference["attention"].as_array().unwrap();
+    let encoded: Vec<_> = cases
+        .iter()
+        .map(|c| engine.encode(c["text"].as_str().unwrap()).unwrap())
+        .collect();
+    let preds = engine
+        .predict(&encoded.iter().collect::<Vec<_>>(), true)
+        .unwrap();
+    for (c, p) in cases.iter().zip(&preds) {
+        let got = p.attention.as_ref().unwrap();
+        for (gl, wl) in got.iter().zip(c["attention"].as_array().unwrap()) {
+            for (gh, wh) in gl.iter().zip(wl.as_array().unwrap()) {
+                for (grow, wrow) in gh.iter().zip(wh.as_array().unwrap()) {
+                    let d = max_diff(grow, &floats(wrow));
+                    assert!(d < 1e-5, "{:?}: attention off by {d}", c["text"]);
+                }
+            }
+        }
+    }
+}
