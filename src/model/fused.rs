@@ -19,9 +19,13 @@ use super::sgemm::{tile_product, MR, NR};
 /// Attention's shape: `batch` sequences of `seq` tokens, `heads` heads of `head_dim`.
 #[derive(Clone, Copy)]
 pub struct Shape {
+    /// Sequences in the batch.
     pub batch: usize,
+    /// Padded tokens per sequence.
     pub seq: usize,
+    /// Attention heads.
     pub heads: usize,
+    /// Features per head.
     pub head_dim: usize,
 }
 

@@ -39,16 +39,21 @@ pub enum Epilogue<'a> {
 /// `Epilogue` with the residual's data in hand.
 #[derive(Clone, Copy)]
 enum Finish<'a> {
+    /// `Epilogue::Bias`.
     Bias,
+    /// `Epilogue::BiasResidual`: the residual, `[m, n]` row-major.
     Residual(&'a [f32]),
 }
 
 /// A linear layer `y = x Wᵀ + b` whose f32 weight is packed for the AVX-512 kernel.
 pub struct PackedLinear {
+    /// Input features.
     k: usize,
+    /// Output features.
     n: usize,
     /// `[panel][k][NR]`; the last panel's missing columns are zeros.
     packed: Vec<f32>,
+    /// `[n]`.
     bias: Vec<f32>,
 }
 
@@ -135,6 +140,7 @@ impl PackedLinear {
         Tensor::from_vec(y, (m, self.n), &candle_core::Device::Cpu)
     }
 
+    /// `x` (`[m, k]` row-major) times the packed weight, finished by `finish`: `[m, n]`.
     fn matmul(&self, x: &[f32], m: usize, finish: Finish) -> Vec<f32> {
         let (k, n) = (self.k, self.n);
         let panels = n.div_ceil(NR);
