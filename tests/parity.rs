@@ -242,39 +242,7 @@ fn long_input_is_truncated_to_512_tokens() {
 /// Post-softmax attention of every layer and head within 1e-5 of PyTorch, rows summing to 1.
 #[test]
 fn attention_probabilities_match_pytorch() {
-    let reference = reference("minilm-sst2");
-    let engine = engine(&minilm_sst2());
-    let cases = reference["attention"].as_array().unwrap();
-    let encoded: Vec<_> = cases
-        .iter()
-        .map(|c| engine.encode(c["text"].as_str().unwrap()).unwrap())
-        .collect();
-    // In one padded batch, to prove padding is cut away.
-    let preds = engine
-        .predict(&encoded.iter().collect::<Vec<_>>(), true)
-        .unwrap();
-    for ((c, e), p) in cases.iter().zip(&encoded).zip(&preds) {
-        assert_eq!(e.ids, ids(&c["ids"]));
-        let got = p.attention.as_ref().unwrap();
-        let want = c["attention"].as_array().unwrap();
-        assert_eq!(got.len(), 6);
-        for (l, (gl, wl)) in got.iter().zip(want).enumerate() {
-            assert_eq!(gl.len(), 12);
-            for (h, (gh, wh)) in gl.iter().zip(wl.as_array().unwrap()).enumerate() {
-                assert_eq!(gh.len(), e.ids.len());
-                for (q, (grow, wrow)) in gh.iter().zip(wh.as_array().unwrap()).enumerate() {
-                    let d = max_diff(grow, &floats(wrow));
-                    assert!(
-                        d < 1e-5,
-                        "{:?} layer {l} head {h} row {q}: off by {d}",
-                        c["text"]
-                    );
-                    let sum: f32 = grow.iter().sum();
-                    assert!((sum - 1.0).abs() < 1e-5, "row sums to {sum}");
-                }
-            }
-        }
-    }
+    assert_attention_matches_pytorch(&engine(&minilm_sst2()));
 }
 
 /// pytorch_model.bin, vocab.txt only, gelu_new, multi-label sigmoid scoring.

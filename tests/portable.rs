@@ -48,24 +48,5 @@ fn portable_path_matches_pytorch() {
         cases.len()
     );
 
-    // Attention probabilities, in one padded batch.
-    let cases = reference["attention"].as_array().unwrap();
-    let encoded: Vec<_> = cases
-        .iter()
-        .map(|c| engine.encode(c["text"].as_str().unwrap()).unwrap())
-        .collect();
-    let preds = engine
-        .predict(&encoded.iter().collect::<Vec<_>>(), true)
-        .unwrap();
-    for (c, p) in cases.iter().zip(&preds) {
-        let got = p.attention.as_ref().unwrap();
-        for (gl, wl) in got.iter().zip(c["attention"].as_array().unwrap()) {
-            for (gh, wh) in gl.iter().zip(wl.as_array().unwrap()) {
-                for (grow, wrow) in gh.iter().zip(wh.as_array().unwrap()) {
-                    let d = max_diff(grow, &floats(wrow));
-                    assert!(d < 1e-5, "{:?}: attention off by {d}", c["text"]);
-                }
-            }
-        }
-    }
+    assert_attention_matches_pytorch(&engine);
 }

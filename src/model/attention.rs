@@ -1,7 +1,7 @@
 //! Multi-head self-attention: the part of BERT people come to look at.
 
 use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use super::config::Config;
@@ -64,10 +64,7 @@ impl SelfAttention {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, h) = x.dims3()?;
         let qkv = self.qkv.forward(x)?;
-        let fused = matches!(x.device(), Device::Cpu)
-            && x.dtype() == DType::F32
-            && super::sgemm::available();
-        let (ctx, probs) = if fused {
+        let (ctx, probs) = if super::packed_kernels_for(x) {
             let shape = super::fused::Shape {
                 batch: b,
                 seq: t,

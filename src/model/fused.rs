@@ -29,6 +29,13 @@ pub struct Shape {
     pub head_dim: usize,
 }
 
+impl Shape {
+    /// Features per token: all heads side by side.
+    fn hidden(&self) -> usize {
+        self.heads * self.head_dim
+    }
+}
+
 /// `qkv` is `[batch * seq, 3 * hidden]` f32 (Q, K, V side by side, each head's columns
 /// contiguous); `mask_bias` is `[batch, 1, 1, seq]` f32. Returns the context `[batch *
 /// seq, hidden]` and, when `keep_probs`, the probabilities `[batch, heads, seq, seq]`.
@@ -38,13 +45,7 @@ pub fn attention(
     shape: Shape,
     keep_probs: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    let Shape {
-        batch,
-        seq,
-        heads,
-        head_dim,
-    } = shape;
-    let hidden = heads * head_dim;
+    let (batch, seq, hidden) = (shape.batch, shape.seq, shape.hidden());
     let bias = mask_bias.flatten_all()?.to_vec1::<f32>()?;
     if bias.len() != batch * seq || qkv.dims() != [batch * seq, 3 * hidden] {
         bail!(
@@ -72,7 +73,7 @@ fn run_heads(
         heads,
         head_dim,
     } = shape;
-    let hidden = heads * head_dim;
+    let hidden = shape.hidden();
     let mut ctx = vec![0f32; batch * seq * hidden];
     let mut probs = vec![
         0f32;
@@ -130,7 +131,7 @@ fn run_heads(
 /// `[seq, 3 * hidden]` slice of qkv, `col` the head's first column within Q.
 fn one_head(rows: &[f32], col: usize, shape: Shape, bias: &[f32], s: &mut [f32], p: &mut [f32]) {
     let (seq, d) = (shape.seq, shape.head_dim);
-    let (stride, hidden) = (3 * shape.heads * d, shape.heads * d);
+    let (stride, hidden) = (3 * shape.hidden(), shape.hidden());
     // Keys as GEMM panels: panel `j / NR` holds key j's features at `[c][j % NR]`.
     let panels = seq.div_ceil(NR);
     let mut keys = vec![0f32; panels * d * NR];
@@ -176,8 +177,8 @@ fn context(
     mut write: impl FnMut(usize, std::ops::Range<usize>, &[f32]),
 ) {
     let (seq, d) = (shape.seq, shape.head_dim);
-    let stride = 3 * shape.heads * d;
-    let value_col = 2 * shape.heads * d + col;
+    let stride = 3 * shape.hidden();
+    let value_col = 2 * shape.hidden() + col;
     // Values as GEMM panels: panel `c / NR` holds value feature c of key j at `[j][c % NR]`.
     let panels = d.div_ceil(NR);
     let mut values = vec![0f32; panels * seq * NR];

@@ -49,6 +49,17 @@ use embeddings::Embeddings;
 use encoder::Encoder;
 pub use weights::open_weights;
 
+/// A seeded xorshift source of values in [-1, 1) for the kernels' unit tests.
+#[cfg(test)]
+pub(crate) fn test_values(mut seed: u32) -> impl FnMut() -> f32 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
+    }
+}
+
 /// `BERT_CLI_PORTABLE=1` turns off the AVX-512 kernels (packed f32, fused attention,
 /// VNNI int8), so the portable path that CPUs without AVX-512 take can be checked, or
 /// chosen, on any machine. Read when a kernel is first chosen.
@@ -172,10 +183,7 @@ enum DenseWeights {
 impl Dense {
     /// From a checkpoint-layout `[out, in]` weight and its `[out]` bias.
     fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
-        let packable = matches!(weight.device(), candle_core::Device::Cpu)
-            && weight.dtype() == DType::F32
-            && sgemm::available();
-        let weights = if packable {
+        let weights = if packed_kernels_for(&weight) {
             DenseWeights::Packed(sgemm::PackedLinear::new(&weight, &bias)?)
         } else {
             DenseWeights::Float(transpose(&weight)?)
@@ -206,39 +214,24 @@ impl Dense {
         self.forward_then(x, Then::Nothing)
     }
 
-    /// The layer, then `then`: in the packed kernel's output pass (a residual), in place
-    /// (GELU, packed or int8 weights), as separate ops otherwise.
+    /// The layer, then `then`: a residual in the packed kernel's output pass, anything
+    /// else as separate ops.
     fn forward_then(&self, x: &Tensor, then: Then) -> Result<Tensor> {
-        use sgemm::Epilogue;
-
         let (b, t, i) = x.dims3()?;
         let x = x.reshape((b * t, i))?;
         let y = match &self.weights {
-            DenseWeights::Packed(p) => match then {
-                Then::Nothing => p.forward(&x, Epilogue::Bias)?,
-                Then::Activation(HiddenAct::GeluErf) => {
-                    let y = p.forward(&x, Epilogue::Bias)?;
-                    ops::gelu_erf_in_place(&y)?;
-                    y
-                }
-                Then::Activation(act) => activate(&p.forward(&x, Epilogue::Bias)?, act)?,
-                Then::Residual(r) => {
+            DenseWeights::Packed(p) => {
+                if let Then::Residual(r) = then {
                     let r = r.reshape((b * t, ()))?;
-                    p.forward(&x, Epilogue::BiasResidual(&r))?
+                    let y = p.forward(&x, sgemm::Epilogue::BiasResidual(&r))?;
+                    return Ok(y.reshape((b, t, ()))?);
                 }
-            },
-            DenseWeights::Float(w) => then.apply(x.matmul(w)?.broadcast_add(&self.bias)?)?,
-            DenseWeights::Q8(q) => {
-                let y = q.forward(&x.contiguous()?)?;
-                if let Then::Activation(HiddenAct::GeluErf) = then {
-                    ops::gelu_erf_in_place(&y)?;
-                    y
-                } else {
-                    then.apply(y)?
-                }
+                p.forward(&x, sgemm::Epilogue::Bias)?
             }
+            DenseWeights::Float(w) => x.matmul(w)?.broadcast_add(&self.bias)?,
+            DenseWeights::Q8(q) => q.forward(&x.contiguous()?)?,
         };
-        Ok(y.reshape((b, t, ()))?)
+        Ok(then.apply(y)?.reshape((b, t, ()))?)
     }
 }
 
@@ -253,23 +246,33 @@ pub(crate) enum Then<'a> {
 }
 
 impl Then<'_> {
-    /// As separate ops, on a `[rows, out]` output.
+    /// As separate ops, on a dense layer's fresh `[rows, out]` output (nothing else
+    /// holds it, so exact GELU may overwrite it: on the CPU in f32 it does, which saves
+    /// the feed-forward's largest buffer).
     fn apply(self, y: Tensor) -> Result<Tensor> {
         Ok(match self {
             Then::Nothing => y,
-            Then::Activation(act) => activate(&y, act)?,
+            Then::Activation(HiddenAct::GeluErf) if cpu_f32(&y) && y.is_contiguous() => {
+                ops::gelu_erf_in_place(&y)?;
+                y
+            }
+            Then::Activation(HiddenAct::GeluErf) => ops::gelu_erf(&y)?,
+            Then::Activation(HiddenAct::GeluTanh) => y.gelu()?,
+            Then::Activation(HiddenAct::Relu) => y.relu()?,
             Then::Residual(r) => (y + r.reshape(((), r.dim(candle_core::D::Minus1)?))?)?,
         })
     }
 }
 
-/// The feed-forward activation as its own op.
-fn activate(x: &Tensor, act: HiddenAct) -> Result<Tensor> {
-    Ok(match act {
-        HiddenAct::GeluErf => ops::gelu_erf(x)?,
-        HiddenAct::GeluTanh => x.gelu()?,
-        HiddenAct::Relu => x.relu()?,
-    })
+/// Whether `t` is f32 on the CPU.
+fn cpu_f32(t: &Tensor) -> bool {
+    matches!(t.device(), candle_core::Device::Cpu) && t.dtype() == DType::F32
+}
+
+/// Whether work on `t` runs on the packed AVX-512 kernels (`sgemm`, `fused`): f32 on a
+/// CPU that has them.
+pub(crate) fn packed_kernels_for(t: &Tensor) -> bool {
+    cpu_f32(t) && sgemm::available()
 }
 
 /// `[rows, cols]` -> `[cols, rows]`, contiguous. On the CPU in f32: groups of 16 output

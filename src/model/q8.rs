@@ -481,21 +481,11 @@ mod tests {
         y
     }
 
-    fn rand_fn() -> impl FnMut() -> f32 {
-        let mut seed = 0x9e37_79b9u32;
-        move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
-        }
-    }
-
     #[test]
     fn matches_integer_reference_and_f32_on_odd_shapes() -> Result<()> {
         // Odd sizes on purpose: k not a multiple of 4 or 64, n not of 48, m not of 8 or 64.
         for &(m, k, n) in &[(1, 5, 3), (13, 37, 50), (70, 130, 97), (9, 384, 144)] {
-            let mut rand = rand_fn();
+            let mut rand = crate::model::test_values(0x9e37_79b9);
             let w: Vec<f32> = (0..k * n).map(|_| rand()).collect();
             // One channel ten times larger than the rest, as in BERT's activations.
             let x: Vec<f32> = (0..m * k)
@@ -535,7 +525,7 @@ mod tests {
 
     #[test]
     fn group_fast_path_equals_generic_code() {
-        let mut rand = rand_fn();
+        let mut rand = crate::model::test_values(0x9e37_79b9);
         for spread in [0.0f32, 1e-3, 1.0, 40.0] {
             // Mostly positive (like GELU outputs), with exact ties to the rounding steps.
             let x: Vec<f32> = (0..GROUP)

@@ -307,16 +307,6 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    fn rand_fn() -> impl FnMut() -> f32 {
-        let mut seed = 0x2545_f491u32;
-        move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 17;
-            seed ^= seed << 5;
-            (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
-        }
-    }
-
     #[test]
     fn matches_f64_product_on_odd_shapes() -> Result<()> {
         // m not a multiple of MR or MC, k not of KC, n not of NR or a task's panels.
@@ -327,7 +317,7 @@ mod tests {
             (100, 600, 161),
             (9, 256, 32),
         ] {
-            let mut rand = rand_fn();
+            let mut rand = crate::model::test_values(0x2545_f491);
             let w: Vec<f32> = (0..n * k).map(|_| rand()).collect();
             let x: Vec<f32> = (0..m * k).map(|_| rand()).collect();
             let b: Vec<f32> = (0..n).map(|_| rand()).collect();
@@ -382,7 +372,7 @@ mod tests {
     #[test]
     fn kernel_and_portable_code_agree() {
         let (k, kc) = (40, 37);
-        let mut rand = rand_fn();
+        let mut rand = crate::model::test_values(0x2545_f491);
         let x: Vec<f32> = (0..MR * k).map(|_| rand()).collect();
         let panel: Vec<f32> = (0..kc * NR).map(|_| rand()).collect();
         for mr in 1..=MR {
