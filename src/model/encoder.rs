@@ -78,17 +78,28 @@ impl Encoder {
     }
 
     /// Runs all layers; returns the last hidden state and, when asked, every layer's
-    /// attention probabilities.
+    /// attention probabilities. With `first_token_only` the last layer computes the first
+    /// token alone (see `SelfAttention::forward_first_token`) and the hidden state is
+    /// `[batch, 1, hidden]`; it must be false when `keep_probs` is true, since the last
+    /// layer's probabilities then cover one query only.
     pub fn forward(
         &self,
         mut x: Tensor,
         mask_bias: &Tensor,
         keep_probs: bool,
+        first_token_only: bool,
     ) -> Result<(Tensor, Vec<Tensor>)> {
+        debug_assert!(!(keep_probs && first_token_only));
         let mut probs = Vec::new();
-        for layer in &self.layers {
-            let (attended, p) = layer.attention.forward(&x, mask_bias, keep_probs)?;
-            probs.extend(p);
+        let last = self.layers.len().saturating_sub(1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let attended = if first_token_only && i == last {
+                layer.attention.forward_first_token(&x, mask_bias)?
+            } else {
+                let (attended, p) = layer.attention.forward(&x, mask_bias, keep_probs)?;
+                probs.extend(p);
+                attended
+            };
             x = layer.ffn.forward(&attended)?;
         }
         Ok((x, probs))

@@ -150,7 +150,11 @@ impl BertClassifier {
         let mask_bias =
             ((batch.mask.to_dtype(DType::F32)? - 1.0)? * -MASK_BIAS)?.reshape((b, 1, 1, t))?;
         let x = self.embeddings.forward(&batch.ids, &batch.type_ids)?;
-        let (hidden, attentions) = self.encoder.forward(x, &mask_bias, keep_attention)?;
+        // The head reads only [CLS], so the last layer skips the other tokens unless
+        // their attention is wanted.
+        let (hidden, attentions) =
+            self.encoder
+                .forward(x, &mask_bias, keep_attention, !keep_attention)?;
         let logits = self.head.forward(&hidden)?.to_dtype(DType::F32)?;
         Ok(Output { logits, attentions })
     }
