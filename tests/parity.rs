@@ -112,6 +112,44 @@ fn predict_in_batches(
     predictions
 }
 
+/// A text scores the same bits alone and padded inside a batch of longer texts, in f32
+/// and q8, on the CPU kernels this machine runs by default (attention stops at each
+/// text's last real token). int8 rounding turns a 1e-7 difference in one activation into
+/// a different score, so without this a q8 score would depend on its neighbours. The
+/// path through candle's ops (other CPUs) only promises f32 within 1e-5.
+#[test]
+fn a_text_scores_the_same_whatever_it_is_batched_with() {
+    let text = "audrey tatou has a knack for picking roles that magnify her outrageous charm .";
+    let long = "in exactly 89 minutes , most of which passed as slowly as if i 'd been sitting \
+                naked on an igloo , formula 51 sank from quirky to jerky to utter turkey .";
+    for quantize_q8 in [false, true] {
+        let engine = engine_with(
+            &minilm_sst2(),
+            &EngineOptions {
+                quantize_q8,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let (short, long) = (engine.encode(text).unwrap(), engine.encode(long).unwrap());
+        assert!(long.ids.len() > short.ids.len() + 8, "the batch must pad");
+        let alone = engine.predict(&[&short], false).unwrap().remove(0);
+        let batched = engine
+            .predict(&[&long, &short, &long], false)
+            .unwrap()
+            .remove(1);
+        let differs = max_diff(&alone.logits, &batched.logits);
+        if bert_cli::model::BertClassifier::packed_kernels() {
+            assert_eq!(
+                alone.logits, batched.logits,
+                "q8 {quantize_q8}: batching changed the logits"
+            );
+        } else if !quantize_q8 {
+            assert!(differs < 1e-5, "batching changed the logits by {differs}");
+        }
+    }
+}
+
 /// f16 and bf16 (the GPU defaults' number formats, run here on the CPU): labels agree
 /// with PyTorch f32 on at least 99.5% of the dev set, and logits stay close. The padding
 /// mask must stay finite and the softmax f32, or padded batches would give NaN or drift.

@@ -5,6 +5,7 @@ use candle_core::{DType, Tensor};
 use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use super::config::Config;
+use super::fused::Queries;
 use super::{layer_norm, Dense, Then};
 
 /// `attention.self.*` (Q, K, V) and `attention.output.*` (projection + LayerNorm).
@@ -72,7 +73,8 @@ impl SelfAttention {
                 head_dim: self.head_dim,
             };
             let qkv = qkv.reshape((b * t, 3 * h))?.contiguous()?;
-            let (ctx, probs) = super::fused::attention(&qkv, mask_bias, shape, keep_probs)?;
+            let (ctx, probs) =
+                super::fused::attention(&qkv, mask_bias, shape, Queries::All, keep_probs)?;
             (ctx.reshape((b, t, h))?, probs)
         } else {
             self.split_heads_attention(&qkv, mask_bias, keep_probs)?
@@ -94,6 +96,29 @@ impl SelfAttention {
         // The query columns are computed for every token too: splitting the stacked
         // projection would cost a second weight copy for a ninth of the layer's work.
         let qkv = self.qkv.forward(x)?;
+        let ctx = if super::packed_kernels_for(x) {
+            let shape = super::fused::Shape {
+                batch: b,
+                seq: t,
+                heads,
+                head_dim: d,
+            };
+            let qkv = qkv.reshape((b * t, 3 * h))?.contiguous()?;
+            let (ctx, _) = super::fused::attention(&qkv, mask_bias, shape, Queries::First, false)?;
+            ctx.reshape((b, 1, h))?
+        } else {
+            self.first_token_context(&qkv, mask_bias)?
+        };
+        let first = x.narrow(1, 0, 1)?.contiguous()?;
+        Ok(self
+            .norm
+            .forward(&self.output.forward_then(&ctx, Then::Residual(&first))?)?)
+    }
+
+    /// The first token's context `[batch, 1, hidden]` through candle's ops.
+    fn first_token_context(&self, qkv: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
+        let (b, t, h3) = qkv.dims3()?;
+        let (heads, d, h) = (self.num_heads, self.head_dim, h3 / 3);
         let q = qkv
             .narrow(1, 0, 1)?
             .narrow(2, 0, h)?
@@ -110,11 +135,7 @@ impl SelfAttention {
         let in_dtype = scores.dtype();
         let probs = super::ops::masked_softmax(&scores.to_dtype(DType::F32)?, mask_bias)?;
         let ctx = probs.to_dtype(in_dtype)?.matmul(&v)?;
-        let ctx = ctx.transpose(1, 2)?.reshape((b, 1, h))?;
-        let first = x.narrow(1, 0, 1)?.contiguous()?;
-        Ok(self
-            .norm
-            .forward(&self.output.forward_then(&ctx, Then::Residual(&first))?)?)
+        Ok(ctx.transpose(1, 2)?.reshape((b, 1, h))?)
     }
 
     /// Attention through candle's ops, for GPUs, half precision and CPUs without AVX-512:

@@ -2,10 +2,10 @@
 
 use anyhow::{bail, Result};
 use candle_core::{Device, Tensor};
-use candle_nn::{Linear, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::Config;
-use super::linear;
+use super::Dense;
 
 /// What to do when the checkpoint has no trained classification head.
 #[derive(Debug, Clone, Copy)]
@@ -19,10 +19,12 @@ pub struct HeadPolicy {
 /// A fine-tuned checkpoint to suggest when a bare encoder is refused.
 pub const SUGGESTED_MODEL: &str = "JeremiahZ/bert-base-uncased-sst2";
 
-/// Pooler and classifier; `trained` is false when they were seeded, not loaded.
+/// Pooler and classifier; `trained` is false when they were seeded, not loaded. Both are
+/// `Dense`, like the encoder's layers, so each row's arithmetic is the same whatever the
+/// batch size (a BLAS call may pick a different kernel for one row than for three).
 pub struct Head {
-    pooler: Linear,
-    classifier: Linear,
+    pooler: Dense,
+    classifier: Dense,
     /// Number of logits the head produces.
     pub num_labels: usize,
     /// Whether the classifier came from the checkpoint.
@@ -52,8 +54,8 @@ impl Head {
             }
             let bias = root.pp("classifier").get(num_labels, "bias")?;
             return Ok(Self {
-                pooler: linear(encoder.pp("pooler").pp("dense"), h, h)?,
-                classifier: Linear::new(w, Some(bias)),
+                pooler: Dense::load(encoder.pp("pooler").pp("dense"), h, h)?,
+                classifier: Dense::new(w, bias)?,
                 num_labels,
                 trained: true,
             });
@@ -69,7 +71,7 @@ impl Head {
         let dev = root.device();
         let mut rng = SplitMix64(0x5EED_BE27);
         let pooler = if has_pooler {
-            linear(encoder.pp("pooler").pp("dense"), h, h)?
+            Dense::load(encoder.pp("pooler").pp("dense"), h, h)?
         } else {
             seeded_linear(&mut rng, h, h, cfg.initializer_range, dev, root.dtype())?
         };
@@ -85,9 +87,9 @@ impl Head {
     /// `hidden` is the encoder's `[batch, seq, hidden]`; returns `[batch, num_labels]` logits.
     pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
         // Contiguous: BLAS backends (MKL, Accelerate) need unit-stride rows.
-        let cls = hidden.narrow(1, 0, 1)?.squeeze(1)?.contiguous()?;
+        let cls = hidden.narrow(1, 0, 1)?.contiguous()?;
         let pooled = self.pooler.forward(&cls)?.tanh()?;
-        Ok(self.classifier.forward(&pooled)?)
+        Ok(self.classifier.forward(&pooled)?.squeeze(1)?)
     }
 }
 
@@ -123,13 +125,13 @@ fn seeded_linear(
     std: f64,
     dev: &Device,
     dtype: candle_core::DType,
-) -> Result<Linear> {
+) -> Result<Dense> {
     let w: Vec<f32> = (0..in_dim * out_dim)
         .map(|_| (rng.normal() * std) as f32)
         .collect();
     let w = Tensor::from_vec(w, (out_dim, in_dim), dev)?.to_dtype(dtype)?;
     let b = Tensor::zeros(out_dim, dtype, dev)?;
-    Ok(Linear::new(w, Some(b)))
+    Dense::new(w, b)
 }
 
 #[cfg(test)]

@@ -36,13 +36,28 @@ impl Shape {
     }
 }
 
+/// Which queries attention is computed for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Queries {
+    /// Every token: the context is `[batch * seq, hidden]`.
+    All,
+    /// Each sequence's first token alone: the context is `[batch, hidden]`.
+    First,
+}
+
 /// `qkv` is `[batch * seq, 3 * hidden]` f32 (Q, K, V side by side, each head's columns
-/// contiguous); `mask_bias` is `[batch, 1, 1, seq]` f32. Returns the context `[batch *
-/// seq, hidden]` and, when `keep_probs`, the probabilities `[batch, heads, seq, seq]`.
+/// contiguous); `mask_bias` is `[batch, 1, 1, seq]` f32. Returns the context for
+/// `queries` and, when `keep_probs` (with `Queries::All` only), the probabilities
+/// `[batch, heads, seq, seq]`.
+///
+/// Each sequence is cut at its last real token: trailing padding takes no part in any
+/// sum, so a text gets the same bits whatever it was batched with (padded query rows
+/// get a zero context; nothing reads them).
 pub fn attention(
     qkv: &Tensor,
     mask_bias: &Tensor,
     shape: Shape,
+    queries: Queries,
     keep_probs: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let (batch, seq, hidden) = (shape.batch, shape.seq, shape.hidden());
@@ -54,10 +69,18 @@ pub fn attention(
             mask_bias.dims()
         );
     }
+    if keep_probs && queries == Queries::First {
+        bail!("fused attention: probabilities are kept only for every query");
+    }
     let qkv = qkv.contiguous()?;
     with_cpu_f32(&qkv, "fused attention", |qkv| {
-        run_heads(qkv, &bias, shape, keep_probs)
+        run_heads(qkv, &bias, shape, queries, keep_probs)
     })?
+}
+
+/// Tokens up to and including the last one the mask lets through.
+fn real_length(bias: &[f32]) -> usize {
+    bias.iter().rposition(|&b| b == 0.0).map_or(0, |i| i + 1)
 }
 
 /// Every (sequence, head) as one parallel task; returns the context and the probabilities.
@@ -65,6 +88,7 @@ fn run_heads(
     qkv: &[f32],
     bias: &[f32],
     shape: Shape,
+    queries: Queries,
     keep_probs: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let Shape {
@@ -74,7 +98,11 @@ fn run_heads(
         head_dim,
     } = shape;
     let hidden = shape.hidden();
-    let mut ctx = vec![0f32; batch * seq * hidden];
+    let out_rows = match queries {
+        Queries::All => seq,
+        Queries::First => 1,
+    };
+    let mut ctx = vec![0f32; batch * out_rows * hidden];
     let mut probs = vec![
         0f32;
         if keep_probs {
@@ -87,32 +115,42 @@ fn run_heads(
     let probs_ptr = SendPtr(probs.as_mut_ptr());
     (0..batch * heads).into_par_iter().for_each(|task| {
         let (b, h) = (task / heads, task % heads);
+        let bias = &bias[b * seq..(b + 1) * seq];
+        let len = real_length(bias);
         let rows = &qkv[b * seq * 3 * hidden..(b + 1) * seq * 3 * hidden];
-        let mut scores = vec![0f32; seq * seq];
-        let mut p = vec![0f32; seq * seq];
-        one_head(
+        let head = Head {
             rows,
-            h * head_dim,
+            col: h * head_dim,
+            len,
+            queries: out_rows.min(len),
             shape,
-            &bias[b * seq..(b + 1) * seq],
-            &mut scores,
-            &mut p,
-        );
-        if keep_probs {
-            // SAFETY: block `task` of `seq * seq` floats belongs to this task alone.
-            let out = unsafe {
-                std::slice::from_raw_parts_mut(probs_ptr.get().add(task * seq * seq), seq * seq)
-            };
-            out.copy_from_slice(&p);
+        };
+        if head.queries == 0 {
+            return;
         }
-        context(&p, rows, h * head_dim, shape, |r, cols, values| {
-            // SAFETY: row `b * seq + r`, columns `h * head_dim + cols` are this task's
-            // alone, and both stay inside `ctx`.
+        let mut p = vec![0f32; head.queries * len];
+        head.probabilities(&bias[..len], &mut p);
+        if keep_probs {
+            for (r, p) in p.chunks(len).enumerate() {
+                // SAFETY: block `task` of `seq * seq` floats belongs to this task alone,
+                // and r < len <= seq.
+                let out = unsafe {
+                    std::slice::from_raw_parts_mut(
+                        probs_ptr.get().add(task * seq * seq + r * seq),
+                        len,
+                    )
+                };
+                out.copy_from_slice(p);
+            }
+        }
+        head.context(&p, |r, cols, values| {
+            // SAFETY: row `b * out_rows + r` (r < out_rows), columns `h * head_dim +
+            // cols` are this task's alone, and both stay inside `ctx`.
             let out = unsafe {
                 std::slice::from_raw_parts_mut(
                     ctx_ptr
                         .get()
-                        .add((b * seq + r) * hidden + h * head_dim + cols.start),
+                        .add((b * out_rows + r) * hidden + h * head_dim + cols.start),
                     cols.len(),
                 )
             };
@@ -120,91 +158,101 @@ fn run_heads(
         });
     });
     let device = candle_core::Device::Cpu;
-    let ctx = Tensor::from_vec(ctx, (batch * seq, hidden), &device)?;
+    let ctx = Tensor::from_vec(ctx, (batch * out_rows, hidden), &device)?;
     let probs = keep_probs
         .then(|| Tensor::from_vec(probs, (batch, heads, seq, seq), &device))
         .transpose()?;
     Ok((ctx, probs))
 }
 
-/// `p = softmax(q kᵀ + bias)` for one head of one sequence; `rows` is the sequence's
-/// `[seq, 3 * hidden]` slice of qkv, `col` the head's first column within Q.
-fn one_head(rows: &[f32], col: usize, shape: Shape, bias: &[f32], s: &mut [f32], p: &mut [f32]) {
-    let (seq, d) = (shape.seq, shape.head_dim);
-    let (stride, hidden) = (3 * shape.hidden(), shape.hidden());
-    // Keys as GEMM panels: panel `j / NR` holds key j's features at `[c][j % NR]`.
-    let panels = seq.div_ceil(NR);
-    let mut keys = vec![0f32; panels * d * NR];
-    for j in 0..seq {
-        let key = &rows[j * stride + hidden + col..][..d];
-        let panel = &mut keys[(j / NR) * d * NR..];
-        for (c, &v) in key.iter().enumerate() {
-            panel[c * NR + j % NR] = v;
-        }
-    }
-    let mut acc = [[0f32; NR]; MR];
-    for r0 in (0..seq).step_by(MR) {
-        let mr = MR.min(seq - r0);
-        for panel in 0..panels {
-            let q = &rows[r0 * stride + col..];
-            tile_product(
-                q,
-                stride,
-                0..d,
-                mr,
-                &keys[panel * d * NR..],
-                &mut acc,
-                false,
-            );
-            let cols = panel * NR..((panel + 1) * NR).min(seq);
-            for (i, acc) in acc.iter().take(mr).enumerate() {
-                s[(r0 + i) * seq + cols.start..][..cols.len()].copy_from_slice(&acc[..cols.len()]);
-            }
-        }
-    }
-    for (p, s) in p.chunks_mut(seq).zip(s.chunks(seq)) {
-        softmax_row(p, s, bias);
-    }
+/// One head of one sequence, cut to its real tokens.
+struct Head<'a> {
+    /// The sequence's `[seq, 3 * hidden]` slice of qkv.
+    rows: &'a [f32],
+    /// The head's first column within Q.
+    col: usize,
+    /// Keys (and values) that take part: the real length.
+    len: usize,
+    /// Query rows computed, from the first.
+    queries: usize,
+    shape: Shape,
 }
 
-/// `p v` for one head of one sequence, handed to `write(row, columns, values)` tile by
-/// tile (columns relative to the head).
-fn context(
-    p: &[f32],
-    rows: &[f32],
-    col: usize,
-    shape: Shape,
-    mut write: impl FnMut(usize, std::ops::Range<usize>, &[f32]),
-) {
-    let (seq, d) = (shape.seq, shape.head_dim);
-    let stride = 3 * shape.hidden();
-    let value_col = 2 * shape.hidden() + col;
-    // Values as GEMM panels: panel `c / NR` holds value feature c of key j at `[j][c % NR]`.
-    let panels = d.div_ceil(NR);
-    let mut values = vec![0f32; panels * seq * NR];
-    for j in 0..seq {
-        let value = &rows[j * stride + value_col..][..d];
-        for (c, &v) in value.iter().enumerate() {
-            values[(c / NR) * seq * NR + j * NR + c % NR] = v;
+impl Head<'_> {
+    /// `p = softmax(q kᵀ + bias)`, `[queries][len]`.
+    fn probabilities(&self, bias: &[f32], p: &mut [f32]) {
+        let (len, d) = (self.len, self.shape.head_dim);
+        let (stride, hidden) = (3 * self.shape.hidden(), self.shape.hidden());
+        // Keys as GEMM panels: panel `j / NR` holds key j's features at `[c][j % NR]`.
+        let panels = len.div_ceil(NR);
+        let mut keys = vec![0f32; panels * d * NR];
+        for j in 0..len {
+            let key = &self.rows[j * stride + hidden + self.col..][..d];
+            let panel = &mut keys[(j / NR) * d * NR..];
+            for (c, &v) in key.iter().enumerate() {
+                panel[c * NR + j % NR] = v;
+            }
+        }
+        let mut s = vec![0f32; self.queries * len];
+        let mut acc = [[0f32; NR]; MR];
+        for r0 in (0..self.queries).step_by(MR) {
+            let mr = MR.min(self.queries - r0);
+            for panel in 0..panels {
+                let q = &self.rows[r0 * stride + self.col..];
+                tile_product(
+                    q,
+                    stride,
+                    0..d,
+                    mr,
+                    &keys[panel * d * NR..],
+                    &mut acc,
+                    false,
+                );
+                let cols = panel * NR..((panel + 1) * NR).min(len);
+                for (i, acc) in acc.iter().take(mr).enumerate() {
+                    s[(r0 + i) * len + cols.start..][..cols.len()]
+                        .copy_from_slice(&acc[..cols.len()]);
+                }
+            }
+        }
+        for (p, s) in p.chunks_mut(len).zip(s.chunks(len)) {
+            softmax_row(p, s, bias);
         }
     }
-    let mut acc = [[0f32; NR]; MR];
-    for r0 in (0..seq).step_by(MR) {
-        let mr = MR.min(seq - r0);
-        for panel in 0..panels {
-            let x = &p[r0 * seq..];
-            tile_product(
-                x,
-                seq,
-                0..seq,
-                mr,
-                &values[panel * seq * NR..],
-                &mut acc,
-                false,
-            );
-            let cols = panel * NR..((panel + 1) * NR).min(d);
-            for (i, acc) in acc.iter().take(mr).enumerate() {
-                write(r0 + i, cols.clone(), &acc[..cols.len()]);
+
+    /// `p v`, handed to `write(row, columns, values)` tile by tile (columns relative to
+    /// the head).
+    fn context(&self, p: &[f32], mut write: impl FnMut(usize, std::ops::Range<usize>, &[f32])) {
+        let (len, d) = (self.len, self.shape.head_dim);
+        let stride = 3 * self.shape.hidden();
+        let value_col = 2 * self.shape.hidden() + self.col;
+        // Values as GEMM panels: panel `c / NR` holds value feature c of key j at
+        // `[j][c % NR]`.
+        let panels = d.div_ceil(NR);
+        let mut values = vec![0f32; panels * len * NR];
+        for j in 0..len {
+            let value = &self.rows[j * stride + value_col..][..d];
+            for (c, &v) in value.iter().enumerate() {
+                values[(c / NR) * len * NR + j * NR + c % NR] = v;
+            }
+        }
+        let mut acc = [[0f32; NR]; MR];
+        for r0 in (0..self.queries).step_by(MR) {
+            let mr = MR.min(self.queries - r0);
+            for panel in 0..panels {
+                tile_product(
+                    &p[r0 * len..],
+                    len,
+                    0..len,
+                    mr,
+                    &values[panel * len * NR..],
+                    &mut acc,
+                    false,
+                );
+                let cols = panel * NR..((panel + 1) * NR).min(d);
+                for (i, acc) in acc.iter().take(mr).enumerate() {
+                    write(r0 + i, cols.clone(), &acc[..cols.len()]);
+                }
             }
         }
     }

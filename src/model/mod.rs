@@ -41,7 +41,7 @@ mod weights;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
-use candle_nn::{LayerNorm, Linear, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 
 use classifier::{Head, HeadPolicy};
 use config::{Config, HiddenAct};
@@ -158,11 +158,6 @@ impl BertClassifier {
         let logits = self.head.forward(&hidden)?.to_dtype(DType::F32)?;
         Ok(Output { logits, attentions })
     }
-}
-
-/// A `Linear` named `weight`/`bias` under `vb`, with its shape checked.
-fn linear(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Linear> {
-    Ok(candle_nn::linear(in_dim, out_dim, vb)?)
 }
 
 /// A dense layer applied to `[batch, seq, in]` as one `[batch * seq, in]` matrix product:
