@@ -67,9 +67,13 @@ impl Encoder {
         Ok(Self { layers })
     }
 
-    /// Int8 dense layers everywhere in the encoder.
+    /// Int8 dense layers in every layer but the last. The last one runs on `[CLS]` alone
+    /// for classification, so beyond its keys and values it costs next to nothing, yet
+    /// its rounding moved the scores most: on SST-2 dev with the MiniLM fixture, keeping
+    /// it f32 took label flips against f32 from 15 to 8 of 872 for 4% more time.
     pub fn quantize_q8(&mut self) -> Result<()> {
-        for layer in &mut self.layers {
+        let quantized = self.layers.len().saturating_sub(1);
+        for layer in self.layers.iter_mut().take(quantized) {
             layer.attention.quantize_q8()?;
             layer.ffn.up.quantize_q8()?;
             layer.ffn.down.quantize_q8()?;
