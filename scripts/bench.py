@@ -97,9 +97,14 @@ def bert_base_random():
 
 
 def flops(cfg, lengths):
-    """Forward FLOPs of the encoder for sequences of these (unpadded) lengths."""
+    """FLOPs bert-cli performs for sequences of these (unpadded) lengths: every layer in
+    full but the last, which runs past its Q/K/V projection for [CLS] alone (the
+    classifier reads nothing else). Counting the full last layer would credit bert-cli
+    with work it skips."""
     h, i, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
-    return sum(layers * (2 * t * (4 * h * h + 2 * h * i) + 4 * t * t * h) for t in lengths)
+    full = lambda t: 2 * t * (4 * h * h + 2 * h * i) + 4 * t * t * h
+    last = lambda t: 2 * t * 3 * h * h + 4 * t * h + 2 * (h * h + 2 * h * i)
+    return sum((layers - 1) * full(t) + last(t) for t in lengths)
 
 
 # ---------------------------------------------------------------- tools

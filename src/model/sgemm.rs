@@ -24,9 +24,22 @@ pub(super) const MR: usize = 8;
 const KC: usize = 256;
 /// Rows per parallel task: `MC x KC` floats (96 KiB) of activations stay in L2.
 const MC: usize = 96;
-/// Panels per parallel task; small enough that one short sentence still splits into
-/// tasks for every thread.
+/// Panels per parallel task, at most; `panels_per_task` goes lower for small products.
 const PANELS_PER_TASK: usize = 4;
+
+/// Panels per task for `row_tasks` row blocks and `panels` panels: `PANELS_PER_TASK`
+/// unless that leaves few tasks in a count the threads cannot share evenly. One short
+/// sentence through MiniLM's 384-wide layers made 3 tasks for 2 threads, so a third of
+/// the time one thread waited.
+fn panels_per_task(row_tasks: usize, panels: usize, threads: usize) -> usize {
+    [PANELS_PER_TASK, PANELS_PER_TASK / 2, 1]
+        .into_iter()
+        .find(|&per| {
+            let tasks = row_tasks * panels.div_ceil(per);
+            tasks.is_multiple_of(threads) || tasks >= 8 * threads
+        })
+        .unwrap_or(1)
+}
 
 /// What the output pass does to `x Wᵀ + b` as it stores it.
 pub enum Epilogue<'a> {
@@ -145,7 +158,8 @@ impl PackedLinear {
         let (k, n) = (self.k, self.n);
         let panels = n.div_ceil(NR);
         let row_tasks = m.div_ceil(MC);
-        let col_tasks = panels.div_ceil(PANELS_PER_TASK);
+        let per_task = panels_per_task(row_tasks, panels, rayon::current_num_threads());
+        let col_tasks = panels.div_ceil(per_task);
         let mut y = vec![0f32; m * n];
         // Each task owns a block of rows and columns; the blocks interleave in memory, so
         // it writes through a raw pointer.
@@ -155,7 +169,7 @@ impl PackedLinear {
             let rows = rt * MC..((rt + 1) * MC).min(m);
             let tiles = rows.len().div_ceil(MR);
             let mut acc = vec![[[0f32; NR]; MR]; tiles];
-            for p in ct * PANELS_PER_TASK..((ct + 1) * PANELS_PER_TASK).min(panels) {
+            for p in ct * per_task..((ct + 1) * per_task).min(panels) {
                 let panel = &self.packed[p * k * NR..(p + 1) * k * NR];
                 let mut k0 = 0;
                 while k0 < k {
@@ -367,6 +381,19 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn small_products_split_evenly_across_threads() {
+        // One MiniLM sentence: 384 columns are 12 panels; 4 per task left 3 tasks.
+        assert_eq!(panels_per_task(1, 12, 2), 2);
+        assert_eq!(panels_per_task(1, 36, 2), 2);
+        // Already even, or plenty of tasks, or one thread: the widest tasks.
+        assert_eq!(panels_per_task(1, 48, 2), 4);
+        assert_eq!(panels_per_task(9, 12, 2), 4);
+        assert_eq!(panels_per_task(1, 12, 1), 4);
+        // Nothing splits evenly: one panel per task.
+        assert_eq!(panels_per_task(1, 1, 2), 1);
     }
 
     #[test]
