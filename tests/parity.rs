@@ -6,8 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use bert_cli::engine::{Engine, EngineOptions, Prediction};
-use bert_cli::hub;
+use bert_cli::engine::{Engine, EngineOptions};
 use bert_cli::model::config::Scoring;
 use candle_core::{safetensors, DType, Device, Tensor};
 use common::*;
@@ -22,11 +21,6 @@ fn load_error(dir: &Path, opts: &EngineOptions) -> String {
         Ok(_) => panic!("loading {} should have failed", dir.display()),
         Err(e) => format!("{e:#}"),
     }
-}
-
-fn engine_with(dir: &Path, opts: &EngineOptions) -> anyhow::Result<Engine> {
-    let files = hub::resolve(dir.to_str().unwrap(), &hub::HubOptions::default())?;
-    Engine::load(&files, Device::Cpu, opts)
 }
 
 /// Every SST-2 dev sentence and edge case: same token ids, logits within 1e-4, same label,
@@ -92,24 +86,6 @@ fn minilm_matches_pytorch_on_dev_set_and_edge_cases() {
         "worst logit difference against PyTorch: {worst:e} over {} cases",
         cases.len()
     );
-}
-
-/// Every reference case's prediction, in padded batches of `batch` (input order kept).
-fn predict_in_batches(
-    engine: &Engine,
-    cases: &[serde_json::Value],
-    batch: usize,
-) -> Vec<Prediction> {
-    let encoded: Vec<_> = cases
-        .iter()
-        .map(|c| engine.encode(c["text"].as_str().unwrap()).unwrap())
-        .collect();
-    let mut predictions = Vec::new();
-    for chunk in encoded.chunks(batch) {
-        let refs: Vec<_> = chunk.iter().collect();
-        predictions.extend(engine.predict(&refs, false).unwrap());
-    }
-    predictions
 }
 
 /// A text scores the same bits alone and padded inside a batch of longer texts, in f32

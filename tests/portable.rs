@@ -5,10 +5,8 @@
 
 mod common;
 
-use bert_cli::engine::{Engine, EngineOptions};
-use bert_cli::hub;
+use bert_cli::engine::EngineOptions;
 use bert_cli::model::BertClassifier;
-use candle_core::Device;
 use common::*;
 
 #[test]
@@ -16,32 +14,22 @@ fn portable_path_matches_pytorch() {
     std::env::set_var("BERT_CLI_PORTABLE", "1");
     assert!(!BertClassifier::packed_kernels());
     assert!(!BertClassifier::q8_is_fast());
-    let files = hub::resolve(minilm_sst2().to_str().unwrap(), &hub::HubOptions::default()).unwrap();
-    let engine = Engine::load(&files, Device::Cpu, &EngineOptions::default()).unwrap();
+    let engine = engine_with(&minilm_sst2(), &EngineOptions::default()).unwrap();
 
     // Logits and labels of every case, in padded batches of 32.
     let reference = reference("minilm-sst2");
     let cases = reference["cases"].as_array().unwrap();
-    let encoded: Vec<_> = cases
-        .iter()
-        .map(|c| engine.encode(c["text"].as_str().unwrap()).unwrap())
-        .collect();
     let mut worst = 0f32;
-    for (chunk, cases) in encoded.chunks(32).zip(cases.chunks(32)) {
-        let preds = engine
-            .predict(&chunk.iter().collect::<Vec<_>>(), false)
-            .unwrap();
-        for (p, c) in preds.iter().zip(cases) {
-            let d = max_diff(&p.logits, &floats(&c["logits"]));
-            worst = worst.max(d);
-            assert!(d < 1e-4, "case {}: off by {d}", c["name"]);
-            assert_eq!(
-                p.top as u64,
-                c["label"].as_u64().unwrap(),
-                "case {}",
-                c["name"]
-            );
-        }
+    for (p, c) in predict_in_batches(&engine, cases, 32).iter().zip(cases) {
+        let d = max_diff(&p.logits, &floats(&c["logits"]));
+        worst = worst.max(d);
+        assert!(d < 1e-4, "case {}: off by {d}", c["name"]);
+        assert_eq!(
+            p.top as u64,
+            c["label"].as_u64().unwrap(),
+            "case {}",
+            c["name"]
+        );
     }
     eprintln!(
         "portable path: worst logit difference {worst:e} over {} cases",

@@ -55,12 +55,22 @@ impl SelfAttention {
     }
 
     /// `x` is `[batch, seq, hidden]`; `mask_bias` is `[batch, 1, 1, seq]` f32, 0 for real
-    /// tokens and a large negative number for padding. Returns the layer's output and,
-    /// when `keep_probs`, the post-softmax probabilities `[batch, heads, seq, seq]` (f32).
+    /// tokens and a large negative number for padding. Returns the layer's output for
+    /// `queries` (`[batch, seq, hidden]`, or `[batch, 1, hidden]` for `Queries::First`)
+    /// and, when `keep_probs`, the post-softmax probabilities `[batch, heads, seq, seq]`
+    /// (f32).
+    ///
+    /// `Queries::First` is for the last layer when only `[CLS]` is read: keys and values
+    /// still come from every token, but scores, output projection and, after this, the
+    /// feed-forward run on one row per sequence instead of `seq`: three quarters of the
+    /// layer's dense arithmetic, an eighth of all of MiniLM's. The query columns are still
+    /// projected for every token: splitting the stacked projection would cost a second
+    /// weight layout for a twelfth of a full layer's dense work.
     pub fn forward(
         &self,
         x: &Tensor,
         mask_bias: &Tensor,
+        queries: Queries,
         keep_probs: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, h) = x.dims3()?;
@@ -74,76 +84,29 @@ impl SelfAttention {
             };
             let qkv = qkv.reshape((b * t, 3 * h))?.contiguous()?;
             let (ctx, probs) =
-                super::fused::attention(&qkv, mask_bias, shape, Queries::All, keep_probs)?;
-            (ctx.reshape((b, t, h))?, probs)
+                super::fused::attention(&qkv, mask_bias, shape, queries, keep_probs)?;
+            (ctx.reshape((b, (), h))?, probs)
         } else {
-            self.split_heads_attention(&qkv, mask_bias, keep_probs)?
+            self.split_heads_attention(&qkv, mask_bias, queries, keep_probs)?
+        };
+        let residual = match queries {
+            Queries::All => x.clone(),
+            Queries::First => x.narrow(1, 0, 1)?.contiguous()?,
         };
         let out = self
             .norm
-            .forward(&self.output.forward_then(&ctx, Then::Residual(x))?)?;
+            .forward(&self.output.forward_then(&ctx, Then::Residual(&residual))?)?;
         Ok((out, probs))
     }
 
-    /// The layer's output for each sequence's first token (`[CLS]`) alone, `[batch, 1,
-    /// hidden]`: the classifier reads nothing else from the last layer, so only keys and
-    /// values are needed for every token. The query, scores, output projection and, after
-    /// this, the feed-forward run on one row per sequence instead of `seq`: three quarters
-    /// of the layer's dense arithmetic, an eighth of all of MiniLM's.
-    pub fn forward_first_token(&self, x: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
-        let (b, t, h) = x.dims3()?;
-        let (heads, d) = (self.num_heads, self.head_dim);
-        // The query columns are computed for every token too: splitting the stacked
-        // projection would cost a second weight copy for a ninth of the layer's work.
-        let qkv = self.qkv.forward(x)?;
-        let ctx = if super::packed_kernels_for(x) {
-            let shape = super::fused::Shape {
-                batch: b,
-                seq: t,
-                heads,
-                head_dim: d,
-            };
-            let qkv = qkv.reshape((b * t, 3 * h))?.contiguous()?;
-            let (ctx, _) = super::fused::attention(&qkv, mask_bias, shape, Queries::First, false)?;
-            ctx.reshape((b, 1, h))?
-        } else {
-            self.first_token_context(&qkv, mask_bias)?
-        };
-        let first = x.narrow(1, 0, 1)?.contiguous()?;
-        Ok(self
-            .norm
-            .forward(&self.output.forward_then(&ctx, Then::Residual(&first))?)?)
-    }
-
-    /// The first token's context `[batch, 1, hidden]` through candle's ops.
-    fn first_token_context(&self, qkv: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
-        let (b, t, h3) = qkv.dims3()?;
-        let (heads, d, h) = (self.num_heads, self.head_dim, h3 / 3);
-        let q = qkv
-            .narrow(1, 0, 1)?
-            .narrow(2, 0, h)?
-            .reshape((b, 1, heads, d))?
-            .transpose(1, 2)?
-            .contiguous()?;
-        let kv = qkv
-            .narrow(2, h, 2 * h)?
-            .reshape((b, t, 2, heads, d))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let (k, v) = (kv.get(0)?, kv.get(1)?);
-        let scores = q.matmul(&k.t()?)?;
-        let in_dtype = scores.dtype();
-        let probs = super::ops::masked_softmax(&scores.to_dtype(DType::F32)?, mask_bias)?;
-        let ctx = probs.to_dtype(in_dtype)?.matmul(&v)?;
-        Ok(ctx.transpose(1, 2)?.reshape((b, 1, h))?)
-    }
-
     /// Attention through candle's ops, for GPUs, half precision and CPUs without AVX-512:
-    /// returns the context `[batch, seq, hidden]` and, when `keep_probs`, the probabilities.
+    /// returns the context for `queries` (`[batch, seq or 1, hidden]`) and, when
+    /// `keep_probs`, the probabilities.
     fn split_heads_attention(
         &self,
         qkv: &Tensor,
         mask_bias: &Tensor,
+        queries: Queries,
         keep_probs: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, _) = qkv.dims3()?;
@@ -153,13 +116,17 @@ impl SelfAttention {
             .permute((2, 0, 3, 1, 4))?
             .contiguous()?;
         let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let q = match queries {
+            Queries::All => q,
+            Queries::First => q.narrow(2, 0, 1)?.contiguous()?,
+        };
         let scores = q.matmul(&k.t()?)?;
         // Softmax in f32 whatever the model dtype: half-precision exponentials of large
         // logits overflow, and the padding bias must stay a finite number, not -inf.
         let in_dtype = scores.dtype();
         let probs = super::ops::masked_softmax(&scores.to_dtype(DType::F32)?, mask_bias)?;
         let ctx = probs.to_dtype(in_dtype)?.matmul(&v)?;
-        let ctx = ctx.transpose(1, 2)?.reshape((b, t, ()))?;
+        let ctx = ctx.transpose(1, 2)?.reshape((b, ctx.dim(2)?, ()))?;
         Ok((ctx, keep_probs.then_some(probs)))
     }
 }

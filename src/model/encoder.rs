@@ -6,6 +6,7 @@ use candle_nn::{LayerNorm, Module, VarBuilder};
 
 use super::attention::SelfAttention;
 use super::config::{Config, HiddenAct};
+use super::fused::Queries;
 use super::{layer_norm, Dense, Then};
 
 /// `intermediate.dense` + activation + `output.dense` + residual + `output.LayerNorm`.
@@ -39,6 +40,16 @@ impl FeedForward {
         let down = self.down.forward_then(&up, Then::Residual(x))?;
         Ok(self.norm.forward(&down)?)
     }
+}
+
+/// What `Encoder::forward` returns.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Keep {
+    /// Each sequence's first token's final state alone, `[batch, 1, hidden]`: the last
+    /// layer computes nothing the other tokens alone need (see `SelfAttention::forward`).
+    FirstToken,
+    /// Every token's final state and every layer's attention probabilities.
+    EveryTokenAndAttention,
 }
 
 /// One `encoder.layer.N`.
@@ -81,29 +92,27 @@ impl Encoder {
         Ok(())
     }
 
-    /// Runs all layers; returns the last hidden state and, when asked, every layer's
-    /// attention probabilities. With `first_token_only` the last layer computes the first
-    /// token alone (see `SelfAttention::forward_first_token`) and the hidden state is
-    /// `[batch, 1, hidden]`; it must be false when `keep_probs` is true, since the last
-    /// layer's probabilities then cover one query only.
+    /// Runs all layers; returns the last hidden state (as `keep` says) and, for
+    /// `Keep::EveryTokenAndAttention`, every layer's attention probabilities.
     pub fn forward(
         &self,
         mut x: Tensor,
         mask_bias: &Tensor,
-        keep_probs: bool,
-        first_token_only: bool,
+        keep: Keep,
     ) -> Result<(Tensor, Vec<Tensor>)> {
-        debug_assert!(!(keep_probs && first_token_only));
+        let keep_probs = keep == Keep::EveryTokenAndAttention;
         let mut probs = Vec::new();
         let last = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
-            let attended = if first_token_only && i == last {
-                layer.attention.forward_first_token(&x, mask_bias)?
+            let queries = if keep == Keep::FirstToken && i == last {
+                Queries::First
             } else {
-                let (attended, p) = layer.attention.forward(&x, mask_bias, keep_probs)?;
-                probs.extend(p);
-                attended
+                Queries::All
             };
+            let (attended, p) = layer
+                .attention
+                .forward(&x, mask_bias, queries, keep_probs)?;
+            probs.extend(p);
             x = layer.ffn.forward(&attended)?;
         }
         Ok((x, probs))

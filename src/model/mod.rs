@@ -46,7 +46,7 @@ use candle_nn::{LayerNorm, VarBuilder};
 use classifier::{Head, HeadPolicy};
 use config::{Config, HiddenAct};
 use embeddings::Embeddings;
-use encoder::Encoder;
+use encoder::{Encoder, Keep};
 pub use weights::open_weights;
 
 /// A seeded xorshift source of values in [-1, 1) for the kernels' unit tests.
@@ -152,9 +152,12 @@ impl BertClassifier {
         let x = self.embeddings.forward(&batch.ids, &batch.type_ids)?;
         // The head reads only [CLS], so the last layer skips the other tokens unless
         // their attention is wanted.
-        let (hidden, attentions) =
-            self.encoder
-                .forward(x, &mask_bias, keep_attention, !keep_attention)?;
+        let keep = if keep_attention {
+            Keep::EveryTokenAndAttention
+        } else {
+            Keep::FirstToken
+        };
+        let (hidden, attentions) = self.encoder.forward(x, &mask_bias, keep)?;
         let logits = self.head.forward(&hidden)?.to_dtype(DType::F32)?;
         Ok(Output { logits, attentions })
     }

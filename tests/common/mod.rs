@@ -87,6 +87,34 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The classifier in `dir` on the CPU with `opts`.
+pub fn engine_with(
+    dir: &Path,
+    opts: &bert_cli::engine::EngineOptions,
+) -> anyhow::Result<bert_cli::engine::Engine> {
+    let files =
+        bert_cli::hub::resolve(dir.to_str().unwrap(), &bert_cli::hub::HubOptions::default())?;
+    bert_cli::engine::Engine::load(&files, candle_core::Device::Cpu, opts)
+}
+
+/// Every reference case's prediction, in padded batches of `batch` (input order kept).
+pub fn predict_in_batches(
+    engine: &bert_cli::engine::Engine,
+    cases: &[Value],
+    batch: usize,
+) -> Vec<bert_cli::engine::Prediction> {
+    let encoded: Vec<_> = cases
+        .iter()
+        .map(|c| engine.encode(c["text"].as_str().unwrap()).unwrap())
+        .collect();
+    let mut predictions = Vec::new();
+    for chunk in encoded.chunks(batch) {
+        let refs: Vec<_> = chunk.iter().collect();
+        predictions.extend(engine.predict(&refs, false).unwrap());
+    }
+    predictions
+}
+
 /// The committed attention cases through `engine` (the MiniLM fixture) in one padded
 /// batch, to prove padding is cut away: same token ids, every layer and head's
 /// post-softmax probabilities within 1e-5 of PyTorch, rows summing to 1.
