@@ -216,19 +216,24 @@ impl Dense {
         self.forward_then(x, Then::Nothing)
     }
 
-    /// The layer, then `then`: a residual in the packed kernel's output pass, anything
-    /// else as separate ops.
+    /// The layer, then `then`: a residual or exact GELU in the packed kernel's output
+    /// pass, anything else as separate ops.
     fn forward_then(&self, x: &Tensor, then: Then) -> Result<Tensor> {
         let (b, t, i) = x.dims3()?;
         let x = x.reshape((b * t, i))?;
         let y = match &self.weights {
             DenseWeights::Packed(p) => {
-                if let Then::Residual(r) = then {
-                    let r = r.reshape((b * t, ()))?;
-                    let y = p.forward(&x, sgemm::Epilogue::BiasResidual(&r))?;
-                    return Ok(y.reshape((b, t, ()))?);
-                }
-                p.forward(&x, sgemm::Epilogue::Bias)?
+                let y = match then {
+                    Then::Residual(r) => {
+                        let r = r.reshape((b * t, ()))?;
+                        p.forward(&x, sgemm::Epilogue::BiasResidual(&r))?
+                    }
+                    Then::Activation(HiddenAct::GeluErf) => {
+                        p.forward(&x, sgemm::Epilogue::BiasGelu)?
+                    }
+                    _ => then.apply(p.forward(&x, sgemm::Epilogue::Bias)?)?,
+                };
+                return Ok(y.reshape((b, t, ()))?);
             }
             DenseWeights::Float(w) => x.matmul(w)?.broadcast_add(&self.bias)?,
             DenseWeights::Q8(q) => q.forward(&x.contiguous()?)?,

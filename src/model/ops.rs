@@ -71,7 +71,7 @@ dispatch_simd!(gelu_slice, |dst: &mut [f32], src: &[f32]| {
     }
 });
 
-dispatch_simd!(gelu_in_place_slice, |xs: &mut [f32]| {
+dispatch_simd!(pub(crate) gelu_in_place, |xs: &mut [f32]| {
     for x in xs.iter_mut() {
         *x = gelu_erf_scalar(*x);
     }
@@ -160,7 +160,7 @@ impl InplaceOp1 for GeluErf {
         };
         data[start..end]
             .par_chunks_mut(CHUNK)
-            .for_each(gelu_in_place_slice);
+            .for_each(gelu_in_place);
         Ok(())
     }
 }
