@@ -11,6 +11,17 @@ use rayon::prelude::*;
 /// Elements per parallel task: large enough to amortise scheduling, small enough to split.
 const CHUNK: usize = 1 << 14;
 
+/// The polynomial with `coefficients` (highest power first) at `x`, by Horner's rule
+/// with fused multiply-adds: half the instructions of separate ones and shorter
+/// dependency chains, and the same result on every path (an FMA rounds once, in
+/// hardware or in software).
+#[inline(always)]
+fn horner(x: f32, coefficients: &[f32]) -> f32 {
+    coefficients[1..]
+        .iter()
+        .fold(coefficients[0], |acc, &c| acc.mul_add(x, c))
+}
+
 /// `exp(x)` for f32 with relative error below 3e-7 (range reduction to `|r| <= ln2/2`,
 /// degree-7 Taylor polynomial, exponent built from bits). Inputs below -87 give ~0.
 #[inline(always)]
@@ -25,12 +36,19 @@ fn fast_exp(x: f32) -> f32 {
     let n_int = shifted.to_bits().wrapping_sub(SHIFT.to_bits());
     // ln 2 split into a part exact in f32 and a small correction, for an accurate remainder.
     let r = (x - n * 0.693_145_75) - n * 1.428_606_8e-6;
-    let p = 1.0
-        + r * (1.0
-            + r * (0.5
-                + r * (1.0 / 6.0
-                    + r * (1.0 / 24.0
-                        + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let p = horner(
+        r,
+        &[
+            1.0 / 5040.0,
+            1.0 / 720.0,
+            1.0 / 120.0,
+            1.0 / 24.0,
+            1.0 / 6.0,
+            0.5,
+            1.0,
+            1.0,
+        ],
+    );
     let scale = f32::from_bits(n_int.wrapping_add(127) << 23);
     p * scale
 }
@@ -42,14 +60,21 @@ fn fast_exp(x: f32) -> f32 {
 fn gelu_erf_scalar(x: f32) -> f32 {
     let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
     let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = -1.265_512_2
-        + t * (1.000_023_7
-            + t * (0.374_091_96
-                + t * (0.096_784_18
-                    + t * (-0.186_288_06
-                        + t * (0.278_868_07
-                            + t * (-1.135_203_98
-                                + t * (1.488_515_87 + t * (-0.822_152_23 + t * 0.170_872_77))))))));
+    let poly = horner(
+        t,
+        &[
+            0.170_872_77,
+            -0.822_152_23,
+            1.488_515_87,
+            -1.135_203_98,
+            0.278_868_07,
+            -0.186_288_06,
+            0.096_784_18,
+            0.374_091_96,
+            1.000_023_7,
+            -1.265_512_2,
+        ],
+    );
     let erfc = t * fast_exp(-z * z + poly);
     let half = 0.5 * erfc;
     x * if x >= 0.0 { 1.0 - half } else { half }

@@ -199,43 +199,8 @@ impl PackedLinear {
                     k0 += kc;
                 }
                 let cols = p * NR..((p + 1) * NR).min(n);
-                for (tile, acc) in acc.iter().enumerate() {
-                    let r0 = rows.start + tile * MR;
-                    for (i, acc) in acc.iter().take(MR.min(rows.end - r0)).enumerate() {
-                        // SAFETY: row r0 + i and these columns belong to this task alone;
-                        // r0 + i < m and cols.end <= n keep the write inside `y`'s capacity.
-                        let out = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                y_ptr.get().add((r0 + i) * n + cols.start)
-                                    as *mut std::mem::MaybeUninit<f32>,
-                                cols.len(),
-                            )
-                        };
-                        let bias = &self.bias[cols.clone()];
-                        match finish {
-                            Finish::Bias | Finish::Gelu => {
-                                for ((o, a), b) in out.iter_mut().zip(acc).zip(bias) {
-                                    o.write(a + b);
-                                }
-                            }
-                            Finish::Residual(res) => {
-                                let res = &res[(r0 + i) * n + cols.start..][..cols.len()];
-                                for (((o, a), b), r) in out.iter_mut().zip(acc).zip(bias).zip(res) {
-                                    o.write(a + b + r);
-                                }
-                            }
-                        }
-                        if let Finish::Gelu = finish {
-                            // SAFETY: the same values, every one just written.
-                            gelu_in_place(unsafe {
-                                std::slice::from_raw_parts_mut(
-                                    out.as_mut_ptr() as *mut f32,
-                                    out.len(),
-                                )
-                            });
-                        }
-                    }
-                }
+                let bias = &self.bias[cols.clone()];
+                store_panel(&mut acc, rows.clone(), cols, bias, finish, y_ptr, n);
             }
         });
         // SAFETY: the tasks cover rows 0..m and panels 0..panels, so all m x n values were
@@ -244,6 +209,61 @@ impl PackedLinear {
         y
     }
 }
+
+dispatch_simd!(store_panel, |acc: &mut [[[f32; NR]; MR]],
+                             rows: std::ops::Range<usize>,
+                             cols: std::ops::Range<usize>,
+                             bias: &[f32],
+                             finish: Finish,
+                             y: SendPtr,
+                             n: usize| {
+    // The output pass of one task's panel: `acc` holds the tiles of rows `rows`, and
+    // the values go to `y` (`[m, n]` row-major) at columns `cols`, finished. Compiled
+    // for the vector unit like the kernels (as plain closure code it ran 4 lanes wide).
+    for (tile, acc) in acc.iter_mut().enumerate() {
+        let r0 = rows.start + tile * MR;
+        let mr = MR.min(rows.end - r0);
+        if let Finish::Gelu = finish {
+            // The whole tile in one call: row by row, 32 values left the out-of-order
+            // core too little to overlap and GELU's long dependency chain set the pace
+            // (6.2% of a MiniLM profile, 4.3% this way).
+            for row in acc.iter_mut().take(mr) {
+                for (a, b) in row.iter_mut().zip(bias) {
+                    *a += b;
+                }
+            }
+            gelu_in_place(&mut acc.as_flattened_mut()[..mr * NR]);
+        }
+        for (i, acc) in acc.iter().take(mr).enumerate() {
+            // SAFETY: the caller's task alone owns these rows and columns of `y`, and
+            // r0 + i < m, cols.end <= n keep the write inside `y`'s capacity.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(
+                    y.get().add((r0 + i) * n + cols.start) as *mut std::mem::MaybeUninit<f32>,
+                    cols.len(),
+                )
+            };
+            match finish {
+                Finish::Bias => {
+                    for ((o, a), b) in out.iter_mut().zip(acc).zip(bias) {
+                        o.write(a + b);
+                    }
+                }
+                Finish::Gelu => {
+                    for (o, a) in out.iter_mut().zip(acc) {
+                        o.write(*a);
+                    }
+                }
+                Finish::Residual(res) => {
+                    let res = &res[(r0 + i) * n + cols.start..][..cols.len()];
+                    for (((o, a), b), r) in out.iter_mut().zip(acc).zip(bias).zip(res) {
+                        o.write(a + b + r);
+                    }
+                }
+            }
+        }
+    }
+});
 
 /// `acc[i][j] (+)= Σ_{kk ∈ ks} x[i * stride + kk] · panel[(kk - ks.start) * NR + j]` for
 /// the first `mr` rows of `x`; `accumulate` adds to what `acc` holds. Also the building
