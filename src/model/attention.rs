@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use candle_core::{DType, Tensor};
-use candle_nn::{LayerNorm, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::config::Config;
 use super::fused::Queries;
@@ -14,7 +14,7 @@ pub struct SelfAttention {
     /// once; Q's rows carry the 1/sqrt(head_dim) score scale, which saves a pass per layer.
     qkv: Dense,
     output: Dense,
-    norm: LayerNorm,
+    norm: super::ops::LayerNorm,
     num_heads: usize,
     head_dim: usize,
 }
@@ -95,7 +95,7 @@ impl SelfAttention {
         };
         let out = self
             .norm
-            .forward(&self.output.forward_then(&ctx, Then::Residual(&residual))?)?;
+            .forward_fresh(self.output.forward_then(&ctx, Then::Residual(&residual))?)?;
         Ok((out, probs))
     }
 

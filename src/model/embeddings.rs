@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use candle_core::{Tensor, D};
-use candle_nn::{Embedding, LayerNorm, Module, VarBuilder};
+use candle_nn::{Embedding, Module, VarBuilder};
 
 use super::config::Config;
 use super::layer_norm;
@@ -12,7 +12,7 @@ pub struct Embeddings {
     word: Embedding,
     position: Embedding,
     token_type: Embedding,
-    norm: LayerNorm,
+    norm: super::ops::LayerNorm,
 }
 
 impl Embeddings {
@@ -39,6 +39,6 @@ impl Embeddings {
             .forward(ids)?
             .add(&self.token_type.forward(type_ids)?)?
             .broadcast_add(&self.position.forward(&positions)?)?;
-        Ok(self.norm.forward(&x)?)
+        Ok(self.norm.forward_fresh(x)?)
     }
 }

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 use candle_core::Tensor;
-use candle_nn::{LayerNorm, Module, VarBuilder};
+use candle_nn::VarBuilder;
 
 use super::attention::SelfAttention;
 use super::config::{Config, HiddenAct};
@@ -13,7 +13,7 @@ use super::{layer_norm, Dense, Then};
 struct FeedForward {
     up: Dense,
     down: Dense,
-    norm: LayerNorm,
+    norm: super::ops::LayerNorm,
     act: HiddenAct,
 }
 
@@ -38,7 +38,7 @@ impl FeedForward {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let up = self.up.forward_then(x, Then::Activation(self.act))?;
         let down = self.down.forward_then(&up, Then::Residual(x))?;
-        Ok(self.norm.forward(&down)?)
+        Ok(self.norm.forward_fresh(down)?)
     }
 }
 

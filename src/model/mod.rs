@@ -41,7 +41,7 @@ mod weights;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
-use candle_nn::{LayerNorm, VarBuilder};
+use candle_nn::VarBuilder;
 
 use classifier::{Head, HeadPolicy};
 use config::{Config, HiddenAct};
@@ -311,12 +311,12 @@ fn transpose(w: &Tensor) -> Result<Tensor> {
 }
 
 /// A LayerNorm stored as `weight`/`bias` or, in old TensorFlow ports, `gamma`/`beta`.
-fn layer_norm(vb: VarBuilder, cfg: &Config) -> Result<LayerNorm> {
+fn layer_norm(vb: VarBuilder, cfg: &Config) -> Result<ops::LayerNorm> {
     let h = cfg.hidden_size;
     let (w, b) = if vb.contains_tensor("weight") || !vb.contains_tensor("gamma") {
         (vb.get(h, "weight")?, vb.get(h, "bias")?)
     } else {
         (vb.get(h, "gamma")?, vb.get(h, "beta")?)
     };
-    Ok(LayerNorm::new(w, b, cfg.layer_norm_eps))
+    Ok(ops::LayerNorm::new(w, b, cfg.layer_norm_eps))
 }

@@ -1,10 +1,11 @@
-//! CPU kernels for the two element-wise steps where candle's generic ops spend most time
-//! outside matrix products: exact (erf) GELU and the masked softmax of attention scores.
-//! Both use a branch-free exponential that the compiler vectorises, and both fall back to
-//! candle's own ops on other devices, dtypes or layouts.
+//! CPU kernels for the steps where candle's generic ops spend most time outside matrix
+//! products: exact (erf) GELU, the masked softmax of attention scores and LayerNorm.
+//! GELU and softmax use a branch-free exponential that the compiler vectorises; all
+//! fall back to candle's own ops on other devices, dtypes or layouts.
 
 use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, DType, Device, InplaceOp1, Layout, Result, Shape, Tensor,
+    CpuStorage, CustomOp1, CustomOp2, DType, Device, InplaceOp1, InplaceOp3, Layout, Result, Shape,
+    Tensor,
 };
 use rayon::prelude::*;
 
@@ -118,6 +119,21 @@ dispatch_simd!(pub(crate) softmax_row, |dst: &mut [f32],
     }
 });
 
+dispatch_simd!(layer_norm_row, |x: &mut [f32],
+                                weight: &[f32],
+                                bias: &[f32],
+                                eps: f32| {
+    // Two passes (mean, then the mean square of the deviations), as PyTorch does: the
+    // one-pass `E[x²] - mean²` cancels badly when the mean is large.
+    let n = x.len() as f32;
+    let mean = lane_sum(x) / n;
+    let var = lane_squared_deviations(x, mean) / n;
+    let inv_std = 1.0 / (var + eps).sqrt();
+    for ((x, &w), &b) in x.iter_mut().zip(weight).zip(bias) {
+        *x = (*x - mean) * inv_std * w + b;
+    }
+});
+
 /// Reductions over 16 independent lanes: a single running max or sum is a chain the
 /// compiler must keep in order (floating-point rules), which leaves the loop scalar.
 const LANES: usize = 16;
@@ -134,6 +150,23 @@ fn lane_fold(xs: &[f32], init: f32, pick: impl Fn(f32, f32) -> f32) -> f32 {
         }
     }
     acc.iter().chain(tail).fold(init, |a, &v| pick(a, v))
+}
+
+/// `Σ (x - mean)²`, accumulated in 16 lanes.
+#[inline(always)]
+fn lane_squared_deviations(xs: &[f32], mean: f32) -> f32 {
+    let mut acc = [0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = (v - mean).mul_add(v - mean, *a);
+        }
+    }
+    let tail = tail
+        .iter()
+        .fold(0.0, |a, &v| (v - mean).mul_add(v - mean, a));
+    lane_sum(&acc) + tail
 }
 
 /// The largest element (NEG_INFINITY for an empty slice).
@@ -313,6 +346,45 @@ mod tests {
     }
 
     #[test]
+    fn layer_norm_matches_f64_two_pass() -> Result<()> {
+        let dev = Device::Cpu;
+        // A large mean, where the one-pass formula loses digits.
+        let x = (Tensor::randn(0f32, 1.0, (3, 5, 40), &dev)? + 100.0)?;
+        let w = Tensor::randn(0f32, 1.0, 40, &dev)?;
+        let b = Tensor::randn(0f32, 1.0, 40, &dev)?;
+        let want: Vec<Vec<f64>> = x
+            .flatten_to(1)?
+            .to_vec2::<f32>()?
+            .iter()
+            .map(|row| {
+                let n = row.len() as f64;
+                let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+                let var = row
+                    .iter()
+                    .map(|&v| (f64::from(v) - mean).powi(2))
+                    .sum::<f64>()
+                    / n;
+                let (w, b) = (w.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
+                row.iter()
+                    .enumerate()
+                    .map(|(i, &v)| {
+                        (f64::from(v) - mean) / (var + 1e-12).sqrt() * f64::from(w[i])
+                            + f64::from(b[i])
+                    })
+                    .collect()
+            })
+            .collect();
+        let got = LayerNorm::new(w.clone(), b.clone(), 1e-12)
+            .forward_fresh(x.copy()?)?
+            .flatten_to(1)?
+            .to_vec2::<f32>()?;
+        for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
+            assert!((f64::from(*g) - w).abs() < 1e-4, "{g} vs {w}");
+        }
+        Ok(())
+    }
+
+    #[test]
     fn masked_softmax_matches_candle() -> Result<()> {
         let dev = Device::Cpu;
         let scores = Tensor::randn(0f32, 3.0, (2, 3, 5, 7), &dev)?;
@@ -347,6 +419,98 @@ impl SendPtr {
     /// The pointer (a method, so closures capture the whole `Send` wrapper).
     pub fn get(self) -> *mut f32 {
         self.0
+    }
+}
+
+/// LayerNorm over the last axis, `(x - mean) / sqrt(var + eps) * weight + bias`.
+pub struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+    /// candle's, for other devices, dtypes and layouts.
+    candle: candle_nn::LayerNorm,
+}
+
+impl LayerNorm {
+    /// From `weight` and `bias`, both `[hidden]`.
+    pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
+        let candle = candle_nn::LayerNorm::new(weight.clone(), bias.clone(), eps);
+        Self {
+            weight,
+            bias,
+            eps,
+            candle,
+        }
+    }
+
+    /// Normalises `x`, `[.., hidden]`. On the CPU in f32 it overwrites `x`'s own buffer
+    /// (candle's op scanned each row with one scalar sum and wrote a new buffer), so `x`
+    /// must be a fresh result that nothing else holds: every caller passes the output
+    /// of the op just before.
+    pub fn forward_fresh(&self, x: Tensor) -> Result<Tensor> {
+        let fits = matches!(x.device(), Device::Cpu)
+            && x.dtype() == DType::F32
+            && self.weight.dtype() == DType::F32
+            && x.is_contiguous();
+        if !fits {
+            return candle_core::Module::forward(&self.candle, &x);
+        }
+        x.inplace_op3(
+            &self.weight,
+            &self.bias,
+            &LayerNormInPlace {
+                eps: self.eps as f32,
+            },
+        )?;
+        Ok(x)
+    }
+}
+
+/// `LayerNorm::forward_fresh`'s CPU kernel.
+struct LayerNormInPlace {
+    eps: f32,
+}
+
+impl InplaceOp3 for LayerNormInPlace {
+    fn name(&self) -> &'static str {
+        "bert-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<()> {
+        let weight = contiguous_f32(s2, l2, "layer-norm weight")?;
+        let bias = contiguous_f32(s3, l3, "layer-norm bias")?;
+        let hidden = weight.len();
+        let CpuStorage::F32(data) = s1 else {
+            candle_core::bail!("{}: expected f32", self.name());
+        };
+        let Some((start, end)) = l1.contiguous_offsets() else {
+            candle_core::bail!("{}: expected a contiguous tensor", self.name());
+        };
+        if bias.len() != hidden || l1.dims().last() != Some(&hidden) {
+            candle_core::bail!(
+                "{}: input {:?}, weight [{hidden}] and bias [{}] do not fit",
+                self.name(),
+                l1.dims(),
+                bias.len()
+            );
+        }
+        let rows_per_task = (CHUNK / hidden.max(1)).max(1);
+        data[start..end]
+            .par_chunks_mut(rows_per_task * hidden)
+            .for_each(|rows| {
+                for row in rows.chunks_mut(hidden) {
+                    layer_norm_row(row, weight, bias, self.eps);
+                }
+            });
+        Ok(())
     }
 }
 

@@ -27,17 +27,24 @@ const MC: usize = 96;
 /// Panels per parallel task, at most; `panels_per_task` goes lower for small products.
 const PANELS_PER_TASK: usize = 4;
 
-/// Panels per task for `row_tasks` row blocks and `panels` panels: `PANELS_PER_TASK`
-/// unless that leaves few tasks in a count the threads cannot share evenly. One short
-/// sentence through MiniLM's 384-wide layers made 3 tasks for 2 threads, so a third of
-/// the time one thread waited.
+/// Panels per task for `row_tasks` row blocks and `panels` panels: the most, up to
+/// `PANELS_PER_TASK`, whose tasks the threads can share with the least waiting. Tasks
+/// run whole, so with 4 panels per task a batch of short sentences through a 384-wide
+/// layer (9 row blocks x 12 panels) made 27 tasks, and one thread ran the 27th alone;
+/// 3 per task makes 36.
 fn panels_per_task(row_tasks: usize, panels: usize, threads: usize) -> usize {
-    [PANELS_PER_TASK, PANELS_PER_TASK / 2, 1]
-        .into_iter()
-        .find(|&per| {
-            let tasks = row_tasks * panels.div_ceil(per);
-            tasks.is_multiple_of(threads) || tasks >= 8 * threads
-        })
+    let threads = threads.max(1);
+    // Panel-steps on the busiest thread, if every task costs its panels.
+    let busiest = |per: usize| {
+        let (full, last) = (panels / per, panels % per);
+        let tasks = row_tasks * (full + usize::from(last > 0));
+        // The short tasks come last in a row block; cost them all as full ones but the
+        // busiest thread runs ceil(tasks / threads) of them.
+        tasks.div_ceil(threads) * per
+    };
+    (1..=PANELS_PER_TASK)
+        .rev()
+        .min_by_key(|&per| busiest(per))
         .unwrap_or(1)
 }
 
@@ -439,13 +446,15 @@ mod tests {
     #[test]
     fn small_products_split_evenly_across_threads() {
         // One MiniLM sentence: 384 columns are 12 panels; 4 per task left 3 tasks.
-        assert_eq!(panels_per_task(1, 12, 2), 2);
-        assert_eq!(panels_per_task(1, 36, 2), 2);
-        // Already even, or plenty of tasks, or one thread: the widest tasks.
+        assert_eq!(panels_per_task(1, 12, 2), 3);
+        assert_eq!(panels_per_task(1, 36, 2), 3);
+        // A batch of short sentences: 27 tasks of 4 panels, or 36 of 3.
+        assert_eq!(panels_per_task(9, 12, 2), 3);
+        // Already even, or one thread: the widest tasks.
         assert_eq!(panels_per_task(1, 48, 2), 4);
-        assert_eq!(panels_per_task(9, 12, 2), 4);
+        assert_eq!(panels_per_task(9, 48, 2), 4);
         assert_eq!(panels_per_task(1, 12, 1), 4);
-        // Nothing splits evenly: one panel per task.
+        // Fewer panels than threads: one panel per task.
         assert_eq!(panels_per_task(1, 1, 2), 1);
     }
 
