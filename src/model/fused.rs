@@ -232,8 +232,8 @@ impl Head<'_> {
         let mut values = vec![0f32; panels * len * NR];
         for j in 0..len {
             let value = &self.rows[j * stride + value_col..][..d];
-            for (c, &v) in value.iter().enumerate() {
-                values[(c / NR) * len * NR + j * NR + c % NR] = v;
+            for (panel, part) in value.chunks(NR).enumerate() {
+                values[panel * len * NR + j * NR..][..part.len()].copy_from_slice(part);
             }
         }
         let mut acc = [[0f32; NR]; MR];
