@@ -5,7 +5,7 @@ use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
 use super::config::Config;
-use super::fused::Queries;
+use super::fused::{Queries, Sequences};
 use super::{layer_norm, Dense, Then};
 
 /// `attention.self.*` (Q, K, V) and `attention.output.*` (projection + LayerNorm).
@@ -54,11 +54,13 @@ impl SelfAttention {
         self.output.quantize_q8()
     }
 
-    /// `x` is `[batch, seq, hidden]`; `mask_bias` is `[batch, 1, 1, seq]` f32, 0 for real
-    /// tokens and a large negative number for padding. Returns the layer's output for
-    /// `queries` (`[batch, seq, hidden]`, or `[batch, 1, hidden]` for `Queries::First`)
-    /// and, when `keep_probs`, the post-softmax probabilities `[batch, heads, seq, seq]`
-    /// (f32).
+    /// `x` is `[batch, seq, hidden]`, or `[1, tokens, hidden]` with each text's real
+    /// tokens back to back; `seqs` says which rows make each sequence. `mask_bias` is
+    /// the padded batch's `[batch, 1, 1, seq]` f32, 0 for real tokens and a large negative
+    /// number for padding (candle's path, which needs the padded layout, reads it).
+    /// Returns the layer's output for `queries` (`x`'s shape, or `[batch, 1, hidden]` for
+    /// `Queries::First`) and, when `keep_probs`, the post-softmax probabilities
+    /// `[batch, heads, seq, seq]` (f32).
     ///
     /// `Queries::First` is for the last layer when only `[CLS]` is read: keys and values
     /// still come from every token, but scores, output projection and, after this, the
@@ -70,28 +72,37 @@ impl SelfAttention {
         &self,
         x: &Tensor,
         mask_bias: &Tensor,
+        seqs: &Sequences,
         queries: Queries,
         keep_probs: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, h) = x.dims3()?;
+        let batch = seqs.batch();
         let qkv = self.qkv.forward(x)?;
         let (ctx, probs) = if super::packed_kernels_for(x) {
             let shape = super::fused::Shape {
-                batch: b,
-                seq: t,
                 heads: self.num_heads,
                 head_dim: self.head_dim,
             };
             let qkv = qkv.reshape((b * t, 3 * h))?.contiguous()?;
-            let (ctx, probs) =
-                super::fused::attention(&qkv, mask_bias, shape, queries, keep_probs)?;
-            (ctx.reshape((b, (), h))?, probs)
+            let (ctx, probs) = super::fused::attention(&qkv, seqs, shape, queries, keep_probs)?;
+            let ctx = match queries {
+                Queries::All => ctx.reshape((b, t, h))?,
+                Queries::First => ctx.reshape((batch, 1, h))?,
+            };
+            (ctx, probs)
         } else {
             self.split_heads_attention(&qkv, mask_bias, queries, keep_probs)?
         };
         let residual = match queries {
             Queries::All => x.clone(),
-            Queries::First => x.narrow(1, 0, 1)?.contiguous()?,
+            Queries::First => {
+                let first: Vec<u32> = seqs.starts[..batch].iter().map(|&r| r as u32).collect();
+                let first = Tensor::new(first, x.device())?;
+                x.reshape((b * t, h))?
+                    .index_select(&first, 0)?
+                    .reshape((batch, 1, h))?
+            }
         };
         let out = self
             .norm

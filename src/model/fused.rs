@@ -16,13 +16,9 @@ use rayon::prelude::*;
 use super::ops::{softmax_row, with_cpu_f32, SendPtr};
 use super::sgemm::{tile_product, MR, NR};
 
-/// Attention's shape: `batch` sequences of `seq` tokens, `heads` heads of `head_dim`.
+/// Attention's heads: `heads` of `head_dim` features each.
 #[derive(Clone, Copy)]
 pub struct Shape {
-    /// Sequences in the batch.
-    pub batch: usize,
-    /// Padded tokens per sequence.
-    pub seq: usize,
     /// Attention heads.
     pub heads: usize,
     /// Features per head.
@@ -36,37 +32,58 @@ impl Shape {
     }
 }
 
+/// Where each sequence's tokens are among the rows of the hidden states: `batch * seq`
+/// rows of a padded batch, or each text's real tokens back to back.
+pub struct Sequences {
+    /// The first row of each sequence, then the number of rows: `batch + 1` entries.
+    pub starts: Vec<usize>,
+    /// Per row: 0 for a real token, a large negative number for padding.
+    pub bias: Vec<f32>,
+}
+
+impl Sequences {
+    /// Sequences in the batch.
+    pub fn batch(&self) -> usize {
+        self.starts.len().saturating_sub(1)
+    }
+
+    /// The rows of sequence `b`.
+    fn rows(&self, b: usize) -> std::ops::Range<usize> {
+        self.starts[b]..self.starts[b + 1]
+    }
+}
+
 /// Which queries attention is computed for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Queries {
-    /// Every token: the context is `[batch * seq, hidden]`.
+    /// Every token: the context has a row for every row of `qkv`.
     All,
     /// Each sequence's first token alone: the context is `[batch, hidden]`.
     First,
 }
 
-/// `qkv` is `[batch * seq, 3 * hidden]` f32 (Q, K, V side by side, each head's columns
-/// contiguous); `mask_bias` is `[batch, 1, 1, seq]` f32. Returns the context for
-/// `queries` and, when `keep_probs` (with `Queries::All` only), the probabilities
-/// `[batch, heads, seq, seq]`.
+/// `qkv` is `[rows, 3 * hidden]` f32 (Q, K, V side by side, each head's columns
+/// contiguous), its rows grouped into sequences by `seqs`. Returns the context for
+/// `queries` and, when `keep_probs` (with `Queries::All` and sequences of one length
+/// only), the probabilities `[batch, heads, seq, seq]`.
 ///
 /// Each sequence is cut at its last real token: trailing padding takes no part in any
 /// sum, so a text gets the same bits whatever it was batched with (padded query rows
 /// get a zero context; nothing reads them).
 pub fn attention(
     qkv: &Tensor,
-    mask_bias: &Tensor,
+    seqs: &Sequences,
     shape: Shape,
     queries: Queries,
     keep_probs: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    let (batch, seq, hidden) = (shape.batch, shape.seq, shape.hidden());
-    let bias = mask_bias.flatten_all()?.to_vec1::<f32>()?;
-    if bias.len() != batch * seq || qkv.dims() != [batch * seq, 3 * hidden] {
+    let hidden = shape.hidden();
+    let rows = seqs.starts.last().copied().unwrap_or(0);
+    if seqs.bias.len() != rows || qkv.dims() != [rows, 3 * hidden] {
         bail!(
-            "fused attention: qkv {:?} and mask {:?} do not fit {batch} x {seq} tokens of {hidden}",
+            "fused attention: qkv {:?} and a mask of {} rows do not fit {rows} tokens of {hidden}",
             qkv.dims(),
-            mask_bias.dims()
+            seqs.bias.len()
         );
     }
     if keep_probs && queries == Queries::First {
@@ -74,35 +91,35 @@ pub fn attention(
     }
     let qkv = qkv.contiguous()?;
     with_cpu_f32(&qkv, "fused attention", |qkv| {
-        run_heads(qkv, &bias, shape, queries, keep_probs)
+        run_heads(qkv, seqs, shape, queries, keep_probs)
     })?
 }
 
 /// Tokens up to and including the last one the mask lets through.
-fn real_length(bias: &[f32]) -> usize {
+pub fn real_length(bias: &[f32]) -> usize {
     bias.iter().rposition(|&b| b == 0.0).map_or(0, |i| i + 1)
 }
 
 /// Every (sequence, head) as one parallel task; returns the context and the probabilities.
 fn run_heads(
     qkv: &[f32],
-    bias: &[f32],
+    seqs: &Sequences,
     shape: Shape,
     queries: Queries,
     keep_probs: bool,
 ) -> Result<(Tensor, Option<Tensor>)> {
-    let Shape {
-        batch,
-        seq,
-        heads,
-        head_dim,
-    } = shape;
-    let hidden = shape.hidden();
+    let Shape { heads, head_dim } = shape;
+    let (hidden, batch) = (shape.hidden(), seqs.batch());
     let out_rows = match queries {
-        Queries::All => seq,
-        Queries::First => 1,
+        Queries::All => seqs.starts.last().copied().unwrap_or(0),
+        Queries::First => batch,
     };
-    let mut ctx = vec![0f32; batch * out_rows * hidden];
+    // Probabilities come as `[batch, heads, seq, seq]`: only for a padded batch.
+    let seq = if batch == 0 { 0 } else { seqs.rows(0).len() };
+    if keep_probs && (0..batch).any(|b| seqs.rows(b).len() != seq) {
+        bail!("fused attention: probabilities need sequences of one length");
+    }
+    let mut ctx = vec![0f32; out_rows * hidden];
     let mut probs = vec![
         0f32;
         if keep_probs {
@@ -115,14 +132,18 @@ fn run_heads(
     let probs_ptr = SendPtr(probs.as_mut_ptr());
     (0..batch * heads).into_par_iter().for_each(|task| {
         let (b, h) = (task / heads, task % heads);
-        let bias = &bias[b * seq..(b + 1) * seq];
+        let rows = seqs.rows(b);
+        let bias = &seqs.bias[rows.clone()];
         let len = real_length(bias);
-        let rows = &qkv[b * seq * 3 * hidden..(b + 1) * seq * 3 * hidden];
+        let (first_out, queries) = match queries {
+            Queries::All => (rows.start, len),
+            Queries::First => (b, len.min(1)),
+        };
         let head = Head {
-            rows,
+            rows: &qkv[rows.start * 3 * hidden..rows.end * 3 * hidden],
             col: h * head_dim,
             len,
-            queries: out_rows.min(len),
+            queries,
             shape,
         };
         if head.queries == 0 {
@@ -144,13 +165,14 @@ fn run_heads(
             }
         }
         head.context(&p, |r, cols, values| {
-            // SAFETY: row `b * out_rows + r` (r < out_rows), columns `h * head_dim +
-            // cols` are this task's alone, and both stay inside `ctx`.
+            // SAFETY: output row `first_out + r` (one of this sequence's, r < queries),
+            // columns `h * head_dim + cols` are this task's alone, and both stay inside
+            // `ctx`.
             let out = unsafe {
                 std::slice::from_raw_parts_mut(
                     ctx_ptr
                         .get()
-                        .add((b * out_rows + r) * hidden + h * head_dim + cols.start),
+                        .add((first_out + r) * hidden + h * head_dim + cols.start),
                     cols.len(),
                 )
             };
@@ -158,7 +180,7 @@ fn run_heads(
         });
     });
     let device = candle_core::Device::Cpu;
-    let ctx = Tensor::from_vec(ctx, (batch * out_rows, hidden), &device)?;
+    let ctx = Tensor::from_vec(ctx, (out_rows, hidden), &device)?;
     let probs = keep_probs
         .then(|| Tensor::from_vec(probs, (batch, heads, seq, seq), &device))
         .transpose()?;
