@@ -79,6 +79,8 @@ impl SelfAttention {
         let (b, t, h) = x.dims3()?;
         let batch = seqs.batch();
         let qkv = self.qkv.forward(x)?;
+        // `qkv` (three times the hidden states) is freed here, before the output
+        // projection allocates: it set bert-base's peak memory.
         let (ctx, probs) = if super::packed_kernels_for(x) {
             let shape = super::fused::Shape {
                 heads: self.num_heads,
@@ -94,6 +96,7 @@ impl SelfAttention {
         } else {
             self.split_heads_attention(&qkv, mask_bias, queries, keep_probs)?
         };
+        drop(qkv);
         let residual = match queries {
             Queries::All => x.clone(),
             Queries::First => {

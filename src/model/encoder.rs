@@ -115,7 +115,9 @@ impl Encoder {
                 .attention
                 .forward(&x, mask_bias, &seqs, queries, keep_probs)?;
             probs.extend(p);
-            x = layer.ffn.forward(&attended)?;
+            // The layer's input is freed before the feed-forward allocates.
+            x = attended;
+            x = layer.ffn.forward(&x)?;
         }
         Ok((x, probs))
     }
