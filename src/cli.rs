@@ -97,8 +97,8 @@ pub struct ClassifyArgs {
     pub dtype: DTypeArg,
 
     /// int8 weights for the encoder's linear layers, all but the last layer's (CPU only):
-    /// faster with AVX-512 VNNI (2.4-3.3x PyTorch f32 on bert-base here); labels agreed
-    /// with f32 on 99.1% of SST-2 dev with the test model, all flips near-ties (see README).
+    /// faster with AVX-512 VNNI (2.8-3.6x PyTorch f32 on bert-base here); labels agreed
+    /// with f32 on 99.2% of SST-2 dev with the test model, all flips near-ties (see README).
     #[arg(long, value_enum, default_value_t = QuantizeArg::None)]
     pub quantize: QuantizeArg,
 

@@ -352,11 +352,13 @@ mod tests {
         let x = (Tensor::randn(0f32, 1.0, (3, 5, 40), &dev)? + 100.0)?;
         let w = Tensor::randn(0f32, 1.0, 40, &dev)?;
         let b = Tensor::randn(0f32, 1.0, 40, &dev)?;
+        let (w_values, b_values) = (w.to_vec1::<f32>()?, b.to_vec1::<f32>()?);
         let want: Vec<Vec<f64>> = x
             .flatten_to(1)?
             .to_vec2::<f32>()?
             .iter()
             .map(|row| {
+                let (w, b) = (&w_values, &b_values);
                 let n = row.len() as f64;
                 let mean = row.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
                 let var = row
@@ -364,7 +366,6 @@ mod tests {
                     .map(|&v| (f64::from(v) - mean).powi(2))
                     .sum::<f64>()
                     / n;
-                let (w, b) = (w.to_vec1::<f32>().unwrap(), b.to_vec1::<f32>().unwrap());
                 row.iter()
                     .enumerate()
                     .map(|(i, &v)| {
@@ -422,47 +423,35 @@ impl SendPtr {
     }
 }
 
-/// LayerNorm over the last axis, `(x - mean) / sqrt(var + eps) * weight + bias`.
-pub struct LayerNorm {
-    weight: Tensor,
-    bias: Tensor,
-    eps: f64,
-    /// candle's, for other devices, dtypes and layouts.
-    candle: candle_nn::LayerNorm,
-}
+/// LayerNorm over the last axis, `(x - mean) / sqrt(var + eps) * weight + bias`: candle's
+/// layer, with an in-place CPU kernel in front.
+pub struct LayerNorm(candle_nn::LayerNorm);
 
 impl LayerNorm {
     /// From `weight` and `bias`, both `[hidden]`.
     pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
-        let candle = candle_nn::LayerNorm::new(weight.clone(), bias.clone(), eps);
-        Self {
-            weight,
-            bias,
-            eps,
-            candle,
-        }
+        Self(candle_nn::LayerNorm::new(weight, bias, eps))
     }
 
     /// Normalises `x`, `[.., hidden]`. On the CPU in f32 it overwrites `x`'s own buffer
     /// (candle's op scanned each row with one scalar sum and wrote a new buffer), so `x`
     /// must be a fresh result that nothing else holds: every caller passes the output
-    /// of the op just before.
+    /// of the op just before. Elsewhere candle's layer runs.
     pub fn forward_fresh(&self, x: Tensor) -> Result<Tensor> {
-        let fits = matches!(x.device(), Device::Cpu)
-            && x.dtype() == DType::F32
-            && self.weight.dtype() == DType::F32
-            && x.is_contiguous();
-        if !fits {
-            return candle_core::Module::forward(&self.candle, &x);
+        let weight = self.0.weight();
+        match self.0.bias() {
+            Some(bias)
+                if matches!(x.device(), Device::Cpu)
+                    && x.dtype() == DType::F32
+                    && weight.dtype() == DType::F32
+                    && x.is_contiguous() =>
+            {
+                let eps = self.0.eps() as f32;
+                x.inplace_op3(weight, bias, &LayerNormInPlace { eps })?;
+                Ok(x)
+            }
+            _ => candle_core::Module::forward(&self.0, &x),
         }
-        x.inplace_op3(
-            &self.weight,
-            &self.bias,
-            &LayerNormInPlace {
-                eps: self.eps as f32,
-            },
-        )?;
-        Ok(x)
     }
 }
 
