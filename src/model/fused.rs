@@ -11,9 +11,8 @@
 //! 1/sqrt(head_dim) at load.
 
 use candle_core::{bail, Result, Tensor};
-use rayon::prelude::*;
 
-use super::ops::{softmax_row, with_cpu_f32, SendPtr};
+use super::ops::{par_tasks, softmax_row, with_cpu_f32, SendPtr};
 use super::sgemm::{tile_product, MR, NR};
 
 /// Attention's heads: `heads` of `head_dim` features each.
@@ -130,59 +129,55 @@ fn run_heads(
     ];
     let ctx_ptr = SendPtr(ctx.as_mut_ptr());
     let probs_ptr = SendPtr(probs.as_mut_ptr());
-    // One (sequence, head) per job, so the threads finish together (see `sgemm`).
-    (0..batch * heads)
-        .into_par_iter()
-        .with_max_len(1)
-        .for_each(|task| {
-            let (b, h) = (task / heads, task % heads);
-            let rows = seqs.rows(b);
-            let bias = &seqs.bias[rows.clone()];
-            let len = real_length(bias);
-            let (first_out, queries) = match queries {
-                Queries::All => (rows.start, len),
-                Queries::First => (b, len.min(1)),
-            };
-            let head = Head {
-                rows: &qkv[rows.start * 3 * hidden..rows.end * 3 * hidden],
-                col: h * head_dim,
-                len,
-                queries,
-                shape,
-            };
-            if head.queries == 0 {
-                return;
-            }
-            let mut p = vec![0f32; head.queries * len];
-            head.probabilities(&bias[..len], &mut p);
-            if keep_probs {
-                for (r, p) in p.chunks(len).enumerate() {
-                    // SAFETY: block `task` of `seq * seq` floats belongs to this task alone,
-                    // and r < len <= seq.
-                    let out = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            probs_ptr.get().add(task * seq * seq + r * seq),
-                            len,
-                        )
-                    };
-                    out.copy_from_slice(p);
-                }
-            }
-            head.context(&p, |r, cols, values| {
-                // SAFETY: output row `first_out + r` (one of this sequence's, r < queries),
-                // columns `h * head_dim + cols` are this task's alone, and both stay inside
-                // `ctx`.
+    par_tasks(batch * heads, |task| {
+        let (b, h) = (task / heads, task % heads);
+        let rows = seqs.rows(b);
+        let bias = &seqs.bias[rows.clone()];
+        let len = real_length(bias);
+        let (first_out, queries) = match queries {
+            Queries::All => (rows.start, len),
+            Queries::First => (b, len.min(1)),
+        };
+        let head = Head {
+            rows: &qkv[rows.start * 3 * hidden..rows.end * 3 * hidden],
+            col: h * head_dim,
+            len,
+            queries,
+            shape,
+        };
+        if head.queries == 0 {
+            return;
+        }
+        let mut p = vec![0f32; head.queries * len];
+        head.probabilities(&bias[..len], &mut p);
+        if keep_probs {
+            for (r, p) in p.chunks(len).enumerate() {
+                // SAFETY: block `task` of `seq * seq` floats belongs to this task alone,
+                // and r < len <= seq.
                 let out = unsafe {
                     std::slice::from_raw_parts_mut(
-                        ctx_ptr
-                            .get()
-                            .add((first_out + r) * hidden + h * head_dim + cols.start),
-                        cols.len(),
+                        probs_ptr.get().add(task * seq * seq + r * seq),
+                        len,
                     )
                 };
-                out.copy_from_slice(values);
-            });
+                out.copy_from_slice(p);
+            }
+        }
+        head.context(&p, |r, cols, values| {
+            // SAFETY: output row `first_out + r` (one of this sequence's, r < queries),
+            // columns `h * head_dim + cols` are this task's alone, and both stay inside
+            // `ctx`.
+            let out = unsafe {
+                std::slice::from_raw_parts_mut(
+                    ctx_ptr
+                        .get()
+                        .add((first_out + r) * hidden + h * head_dim + cols.start),
+                    cols.len(),
+                )
+            };
+            out.copy_from_slice(values);
         });
+    });
     let device = candle_core::Device::Cpu;
     let ctx = Tensor::from_vec(ctx, (out_rows, hidden), &device)?;
     let probs = keep_probs

@@ -16,7 +16,7 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::ops::SendPtr;
+use super::ops::{par_tasks, SendPtr};
 
 /// Input channels per quantization group (16 steps of `vpdpbusd`'s 4 bytes).
 const GROUP: usize = 64;
@@ -153,51 +153,46 @@ impl Q8Linear {
         // Each task owns a block of rows and columns; it writes through a raw pointer
         // because the blocks interleave in memory.
         let y_ptr = SendPtr(y.as_mut_ptr());
-        // One task per job, so the threads finish together (see `sgemm`).
-        (0..row_tasks * col_tasks)
-            .into_par_iter()
-            .with_max_len(1)
-            .for_each(|t| {
-                let (rt, ct) = (t / col_tasks, t % col_tasks);
-                let row_range = rt * MC..((rt + 1) * MC).min(m);
-                let first_panel = ct * PANELS_PER_TASK;
-                let last_panel = (first_panel + PANELS_PER_TASK).min(panels);
-                let mut acc = [[0f32; NR]; MR];
-                for p in first_panel..last_panel {
-                    let panel = Panel {
-                        weights: &self.packed[p * kp * NR..(p + 1) * kp * NR],
-                        scale: &self.scale[p * groups * NR..(p + 1) * groups * NR],
-                        sums: &self.weight_sums[p * groups * NR..(p + 1) * groups * NR],
+        par_tasks(row_tasks * col_tasks, |t| {
+            let (rt, ct) = (t / col_tasks, t % col_tasks);
+            let row_range = rt * MC..((rt + 1) * MC).min(m);
+            let first_panel = ct * PANELS_PER_TASK;
+            let last_panel = (first_panel + PANELS_PER_TASK).min(panels);
+            let mut acc = [[0f32; NR]; MR];
+            for p in first_panel..last_panel {
+                let panel = Panel {
+                    weights: &self.packed[p * kp * NR..(p + 1) * kp * NR],
+                    scale: &self.scale[p * groups * NR..(p + 1) * groups * NR],
+                    sums: &self.weight_sums[p * groups * NR..(p + 1) * groups * NR],
+                };
+                let cols = p * NR..((p + 1) * NR).min(n);
+                let mut r0 = row_range.start;
+                while r0 < row_range.end {
+                    let mr = MR.min(row_range.end - r0);
+                    let a = Activations {
+                        data: &rows.data[r0 * kp..(r0 + mr) * kp],
+                        scale: &rows.scale[r0 * groups..(r0 + mr) * groups],
+                        scaled_zero: &rows.scaled_zero[r0 * groups..(r0 + mr) * groups],
                     };
-                    let cols = p * NR..((p + 1) * NR).min(n);
-                    let mut r0 = row_range.start;
-                    while r0 < row_range.end {
-                        let mr = MR.min(row_range.end - r0);
-                        let a = Activations {
-                            data: &rows.data[r0 * kp..(r0 + mr) * kp],
-                            scale: &rows.scale[r0 * groups..(r0 + mr) * groups],
-                            scaled_zero: &rows.scaled_zero[r0 * groups..(r0 + mr) * groups],
+                    tile(&a, groups, mr, &panel, &mut acc);
+                    for (i, acc) in acc.iter().take(mr).enumerate() {
+                        let r = r0 + i;
+                        // SAFETY: row r and these columns belong to this task alone, and
+                        // r < m, cols.end <= n keep the writes inside `y`.
+                        let out = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                y_ptr.get().add(r * n + cols.start),
+                                cols.len(),
+                            )
                         };
-                        tile(&a, groups, mr, &panel, &mut acc);
-                        for (i, acc) in acc.iter().take(mr).enumerate() {
-                            let r = r0 + i;
-                            // SAFETY: row r and these columns belong to this task alone, and
-                            // r < m, cols.end <= n keep the writes inside `y`.
-                            let out = unsafe {
-                                std::slice::from_raw_parts_mut(
-                                    y_ptr.get().add(r * n + cols.start),
-                                    cols.len(),
-                                )
-                            };
-                            for ((o, a), b) in out.iter_mut().zip(acc).zip(&self.bias[cols.clone()])
-                            {
-                                *o = a + b;
-                            }
+                        for ((o, a), b) in out.iter_mut().zip(acc).zip(&self.bias[cols.clone()]) {
+                            *o = a + b;
                         }
-                        r0 += mr;
                     }
+                    r0 += mr;
                 }
-            });
+            }
+        });
         y
     }
 }

@@ -13,7 +13,7 @@
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
-use super::ops::{gelu_in_place, with_cpu_f32, SendPtr};
+use super::ops::{gelu_in_place, par_tasks, with_cpu_f32, SendPtr};
 
 /// Columns per packed panel: two 16-lane vectors.
 pub(super) const NR: usize = 32;
@@ -180,43 +180,36 @@ impl PackedLinear {
         // Each task owns a block of rows and columns; the blocks interleave in memory, so
         // it writes through a raw pointer.
         let y_ptr = SendPtr(y.as_mut_ptr());
-        // One task per rayon job. Left to itself rayon stops splitting at about a quarter
-        // of the range, so a thread that ran out of work found nothing to steal while the
-        // other ran a 27-task chunk alone: in a bert-base profile the second worker slept
-        // 14% of the run, most of it inside these loops.
-        (0..row_tasks * col_tasks)
-            .into_par_iter()
-            .with_max_len(1)
-            .for_each(|t| {
-                let (rt, ct) = (t / col_tasks, t % col_tasks);
-                let rows = rt * MC..((rt + 1) * MC).min(m);
-                let tiles = rows.len().div_ceil(MR);
-                let mut acc = vec![[[0f32; NR]; MR]; tiles];
-                for p in ct * per_task..((ct + 1) * per_task).min(panels) {
-                    let panel = &self.packed[p * k * NR..(p + 1) * k * NR];
-                    let mut k0 = 0;
-                    while k0 < k {
-                        let kc = KC.min(k - k0);
-                        for (tile, acc) in acc.iter_mut().enumerate() {
-                            let r0 = rows.start + tile * MR;
-                            let mr = MR.min(rows.end - r0);
-                            tile_product(
-                                &x[r0 * k..(r0 + mr) * k],
-                                k,
-                                k0..k0 + kc,
-                                mr,
-                                &panel[k0 * NR..(k0 + kc) * NR],
-                                acc,
-                                k0 > 0,
-                            );
-                        }
-                        k0 += kc;
+        par_tasks(row_tasks * col_tasks, |t| {
+            let (rt, ct) = (t / col_tasks, t % col_tasks);
+            let rows = rt * MC..((rt + 1) * MC).min(m);
+            let tiles = rows.len().div_ceil(MR);
+            let mut acc = vec![[[0f32; NR]; MR]; tiles];
+            for p in ct * per_task..((ct + 1) * per_task).min(panels) {
+                let panel = &self.packed[p * k * NR..(p + 1) * k * NR];
+                let mut k0 = 0;
+                while k0 < k {
+                    let kc = KC.min(k - k0);
+                    for (tile, acc) in acc.iter_mut().enumerate() {
+                        let r0 = rows.start + tile * MR;
+                        let mr = MR.min(rows.end - r0);
+                        tile_product(
+                            &x[r0 * k..(r0 + mr) * k],
+                            k,
+                            k0..k0 + kc,
+                            mr,
+                            &panel[k0 * NR..(k0 + kc) * NR],
+                            acc,
+                            k0 > 0,
+                        );
                     }
-                    let cols = p * NR..((p + 1) * NR).min(n);
-                    let bias = &self.bias[cols.clone()];
-                    store_panel(&mut acc, rows.clone(), cols, bias, finish, y_ptr, n);
+                    k0 += kc;
                 }
-            });
+                let cols = p * NR..((p + 1) * NR).min(n);
+                let bias = &self.bias[cols.clone()];
+                store_panel(&mut acc, rows.clone(), cols, bias, finish, y_ptr, n);
+            }
+        });
         // SAFETY: the tasks cover rows 0..m and panels 0..panels, so all m x n values were
         // written above.
         unsafe { y.set_len(m * n) };
