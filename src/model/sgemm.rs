@@ -170,11 +170,11 @@ impl PackedLinear {
     /// The weights to fetch into cache while the tiles work on the block before
     /// `next` (an offset into `packed`): one block further on, empty past the end.
     ///
-    /// Loaded on demand, each block stalled the first tile that read it; one sentence
-    /// at a time reads every weight from memory once per sentence, and fetching the
-    /// block after next made SST-2 dev at batch 1 about 5% faster (the next block
-    /// only half as much, three ahead slower: they evict what is in use). Past a
-    /// panel's end this is the next panel, which the same thread usually takes next.
+    /// Loaded on demand, each block stalled the first tile that read it, and one
+    /// sentence at a time reads every weight from memory. At batch 1 the block after
+    /// next ran 4% faster than the next block, and three ahead slower (it evicts what
+    /// is still in use). Past a panel's end this is the next panel, which the same
+    /// thread usually takes next.
     fn prefetch_block(&self, next: usize) -> &[f32] {
         let start = (next + KC * NR).min(self.packed.len());
         let end = (start + KC * NR).min(self.packed.len());
