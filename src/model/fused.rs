@@ -228,6 +228,7 @@ impl Head<'_> {
                     &keys[panel * d * NR..],
                     &mut acc,
                     false,
+                    &[],
                 );
                 let cols = panel * NR..((panel + 1) * NR).min(len);
                 for (i, acc) in acc.iter().take(mr).enumerate() {
@@ -269,6 +270,7 @@ impl Head<'_> {
                     &values[panel * len * NR..],
                     &mut acc,
                     false,
+                    &[],
                 );
                 let cols = panel * NR..((panel + 1) * NR).min(d);
                 for (i, acc) in acc.iter().take(mr).enumerate() {

@@ -167,18 +167,18 @@ impl PackedLinear {
         Tensor::from_vec(y, (m, self.n), &candle_core::Device::Cpu)
     }
 
-    /// The weights to fetch into cache while the tiles work on the block before
-    /// `next` (an offset into `packed`): one block further on, empty past the end.
+    /// The weights to fetch into cache while the tiles work on the block that ends at
+    /// `end` (an offset into `packed`): the block after the next one, empty past the
+    /// end of the weights.
     ///
     /// Loaded on demand, each block stalled the first tile that read it, and one
     /// sentence at a time reads every weight from memory. At batch 1 the block after
     /// next ran 4% faster than the next block, and three ahead slower (it evicts what
     /// is still in use). Past a panel's end this is the next panel, which the same
     /// thread usually takes next.
-    fn prefetch_block(&self, next: usize) -> &[f32] {
-        let start = (next + KC * NR).min(self.packed.len());
-        let end = (start + KC * NR).min(self.packed.len());
-        &self.packed[start..end]
+    fn prefetch_block(&self, end: usize) -> &[f32] {
+        let start = (end + KC * NR).min(self.packed.len());
+        &self.packed[start..(start + KC * NR).min(self.packed.len())]
     }
 
     /// `x` (`[m, k]` row-major) times the packed weight, finished by `finish`: `[m, n]`.
@@ -210,7 +210,7 @@ impl PackedLinear {
                         let r0 = rows.start + tile * MR;
                         let mr = MR.min(rows.end - r0);
                         let ahead = ahead.chunks(share).nth(tile).unwrap_or(&[]);
-                        tile_product_prefetch(
+                        tile_product(
                             &x[r0 * k..(r0 + mr) * k],
                             k,
                             k0..k0 + kc,
@@ -290,21 +290,6 @@ dispatch_simd!(store_panel, |acc: &mut [[[f32; NR]; MR]],
     }
 });
 
-/// `acc[i][j] (+)= Σ_{kk ∈ ks} x[i * stride + kk] · panel[(kk - ks.start) * NR + j]` for
-/// the first `mr` rows of `x`; `accumulate` adds to what `acc` holds. Also the building
-/// block of the fused attention, where `x` is a head's columns inside wider rows.
-pub(super) fn tile_product(
-    x: &[f32],
-    stride: usize,
-    ks: std::ops::Range<usize>,
-    mr: usize,
-    panel: &[f32],
-    acc: &mut [[f32; NR]; MR],
-    accumulate: bool,
-) {
-    tile_product_prefetch(x, stride, ks, mr, panel, acc, accumulate, &[]);
-}
-
 /// The same product in plain Rust: the reference for the kernel's tests, and what runs
 /// if the packed layout is ever used without AVX-512.
 fn tile_portable(
@@ -329,10 +314,12 @@ fn tile_portable(
     }
 }
 
-/// `tile_product`, also fetching `prefetch` (whole cache lines) into cache, spread over
-/// the pass; the real kernel behind both.
+/// `acc[i][j] (+)= Σ_{kk ∈ ks} x[i * stride + kk] · panel[(kk - ks.start) * NR + j]` for
+/// the first `mr` rows of `x`; `accumulate` adds to what `acc` holds. Along the way it
+/// fetches `prefetch` (whole cache lines; empty for none) into cache. Also the building
+/// block of the fused attention, where `x` is a head's columns inside wider rows.
 #[allow(clippy::too_many_arguments)]
-fn tile_product_prefetch(
+pub(super) fn tile_product(
     x: &[f32],
     stride: usize,
     ks: std::ops::Range<usize>,
@@ -426,7 +413,7 @@ unsafe fn tile_avx512<const R: usize>(
 }
 
 /// Where prefetched weights go: L2. Fetched into L1 they evicted the block in use (the
-/// block is all of L1), and SST-2 dev at batch 1 ran 9% slower.
+/// block is all of L1), and 300 SST-2 dev sentences at batch 1 ran 9% slower.
 #[cfg(target_arch = "x86_64")]
 const PF_HINT: i32 = std::arch::x86_64::_MM_HINT_T1;
 
@@ -534,7 +521,7 @@ mod tests {
                 let mut want = [[0.5f32; NR]; MR];
                 tile_portable(&x, k, 2..2 + kc, mr, &panel, &mut want, accumulate);
                 let mut got = [[0.5f32; NR]; MR];
-                tile_product(&x, k, 2..2 + kc, mr, &panel, &mut got, accumulate);
+                tile_product(&x, k, 2..2 + kc, mr, &panel, &mut got, accumulate, &[]);
                 for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
                     assert!((g - w).abs() <= 1e-5, "mr {mr}: {g} vs {w}");
                 }
