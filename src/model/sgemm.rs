@@ -207,8 +207,7 @@ impl PackedLinear {
                     let ahead = self.prefetch_block(p * k * NR + (k0 + kc) * NR);
                     let share = (ahead.len().div_ceil(tiles * LINE) * LINE).max(LINE);
                     for (tile, acc) in acc.iter_mut().enumerate() {
-                        let r0 = rows.start + tile * MR;
-                        let mr = MR.min(rows.end - r0);
+                        let (r0, mr) = row_tile(&rows, tiles, tile);
                         let ahead = ahead.chunks(share).nth(tile).unwrap_or(&[]);
                         tile_product(
                             &x[r0 * k..(r0 + mr) * k],
@@ -235,6 +234,18 @@ impl PackedLinear {
     }
 }
 
+/// The first row and row count of tile `tile` of `tiles` over `rows`: sizes differ by
+/// at most one. A tile of one row has two FMA chains, too few to hide their latency,
+/// so 25 rows run as 7 + 6 + 6 + 6 rather than 8 + 8 + 8 + 1. Each row's sums do not
+/// depend on its tile, so the split changes no result.
+fn row_tile(rows: &std::ops::Range<usize>, tiles: usize, tile: usize) -> (usize, usize) {
+    let (base, extra) = (rows.len() / tiles, rows.len() % tiles);
+    (
+        rows.start + tile * base + tile.min(extra),
+        base + usize::from(tile < extra),
+    )
+}
+
 dispatch_simd!(store_panel, |acc: &mut [[[f32; NR]; MR]],
                              rows: std::ops::Range<usize>,
                              cols: std::ops::Range<usize>,
@@ -245,9 +256,9 @@ dispatch_simd!(store_panel, |acc: &mut [[[f32; NR]; MR]],
     // The output pass of one task's panel: `acc` holds the tiles of rows `rows`, and
     // the values go to `y` (`[m, n]` row-major) at columns `cols`, finished. Compiled
     // for the vector unit like the kernels (as plain closure code it ran 4 lanes wide).
+    let tiles = acc.len();
     for (tile, acc) in acc.iter_mut().enumerate() {
-        let r0 = rows.start + tile * MR;
-        let mr = MR.min(rows.end - r0);
+        let (r0, mr) = row_tile(&rows, tiles, tile);
         if let Finish::Gelu = finish {
             // The whole tile in one call: row by row, 32 values left the out-of-order
             // core too little to overlap and GELU's long dependency chain set the pace
