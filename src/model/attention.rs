@@ -65,9 +65,9 @@ impl SelfAttention {
     /// `Queries::First` is for the last layer when only `[CLS]` is read: keys and values
     /// still come from every token, but scores, output projection and, after this, the
     /// feed-forward run on one row per sequence instead of `seq`: three quarters of the
-    /// layer's dense arithmetic, an eighth of all of MiniLM's. The query columns are still
-    /// projected for every token: splitting the stacked projection would cost a second
-    /// weight layout for a twelfth of a full layer's dense work.
+    /// layer's dense arithmetic, an eighth of all of MiniLM's. On the packed kernel the
+    /// queries, too, are projected for the first tokens alone (Q's columns come first in
+    /// the stacked weight, whole panels of it): a twelfth of a layer's dense work more.
     pub fn forward(
         &self,
         x: &Tensor,
@@ -78,7 +78,12 @@ impl SelfAttention {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, h) = x.dims3()?;
         let batch = seqs.batch();
-        let qkv = self.qkv.forward(x)?;
+        let qkv = match queries {
+            Queries::All => self.qkv.forward(x)?,
+            Queries::First => self
+                .qkv
+                .forward_lead_for_rows(x, h, &seqs.starts[..batch])?,
+        };
         // `qkv` (three times the hidden states) is freed here, before the output
         // projection allocates: it set bert-base's peak memory.
         let (ctx, probs) = if super::packed_kernels_for(x) {

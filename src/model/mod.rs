@@ -216,6 +216,20 @@ impl Dense {
         self.forward_then(x, Then::Nothing)
     }
 
+    /// `[batch, seq, in]` -> `[batch, seq, out]` where only the first `lead` outputs of
+    /// the flattened rows `rows` and the outputs from `lead` on of every row are asked
+    /// for: on the packed kernel the rest is not computed (it holds zeros); otherwise
+    /// every output is.
+    fn forward_lead_for_rows(&self, x: &Tensor, lead: usize, rows: &[usize]) -> Result<Tensor> {
+        let (b, t, i) = x.dims3()?;
+        match &self.weights {
+            DenseWeights::Packed(p) => Ok(p
+                .forward_lead_for_rows(&x.reshape((b * t, i))?, lead, rows)?
+                .reshape((b, t, ()))?),
+            _ => self.forward(x),
+        }
+    }
+
     /// The layer, then `then`: a residual or exact GELU in the packed kernel's output
     /// pass, anything else as separate ops.
     fn forward_then(&self, x: &Tensor, then: Then) -> Result<Tensor> {

@@ -181,25 +181,96 @@ impl PackedLinear {
         &self.packed[start..(start + KC * NR).min(self.packed.len())]
     }
 
+    /// `x` is `[m, in]`, f32. Returns `[m, out]` with `x Wᵀ + b` in every row for the
+    /// columns from `lead` on, but in the first `lead` columns only for the rows in
+    /// `rows` (zeros elsewhere). The last layer of a classifier needs queries for
+    /// `[CLS]` alone but keys and values for every token; this skips the other
+    /// tokens' queries (`lead` = hidden). Each value is computed exactly as by
+    /// `forward`. A `lead` that does not end on a panel computes every column.
+    pub fn forward_lead_for_rows(&self, x: &Tensor, lead: usize, rows: &[usize]) -> Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        if !lead.is_multiple_of(NR) || lead > self.n || k != self.k {
+            return self.forward(x, Epilogue::Bias);
+        }
+        if let Some(&r) = rows.iter().find(|&&r| r >= m) {
+            candle_core::bail!("packed-linear: row {r} is outside the input's {m} rows");
+        }
+        let x = x.contiguous()?;
+        let n = self.n;
+        let y = with_cpu_f32(&x, "packed-linear", |x| {
+            let mut y = vec![0f32; m * n];
+            let lead_panels = lead / NR;
+            let panels = n.div_ceil(NR);
+            self.matmul_into(
+                x,
+                m,
+                lead_panels..panels,
+                Finish::Bias,
+                SendPtr(y.as_mut_ptr()),
+                n,
+            );
+            let picked: Vec<f32> = rows
+                .iter()
+                .flat_map(|&r| &x[r * k..(r + 1) * k])
+                .copied()
+                .collect();
+            let mut part = vec![0f32; rows.len() * lead];
+            let part_ptr = SendPtr(part.as_mut_ptr());
+            self.matmul_into(
+                &picked,
+                rows.len(),
+                0..lead_panels,
+                Finish::Bias,
+                part_ptr,
+                lead,
+            );
+            for (&r, values) in rows.iter().zip(part.chunks(lead.max(1))) {
+                y[r * n..r * n + lead].copy_from_slice(values);
+            }
+            y
+        })?;
+        Tensor::from_vec(y, (m, n), &candle_core::Device::Cpu)
+    }
+
     /// `x` (`[m, k]` row-major) times the packed weight, finished by `finish`: `[m, n]`.
     fn matmul(&self, x: &[f32], m: usize, finish: Finish) -> Vec<f32> {
-        let (k, n) = (self.k, self.n);
-        let panels = n.div_ceil(NR);
-        let row_tasks = m.div_ceil(MC);
-        let per_task = panels_per_task(row_tasks, panels, rayon::current_num_threads());
-        let col_tasks = panels.div_ceil(per_task);
+        let n = self.n;
         // Not zeroed first: the tasks write every value, and for one short sentence the
         // memset took 2-4% of the time.
         let mut y: Vec<f32> = Vec::with_capacity(m * n);
+        self.matmul_into(x, m, 0..n.div_ceil(NR), finish, SendPtr(y.as_mut_ptr()), n);
+        // SAFETY: matmul_into wrote rows 0..m of every panel, so all m x n values.
+        unsafe { y.set_len(m * n) };
+        y
+    }
+
+    /// `x` (`[m, k]` row-major) times the packed panels `panels`, finished by `finish`
+    /// and written to `y` (row stride `ldy`) at the panels' own columns. The caller
+    /// owns `y`'s first `m` rows, at least as wide as the panels' last column.
+    fn matmul_into(
+        &self,
+        x: &[f32],
+        m: usize,
+        panels: std::ops::Range<usize>,
+        finish: Finish,
+        y_ptr: SendPtr,
+        ldy: usize,
+    ) {
+        let (k, n) = (self.k, self.n);
+        debug_assert!(x.len() >= m * k && (panels.end * NR).min(n) <= ldy);
+        let first_panel = panels.start;
+        let panels = panels.len();
+        let row_tasks = m.div_ceil(MC);
+        let per_task = panels_per_task(row_tasks, panels, rayon::current_num_threads());
+        let col_tasks = panels.div_ceil(per_task);
         // Each task owns a block of rows and columns; the blocks interleave in memory, so
         // it writes through a raw pointer.
-        let y_ptr = SendPtr(y.as_mut_ptr());
         par_tasks(row_tasks * col_tasks, |t| {
             let (rt, ct) = (t / col_tasks, t % col_tasks);
             let rows = rt * MC..((rt + 1) * MC).min(m);
             let tiles = rows.len().div_ceil(MR);
             let mut acc = vec![[[0f32; NR]; MR]; tiles];
-            for p in ct * per_task..((ct + 1) * per_task).min(panels) {
+            for p in first_panel + ct * per_task..first_panel + ((ct + 1) * per_task).min(panels) {
                 let panel = &self.packed[p * k * NR..(p + 1) * k * NR];
                 let mut k0 = 0;
                 while k0 < k {
@@ -224,13 +295,9 @@ impl PackedLinear {
                 }
                 let cols = p * NR..((p + 1) * NR).min(n);
                 let bias = &self.bias[cols.clone()];
-                store_panel(&mut acc, rows.clone(), cols, bias, finish, y_ptr, n);
+                store_panel(&mut acc, rows.clone(), cols, bias, finish, y_ptr, ldy);
             }
         });
-        // SAFETY: the tasks cover rows 0..m and panels 0..panels, so all m x n values were
-        // written above.
-        unsafe { y.set_len(m * n) };
-        y
     }
 }
 
@@ -503,6 +570,34 @@ mod tests {
                 }
             }
         }
+        Ok(())
+    }
+
+    #[test]
+    fn lead_columns_only_for_the_rows_asked() -> Result<()> {
+        let (m, k, n, lead) = (21, 70, 3 * NR + 5, NR);
+        let mut rand = crate::model::test_values(0x1234_5678);
+        let dev = Device::Cpu;
+        let w = Tensor::from_vec((0..n * k).map(|_| rand()).collect(), (n, k), &dev)?;
+        let b = Tensor::from_vec((0..n).map(|_| rand()).collect(), n, &dev)?;
+        let x = Tensor::from_vec((0..m * k).map(|_| rand()).collect(), (m, k), &dev)?;
+        let layer = PackedLinear::new(&w, &b)?;
+        let full = layer.forward(&x, Epilogue::Bias)?.to_vec2::<f32>()?;
+        let rows = [0, 9, 20];
+        let part = layer
+            .forward_lead_for_rows(&x, lead, &rows)?
+            .to_vec2::<f32>()?;
+        for (r, (got, want)) in part.iter().zip(&full).enumerate() {
+            // The same bits where computed, zeros in the lead columns of other rows.
+            assert_eq!(got[lead..], want[lead..], "row {r}");
+            if rows.contains(&r) {
+                assert_eq!(got[..lead], want[..lead], "row {r}");
+            } else {
+                assert!(got[..lead].iter().all(|&v| v == 0.0), "row {r}");
+            }
+        }
+        // A row past the input is an error, not a wrong answer.
+        assert!(layer.forward_lead_for_rows(&x, lead, &[m]).is_err());
         Ok(())
     }
 
