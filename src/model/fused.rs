@@ -13,7 +13,7 @@
 use candle_core::{bail, Result, Tensor};
 
 use super::ops::{par_tasks, softmax_row, with_cpu_f32, SendPtr};
-use super::sgemm::{tile_product, MR, NR};
+use super::sgemm::{row_tile, tile_product, MR, NR};
 
 /// Attention's heads: `heads` of `head_dim` features each.
 #[derive(Clone, Copy)]
@@ -216,8 +216,9 @@ impl Head<'_> {
         }
         let mut s = vec![0f32; self.queries * len];
         let mut acc = [[0f32; NR]; MR];
-        for r0 in (0..self.queries).step_by(MR) {
-            let mr = MR.min(self.queries - r0);
+        let tiles = self.queries.div_ceil(MR);
+        for tile in 0..tiles {
+            let (r0, mr) = row_tile(&(0..self.queries), tiles, tile);
             for panel in 0..panels {
                 let q = &self.rows[r0 * stride + self.col..];
                 tile_product(
@@ -259,8 +260,9 @@ impl Head<'_> {
             }
         }
         let mut acc = [[0f32; NR]; MR];
-        for r0 in (0..self.queries).step_by(MR) {
-            let mr = MR.min(self.queries - r0);
+        let tiles = self.queries.div_ceil(MR);
+        for tile in 0..tiles {
+            let (r0, mr) = row_tile(&(0..self.queries), tiles, tile);
             for panel in 0..panels {
                 tile_product(
                     &p[r0 * len..],

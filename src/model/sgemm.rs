@@ -305,7 +305,7 @@ impl PackedLinear {
 /// at most one. A tile of one row has two FMA chains, too few to hide their latency,
 /// so 25 rows run as 7 + 6 + 6 + 6 rather than 8 + 8 + 8 + 1. Each row's sums do not
 /// depend on its tile, so the split changes no result.
-fn row_tile(rows: &std::ops::Range<usize>, tiles: usize, tile: usize) -> (usize, usize) {
+pub(super) fn row_tile(rows: &std::ops::Range<usize>, tiles: usize, tile: usize) -> (usize, usize) {
     let (base, extra) = (rows.len() / tiles, rows.len() % tiles);
     (
         rows.start + tile * base + tile.min(extra),
