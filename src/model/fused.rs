@@ -148,34 +148,42 @@ fn run_heads(
         if head.queries == 0 {
             return;
         }
-        let mut p = vec![0f32; head.queries * len];
-        head.probabilities(&bias[..len], &mut p);
-        if keep_probs {
-            for (r, p) in p.chunks(len).enumerate() {
-                // SAFETY: block `task` of `seq * seq` floats belongs to this task alone,
-                // and r < len <= seq.
+        SCRATCH.with_borrow_mut(|scratch| {
+            let Scratch {
+                p,
+                keys,
+                scores,
+                values,
+            } = scratch;
+            let p = sized(p, head.queries * len);
+            head.probabilities(&bias[..len], p, keys, scores);
+            if keep_probs {
+                for (r, p) in p.chunks(len).enumerate() {
+                    // SAFETY: block `task` of `seq * seq` floats belongs to this task alone,
+                    // and r < len <= seq.
+                    let out = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            probs_ptr.get().add(task * seq * seq + r * seq),
+                            len,
+                        )
+                    };
+                    out.copy_from_slice(p);
+                }
+            }
+            head.context(p, values, |r, cols, values| {
+                // SAFETY: output row `first_out + r` (one of this sequence's, r < queries),
+                // columns `h * head_dim + cols` are this task's alone, and both stay inside
+                // `ctx`.
                 let out = unsafe {
                     std::slice::from_raw_parts_mut(
-                        probs_ptr.get().add(task * seq * seq + r * seq),
-                        len,
+                        ctx_ptr
+                            .get()
+                            .add((first_out + r) * hidden + h * head_dim + cols.start),
+                        cols.len(),
                     )
                 };
-                out.copy_from_slice(p);
-            }
-        }
-        head.context(&p, |r, cols, values| {
-            // SAFETY: output row `first_out + r` (one of this sequence's, r < queries),
-            // columns `h * head_dim + cols` are this task's alone, and both stay inside
-            // `ctx`.
-            let out = unsafe {
-                std::slice::from_raw_parts_mut(
-                    ctx_ptr
-                        .get()
-                        .add((first_out + r) * hidden + h * head_dim + cols.start),
-                    cols.len(),
-                )
-            };
-            out.copy_from_slice(values);
+                out.copy_from_slice(values);
+            });
         });
     });
     let device = candle_core::Device::Cpu;
@@ -184,6 +192,34 @@ fn run_heads(
         .then(|| Tensor::from_vec(probs, (batch, heads, seq, seq), &device))
         .transpose()?;
     Ok((ctx, probs))
+}
+
+/// A worker's buffers for one (sequence, head) task, kept between tasks: allocating and
+/// zeroing them per task was about 1.5% of a MiniLM profile (malloc, free, memset).
+#[derive(Default)]
+struct Scratch {
+    /// Probabilities, `[queries][len]`.
+    p: Vec<f32>,
+    /// Keys packed as GEMM panels.
+    keys: Vec<f32>,
+    /// Scores before the softmax.
+    scores: Vec<f32>,
+    /// Values packed as GEMM panels.
+    values: Vec<f32>,
+}
+
+thread_local! {
+    /// Each pool worker's `Scratch` (a task runs start to end on one worker and calls
+    /// nothing that could start another task on it).
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// The first `n` values of `buf`, grown if needed; whatever they held before stays.
+fn sized(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if buf.len() < n {
+        buf.resize(n, 0.0);
+    }
+    &mut buf[..n]
 }
 
 /// One head of one sequence, cut to its real tokens.
@@ -201,12 +237,19 @@ struct Head<'a> {
 
 impl Head<'_> {
     /// `p = softmax(q kᵀ + bias)`, `[queries][len]`.
-    fn probabilities(&self, bias: &[f32], p: &mut [f32]) {
+    fn probabilities(
+        &self,
+        bias: &[f32],
+        p: &mut [f32],
+        keys: &mut Vec<f32>,
+        scores: &mut Vec<f32>,
+    ) {
         let (len, d) = (self.len, self.shape.head_dim);
         let (stride, hidden) = (3 * self.shape.hidden(), self.shape.hidden());
         // Keys as GEMM panels: panel `j / NR` holds key j's features at `[c][j % NR]`.
         let panels = len.div_ceil(NR);
-        let mut keys = vec![0f32; panels * d * NR];
+        // Lanes past the last key hold stale values; the scores they give are dropped.
+        let keys = sized(keys, panels * d * NR);
         for j in 0..len {
             let key = &self.rows[j * stride + hidden + self.col..][..d];
             let panel = &mut keys[(j / NR) * d * NR..];
@@ -214,7 +257,7 @@ impl Head<'_> {
                 panel[c * NR + j % NR] = v;
             }
         }
-        let mut s = vec![0f32; self.queries * len];
+        let s = sized(scores, self.queries * len);
         let mut acc = [[0f32; NR]; MR];
         let tiles = self.queries.div_ceil(MR);
         for tile in 0..tiles {
@@ -245,14 +288,20 @@ impl Head<'_> {
 
     /// `p v`, handed to `write(row, columns, values)` tile by tile (columns relative to
     /// the head).
-    fn context(&self, p: &[f32], mut write: impl FnMut(usize, std::ops::Range<usize>, &[f32])) {
+    fn context(
+        &self,
+        p: &[f32],
+        values: &mut Vec<f32>,
+        mut write: impl FnMut(usize, std::ops::Range<usize>, &[f32]),
+    ) {
         let (len, d) = (self.len, self.shape.head_dim);
         let stride = 3 * self.shape.hidden();
         let value_col = 2 * self.shape.hidden() + self.col;
         // Values as GEMM panels: panel `c / NR` holds value feature c of key j at
         // `[j][c % NR]`.
         let panels = d.div_ceil(NR);
-        let mut values = vec![0f32; panels * len * NR];
+        // Columns past the head's last feature hold stale values; their sums are dropped.
+        let values = sized(values, panels * len * NR);
         for j in 0..len {
             let value = &self.rows[j * stride + value_col..][..d];
             for (panel, part) in value.chunks(NR).enumerate() {
