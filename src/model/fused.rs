@@ -13,7 +13,7 @@
 use candle_core::{bail, Result, Tensor};
 
 use super::ops::{par_tasks, softmax_row, with_cpu_f32, SendPtr};
-use super::sgemm::{row_tile, tile_product, MR, NR};
+use super::sgemm::{row_tiles, tile_product, MR, NR};
 
 /// Attention's heads: `heads` of `head_dim` features each.
 #[derive(Clone, Copy)]
@@ -195,7 +195,8 @@ fn run_heads(
 }
 
 /// A worker's buffers for one (sequence, head) task, kept between tasks: allocating and
-/// zeroing them per task was about 1.5% of a MiniLM profile (malloc, free, memset).
+/// zeroing them per task made MiniLM on 2,000 review snippets 2.5% slower (5.92 vs
+/// 6.07 s, fastest of 5).
 #[derive(Default)]
 struct Scratch {
     /// Probabilities, `[queries][len]`.
@@ -259,9 +260,7 @@ impl Head<'_> {
         }
         let s = sized(scores, self.queries * len);
         let mut acc = [[0f32; NR]; MR];
-        let tiles = self.queries.div_ceil(MR);
-        for tile in 0..tiles {
-            let (r0, mr) = row_tile(&(0..self.queries), tiles, tile);
+        for (r0, mr) in row_tiles(0..self.queries) {
             for panel in 0..panels {
                 let q = &self.rows[r0 * stride + self.col..];
                 tile_product(
@@ -309,9 +308,7 @@ impl Head<'_> {
             }
         }
         let mut acc = [[0f32; NR]; MR];
-        let tiles = self.queries.div_ceil(MR);
-        for tile in 0..tiles {
-            let (r0, mr) = row_tile(&(0..self.queries), tiles, tile);
+        for (r0, mr) in row_tiles(0..self.queries) {
             for panel in 0..panels {
                 tile_product(
                     &p[r0 * len..],

@@ -189,11 +189,11 @@ impl PackedLinear {
     /// `forward`. A `lead` that does not end on a panel computes every column.
     pub fn forward_lead_for_rows(&self, x: &Tensor, lead: usize, rows: &[usize]) -> Result<Tensor> {
         let (m, k) = x.dims2()?;
-        if !lead.is_multiple_of(NR) || lead > self.n || k != self.k {
-            return self.forward(x, Epilogue::Bias);
-        }
         if let Some(&r) = rows.iter().find(|&&r| r >= m) {
             candle_core::bail!("packed-linear: row {r} is outside the input's {m} rows");
+        }
+        if !lead.is_multiple_of(NR) || lead > self.n || k != self.k {
+            return self.forward(x, Epilogue::Bias);
         }
         let x = x.contiguous()?;
         let n = self.n;
@@ -277,9 +277,9 @@ impl PackedLinear {
                     let kc = KC.min(k - k0);
                     let ahead = self.prefetch_block(p * k * NR + (k0 + kc) * NR);
                     let share = (ahead.len().div_ceil(tiles * LINE) * LINE).max(LINE);
-                    for (tile, acc) in acc.iter_mut().enumerate() {
-                        let (r0, mr) = row_tile(&rows, tiles, tile);
-                        let ahead = ahead.chunks(share).nth(tile).unwrap_or(&[]);
+                    let mut shares = ahead.chunks(share);
+                    for ((r0, mr), acc) in row_tiles(rows.clone()).zip(acc.iter_mut()) {
+                        let ahead = shares.next().unwrap_or(&[]);
                         tile_product(
                             &x[r0 * k..(r0 + mr) * k],
                             k,
@@ -301,16 +301,20 @@ impl PackedLinear {
     }
 }
 
-/// The first row and row count of tile `tile` of `tiles` over `rows`: sizes differ by
-/// at most one. A tile of one row has two FMA chains, too few to hide their latency,
-/// so 25 rows run as 7 + 6 + 6 + 6 rather than 8 + 8 + 8 + 1. Each row's sums do not
-/// depend on its tile, so the split changes no result.
-pub(super) fn row_tile(rows: &std::ops::Range<usize>, tiles: usize, tile: usize) -> (usize, usize) {
-    let (base, extra) = (rows.len() / tiles, rows.len() % tiles);
-    (
-        rows.start + tile * base + tile.min(extra),
-        base + usize::from(tile < extra),
-    )
+/// The row tiles over `rows`, as (first row, row count): `rows.len().div_ceil(MR)`
+/// tiles whose sizes differ by at most one. A tile of one row has two FMA chains, too
+/// few to hide their latency, so 25 rows run as 7 + 6 + 6 + 6 rather than
+/// 8 + 8 + 8 + 1. Each row's sums do not depend on its tile, so the split changes no
+/// result.
+pub(super) fn row_tiles(rows: std::ops::Range<usize>) -> impl Iterator<Item = (usize, usize)> {
+    let tiles = rows.len().div_ceil(MR);
+    let (base, extra) = (rows.len() / tiles.max(1), rows.len() % tiles.max(1));
+    (0..tiles).map(move |tile| {
+        (
+            rows.start + tile * base + tile.min(extra),
+            base + usize::from(tile < extra),
+        )
+    })
 }
 
 dispatch_simd!(store_panel, |acc: &mut [[[f32; NR]; MR]],
@@ -323,9 +327,7 @@ dispatch_simd!(store_panel, |acc: &mut [[[f32; NR]; MR]],
     // The output pass of one task's panel: `acc` holds the tiles of rows `rows`, and
     // the values go to `y` (`[m, n]` row-major) at columns `cols`, finished. Compiled
     // for the vector unit like the kernels (as plain closure code it ran 4 lanes wide).
-    let tiles = acc.len();
-    for (tile, acc) in acc.iter_mut().enumerate() {
-        let (r0, mr) = row_tile(&rows, tiles, tile);
+    for ((r0, mr), acc) in row_tiles(rows).zip(acc.iter_mut()) {
         if let Finish::Gelu = finish {
             // The whole tile in one call: row by row, 32 values left the out-of-order
             // core too little to overlap and GELU's long dependency chain set the pace
