@@ -26,10 +26,11 @@ const KC: usize = 256;
 const MC: usize = 96;
 /// Panels per parallel task, at most; `panels_per_task` goes lower for small products.
 const PANELS_PER_TASK: usize = 4;
-/// Outputs of at least this many floats (1 MiB, this machine's L2 per core) bypass the
-/// caches as they are written: they would not stay in cache anyway, and an ordinary
-/// store first reads each line it writes.
-const STREAM_MIN: usize = 1 << 18;
+/// Outputs of at least this many floats (6 MiB) bypass the caches as they are written:
+/// an ordinary store first reads each line it writes. Smaller outputs are better kept in
+/// cache for the next op to read: streamed from 1 MiB on, bert-base's 3-11 MB outputs ran
+/// about 2% faster but MiniLM's 1-5 MB ones about 3% slower (CPU time on SST-2 dev).
+const STREAM_MIN: usize = 6 << 18;
 
 /// Panels per task for `row_tasks` row blocks and `panels` panels: the most, up to
 /// `PANELS_PER_TASK`, whose tasks the threads can share with the least waiting. Tasks
@@ -426,8 +427,7 @@ dispatch_simd!(store_panel, |acc: &mut [[[f32; NR]; MR]],
 });
 
 /// Writes one panel row (two whole cache lines at `out`) without reading the lines
-/// first and past the caches. With bert-base on 1,000 review snippets it took 1% off
-/// the time (fastest of 3 alternating runs: 21.65 against 21.91 s).
+/// first and past the caches.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -579,8 +579,8 @@ mod tests {
             (100, 600, 161),
             (9, 256, 32),
             // Outputs past STREAM_MIN: streamed rows, and rows off a cache line (n odd).
-            (300, 40, 1024),
-            (257, 9, 1031),
+            (1540, 8, 1024),
+            (1530, 3, 1031),
         ] {
             let mut rand = crate::model::test_values(0x2545_f491);
             let w: Vec<f32> = (0..n * k).map(|_| rand()).collect();
