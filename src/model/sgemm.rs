@@ -28,8 +28,8 @@ const MC: usize = 96;
 const PANELS_PER_TASK: usize = 4;
 /// Outputs of at least this many floats (6 MiB) bypass the caches as they are written:
 /// an ordinary store first reads each line it writes. Smaller outputs are better kept in
-/// cache for the next op to read: streamed from 1 MiB on, bert-base's 3-11 MB outputs ran
-/// about 2% faster but MiniLM's 1-5 MB ones about 3% slower (CPU time on SST-2 dev).
+/// cache for the next op to read: streamed from 1 MiB on, bert-base (3-11 MB outputs, 1,000
+/// review snippets) ran about 2% faster but MiniLM (1-5 MB, SST-2 dev) about 3% slower.
 const STREAM_MIN: usize = 6 << 18;
 
 /// Panels per task for `row_tasks` row blocks and `panels` panels: the most, up to
@@ -410,7 +410,8 @@ dispatch_simd!(store_panel, |acc: &mut [[[f32; NR]; MR]],
                 }
             }
             // SAFETY: the caller's task alone owns these rows and columns of `y`, and
-            // r0 + i < m, cols.end <= n keep the write inside `y`'s capacity.
+            // r0 + i < m, cols.end <= n keep the write inside `y`'s capacity; `stream`
+            // is set only where AVX-512 was detected (`matmul_into`).
             unsafe {
                 let out = y.get().add((r0 + i) * n + cols.start);
                 if stream && cols.len() == NR && (out as usize).is_multiple_of(LINE * 4) {
