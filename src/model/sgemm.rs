@@ -169,10 +169,7 @@ impl PackedLinear {
                 })??
             }
         };
-        let len = y.len();
-        Tensor::from_vec(y, len, &candle_core::Device::Cpu)?
-            .narrow(0, offset, m * self.n)?
-            .reshape((m, self.n))
+        output_tensor(y, offset, m, self.n)
     }
 
     /// The weights to fetch into cache while the tiles work on the block that ends at
@@ -205,8 +202,10 @@ impl PackedLinear {
         }
         let x = x.contiguous()?;
         let n = self.n;
-        let y = with_cpu_f32(&x, "packed-linear", |x| {
-            let mut y = vec![0f32; m * n];
+        let (y, offset) = with_cpu_f32(&x, "packed-linear", |x| {
+            let mut buf = vec![0f32; m * n + LINE];
+            let offset = line_offset(buf.as_ptr());
+            let y = &mut buf[offset..offset + m * n];
             let lead_panels = lead / NR;
             let panels = n.div_ceil(NR);
             self.matmul_into(
@@ -235,20 +234,19 @@ impl PackedLinear {
             for (&r, values) in rows.iter().zip(part.chunks(lead.max(1))) {
                 y[r * n..r * n + lead].copy_from_slice(values);
             }
-            y
+            (buf, offset)
         })?;
-        Tensor::from_vec(y, (m, n), &candle_core::Device::Cpu)
+        output_tensor(y, offset, m, n)
     }
 
     /// `x` (`[m, k]` row-major) times the packed weight, finished by `finish`: `[m, n]`
-    /// from the returned offset on. The offset (under 16 floats, zeros before it) puts
-    /// the first row on a cache line, so that whole rows of a panel can be streamed.
+    /// from the returned offset on (`line_offset`, zeros before it).
     fn matmul(&self, x: &[f32], m: usize, finish: Finish) -> (Vec<f32>, usize) {
         let n = self.n;
         // Not zeroed first: the tasks write every value, and for one short sentence the
         // memset took 2-4% of the time.
         let mut y: Vec<f32> = Vec::with_capacity(m * n + LINE);
-        let offset = y.as_ptr().align_offset(LINE * 4).min(LINE);
+        let offset = line_offset(y.as_ptr());
         // SAFETY: offset + m * n is within the capacity; the padding is written here and
         // matmul_into writes rows 0..m of every panel after it, so all values.
         unsafe {
@@ -336,6 +334,20 @@ impl PackedLinear {
             }
         });
     }
+}
+
+/// Where in a buffer allocated `LINE` floats longer than its output the output starts:
+/// on a cache line, so that whole panel rows can be streamed (`store_panel`).
+fn line_offset(buf: *const f32) -> usize {
+    buf.align_offset(LINE * 4).min(LINE)
+}
+
+/// `buf[offset..]` as an `[m, n]` tensor, without a copy.
+fn output_tensor(buf: Vec<f32>, offset: usize, m: usize, n: usize) -> Result<Tensor> {
+    let len = buf.len();
+    Tensor::from_vec(buf, len, &candle_core::Device::Cpu)?
+        .narrow(0, offset, m * n)?
+        .reshape((m, n))
 }
 
 /// Where `store_panel` writes: `[m, stride]` row-major at `ptr`, past the caches if
