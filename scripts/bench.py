@@ -98,12 +98,15 @@ def bert_base_random():
 
 def flops(cfg, lengths):
     """FLOPs bert-cli performs for sequences of these (unpadded) lengths: every layer in
-    full but the last, which runs past its Q/K/V projection for [CLS] alone (the
-    classifier reads nothing else). Counting the full last layer would credit bert-cli
-    with work it skips."""
+    full but the last, which runs for [CLS] alone (the classifier reads nothing else):
+    its query, then keys and values folded into it (each head's query through Wk, one
+    score and one weighted sum per token, the sum through Wv), the output projection and
+    the feed-forward. Counting the full last layer would credit bert-cli with work it
+    skips."""
     h, i, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    heads = cfg["num_attention_heads"]
     full = lambda t: 2 * t * (4 * h * h + 2 * h * i) + 4 * t * t * h
-    last = lambda t: 2 * t * 3 * h * h + 4 * t * h + 2 * (h * h + 2 * h * i)
+    last = lambda t: 2 * (3 * h * h + 2 * heads * t * h) + 2 * (h * h + 2 * h * i)
     return sum((layers - 1) * full(t) + last(t) for t in lengths)
 
 

@@ -4,8 +4,10 @@ use anyhow::Result;
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
+use super::cls_attention::ClsAttention;
 use super::config::Config;
 use super::fused::{Queries, Sequences};
+use super::sgemm::NR;
 use super::{layer_norm, Dense, Then};
 
 /// `attention.self.*` (Q, K, V) and `attention.output.*` (projection + LayerNorm).
@@ -13,6 +15,8 @@ pub struct SelfAttention {
     /// Q, K and V stacked into one `[3 * hidden, hidden]` projection, so the input is read
     /// once; Q's rows carry the 1/sqrt(head_dim) score scale, which saves a pass per layer.
     qkv: Dense,
+    /// The last layer's keys and values folded for one query per sequence.
+    cls: Option<ClsAttention>,
     output: Dense,
     norm: super::ops::LayerNorm,
     num_heads: usize,
@@ -20,8 +24,10 @@ pub struct SelfAttention {
 }
 
 impl SelfAttention {
-    /// Loads one layer's `attention` subtree.
-    pub fn load(vb: VarBuilder, cfg: &Config) -> Result<Self> {
+    /// Loads one layer's `attention` subtree. The encoder's `last` layer also keeps its
+    /// keys and values in the folded form `[CLS]`-only attention uses (`cls_attention`),
+    /// where the packed kernels run and the hidden size is whole panels.
+    pub fn load(vb: VarBuilder, cfg: &Config, last: bool) -> Result<Self> {
         let h = cfg.hidden_size;
         let s = vb.pp("self");
         let scale = 1.0 / (cfg.head_dim() as f64).sqrt();
@@ -37,10 +43,20 @@ impl SelfAttention {
             s.pp("value").get((h, h), "weight")?,
             s.pp("value").get(h, "bias")?,
         );
+        let shape = super::fused::Shape {
+            heads: cfg.num_heads,
+            head_dim: cfg.head_dim(),
+        };
+        let cls = if last && super::packed_kernels_for(&kw) && h.is_multiple_of(NR) {
+            Some(ClsAttention::new(&kw, &vw, &vb_, shape)?)
+        } else {
+            None
+        };
         let weight = Tensor::cat(&[(qw * scale)?, kw, vw], 0)?;
         let bias = Tensor::cat(&[(qb * scale)?, kb, vb_], 0)?;
         Ok(Self {
             qkv: Dense::new(weight, bias)?,
+            cls,
             output: Dense::load(vb.pp("output").pp("dense"), h, h)?,
             norm: layer_norm(vb.pp("output").pp("LayerNorm"), cfg)?,
             num_heads: cfg.num_heads,
@@ -78,6 +94,16 @@ impl SelfAttention {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let (b, t, h) = x.dims3()?;
         let batch = seqs.batch();
+        if let (Queries::First, Some(cls), Some(packed)) = (queries, &self.cls, self.qkv.packed()) {
+            if super::packed_kernels_for(x) {
+                // Queries for the first tokens alone (Q's columns lead the stacked
+                // weight); keys and values are never formed.
+                let rows = x.reshape((b * t, h))?;
+                let q = packed.lead_for_rows(&rows, h, &seqs.starts[..batch])?;
+                let ctx = cls.forward(&rows, &q, seqs)?.reshape((batch, 1, h))?;
+                return Ok((self.project(x, ctx, seqs, queries)?, None));
+            }
+        }
         let qkv = match queries {
             Queries::All => self.qkv.forward(x)?,
             Queries::First => self
@@ -102,6 +128,19 @@ impl SelfAttention {
             self.split_heads_attention(&qkv, mask_bias, queries, keep_probs)?
         };
         drop(qkv);
+        Ok((self.project(x, ctx, seqs, queries)?, probs))
+    }
+
+    /// The output projection, residual and LayerNorm on the context `ctx` of `queries`.
+    fn project(
+        &self,
+        x: &Tensor,
+        ctx: Tensor,
+        seqs: &Sequences,
+        queries: Queries,
+    ) -> Result<Tensor> {
+        let (b, t, h) = x.dims3()?;
+        let batch = seqs.batch();
         let residual = match queries {
             Queries::All => x.clone(),
             Queries::First => {
@@ -112,10 +151,9 @@ impl SelfAttention {
                     .reshape((batch, 1, h))?
             }
         };
-        let out = self
+        Ok(self
             .norm
-            .forward_fresh(self.output.forward_then(&ctx, Then::Residual(&residual))?)?;
-        Ok((out, probs))
+            .forward_fresh(self.output.forward_then(&ctx, Then::Residual(&residual))?)?)
     }
 
     /// Attention through candle's ops, for GPUs, half precision and CPUs without AVX-512:

@@ -69,8 +69,9 @@ impl Encoder {
         let layers = (0..cfg.num_layers)
             .map(|i| {
                 let vb = vb.pp("layer").pp(i);
+                let last = i + 1 == cfg.num_layers;
                 Ok(Layer {
-                    attention: SelfAttention::load(vb.pp("attention"), cfg)?,
+                    attention: SelfAttention::load(vb.pp("attention"), cfg, last)?,
                     ffn: FeedForward::load(vb, cfg)?,
                 })
             })

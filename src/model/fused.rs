@@ -26,7 +26,7 @@ pub struct Shape {
 
 impl Shape {
     /// Features per token: all heads side by side.
-    fn hidden(&self) -> usize {
+    pub fn hidden(&self) -> usize {
         self.heads * self.head_dim
     }
 }
@@ -47,7 +47,7 @@ impl Sequences {
     }
 
     /// The rows of sequence `b`.
-    fn rows(&self, b: usize) -> std::ops::Range<usize> {
+    pub fn rows(&self, b: usize) -> std::ops::Range<usize> {
         self.starts[b]..self.starts[b + 1]
     }
 }

@@ -4,16 +4,16 @@
 /// Runs `body` compiled for the widest vector unit the CPU has (decided at run time, so
 /// the binary still runs on any x86-64). No fast-math: every path gives the same numbers.
 macro_rules! dispatch_simd {
-    ($vis:vis $name:ident, |$($arg:ident: $ty:ty),*| $body:block) => {
-        $vis fn $name($($arg: $ty),*) {
+    ($vis:vis $name:ident, |$($arg:ident: $ty:ty),*| $(-> $ret:ty)? $body:block) => {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn generic($($arg: $ty),*) $body
+            fn generic($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
-                unsafe fn avx512($($arg: $ty),*) { generic($($arg),*) }
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { generic($($arg),*) }
                 #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) { generic($($arg),*) }
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { generic($($arg),*) }
                 if std::arch::is_x86_feature_detected!("avx512f") {
                     // SAFETY: the CPU has just been checked for the enabled features.
                     return unsafe { avx512($($arg),*) };
@@ -30,6 +30,7 @@ macro_rules! dispatch_simd {
 
 pub mod attention;
 pub mod classifier;
+mod cls_attention;
 pub mod config;
 pub mod embeddings;
 pub mod encoder;
@@ -214,6 +215,14 @@ impl Dense {
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_then(x, Then::Nothing)
+    }
+
+    /// The packed weight, where the layer runs on the packed kernel.
+    fn packed(&self) -> Option<&sgemm::PackedLinear> {
+        match &self.weights {
+            DenseWeights::Packed(p) => Some(p),
+            _ => None,
+        }
     }
 
     /// `[batch, seq, in]` -> `[batch, seq, out]` where only the first `lead` outputs of

@@ -216,27 +216,67 @@ impl PackedLinear {
                 SendPtr(y.as_mut_ptr()),
                 n,
             );
-            let picked: Vec<f32> = rows
-                .iter()
-                .flat_map(|&r| &x[r * k..(r + 1) * k])
-                .copied()
-                .collect();
-            let mut part = vec![0f32; rows.len() * lead];
-            let part_ptr = SendPtr(part.as_mut_ptr());
-            self.matmul_into(
-                &picked,
-                rows.len(),
-                0..lead_panels,
-                Finish::Bias,
-                part_ptr,
-                lead,
-            );
+            let part = self.lead_rows(x, lead, rows);
             for (&r, values) in rows.iter().zip(part.chunks(lead.max(1))) {
                 y[r * n..r * n + lead].copy_from_slice(values);
             }
             (buf, offset)
         })?;
         output_tensor(y, offset, m, n)
+    }
+
+    /// `x Wᵀ + b` for `x` `[m, in]` row-major, written to `y` with a row stride of
+    /// `ldy` floats (so that several products can fill one matrix side by side).
+    pub fn product_into(&self, x: &[f32], m: usize, y: &mut [f32], ldy: usize) {
+        let (k, n) = (self.k, self.n);
+        assert!(
+            x.len() >= m * k && ldy >= n && (m == 0 || y.len() >= (m - 1) * ldy + n),
+            "packed-linear: {m} rows of {k} do not fit {} inputs and {} outputs at stride {ldy}",
+            x.len(),
+            y.len()
+        );
+        let y = SendPtr(y.as_mut_ptr());
+        self.matmul_into(x, m, 0..n.div_ceil(NR), Finish::Bias, y, ldy);
+    }
+
+    /// The first `lead` outputs (a whole number of panels) of rows `rows` of `x`
+    /// (`[m, in]`, f32): `[rows.len(), lead]`, each value computed as by `forward`.
+    pub fn lead_for_rows(&self, x: &Tensor, lead: usize, rows: &[usize]) -> Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        if let Some(&r) = rows.iter().find(|&&r| r >= m) {
+            candle_core::bail!("packed-linear: row {r} is outside the input's {m} rows");
+        }
+        if !lead.is_multiple_of(NR) || lead > self.n || k != self.k {
+            candle_core::bail!(
+                "packed-linear: the first {lead} of {} outputs are not whole panels of a \
+                 layer taking {k} inputs",
+                self.n
+            );
+        }
+        let x = x.contiguous()?;
+        let part = with_cpu_f32(&x, "packed-linear", |x| self.lead_rows(x, lead, rows))?;
+        Tensor::from_vec(part, (rows.len(), lead), &candle_core::Device::Cpu)
+    }
+
+    /// `lead_for_rows` on the data (`lead` checked by the caller).
+    fn lead_rows(&self, x: &[f32], lead: usize, rows: &[usize]) -> Vec<f32> {
+        let k = self.k;
+        let picked: Vec<f32> = rows
+            .iter()
+            .flat_map(|&r| &x[r * k..(r + 1) * k])
+            .copied()
+            .collect();
+        let mut part = vec![0f32; rows.len() * lead];
+        let part_ptr = SendPtr(part.as_mut_ptr());
+        self.matmul_into(
+            &picked,
+            rows.len(),
+            0..lead / NR,
+            Finish::Bias,
+            part_ptr,
+            lead,
+        );
+        part
     }
 
     /// `x` (`[m, k]` row-major) times the packed weight, finished by `finish`: `[m, n]`
