@@ -473,7 +473,15 @@ dispatch_simd!(store_panel, |acc: &mut [[[f32; NR]; MR]],
                         continue;
                     }
                 }
-                std::ptr::copy_nonoverlapping(row.as_ptr(), out, cols.len());
+                if cols.len() == NR {
+                    // Two vector stores. A copy of `cols.len()` floats compiled to a
+                    // call to memcpy per row (2.5-4.6% of MiniLM profiles).
+                    out.cast::<[f32; NR]>().write_unaligned(row);
+                } else {
+                    for (c, &v) in row.iter().take(cols.len()).enumerate() {
+                        out.add(c).write(v);
+                    }
+                }
             }
         }
     }
