@@ -194,9 +194,7 @@ impl PackedLinear {
     /// `forward`. A `lead` that does not end on a panel computes every column.
     pub fn forward_lead_for_rows(&self, x: &Tensor, lead: usize, rows: &[usize]) -> Result<Tensor> {
         let (m, k) = x.dims2()?;
-        if let Some(&r) = rows.iter().find(|&&r| r >= m) {
-            candle_core::bail!("packed-linear: row {r} is outside the input's {m} rows");
-        }
+        check_rows(rows, m)?;
         if !lead.is_multiple_of(NR) || lead > self.n || k != self.k {
             return self.forward(x, Epilogue::Bias);
         }
@@ -243,9 +241,7 @@ impl PackedLinear {
     /// (`[m, in]`, f32): `[rows.len(), lead]`, each value computed as by `forward`.
     pub fn lead_for_rows(&self, x: &Tensor, lead: usize, rows: &[usize]) -> Result<Tensor> {
         let (m, k) = x.dims2()?;
-        if let Some(&r) = rows.iter().find(|&&r| r >= m) {
-            candle_core::bail!("packed-linear: row {r} is outside the input's {m} rows");
-        }
+        check_rows(rows, m)?;
         if !lead.is_multiple_of(NR) || lead > self.n || k != self.k {
             candle_core::bail!(
                 "packed-linear: the first {lead} of {} outputs are not whole panels of a \
@@ -373,6 +369,14 @@ impl PackedLinear {
                 };
             }
         });
+    }
+}
+
+/// An error naming the first of `rows` that is not below `m`.
+fn check_rows(rows: &[usize], m: usize) -> Result<()> {
+    match rows.iter().find(|&&r| r >= m) {
+        Some(&r) => candle_core::bail!("packed-linear: row {r} is outside the input's {m} rows"),
+        None => Ok(()),
     }
 }
 
