@@ -449,27 +449,40 @@ dispatch_simd!(store_panel, |acc: &mut [[[f32; NR]; MR]],
             }
             gelu_in_place(&mut acc.as_flattened_mut()[..mr * NR]);
         }
+        // A full panel's bias, fixed-size: with slices of runtime length the finish
+        // went through a zeroed stack copy of each row and a load that waited on it
+        // (half of this pass's samples); with arrays it stays in registers.
+        let full_bias: Option<&[f32; NR]> = bias.try_into().ok();
         for (i, acc) in acc.iter().take(mr).enumerate() {
-            let mut row = [0f32; NR];
-            match finish {
-                Finish::Bias => {
+            let row_start = (r0 + i) * n + cols.start;
+            let row: [f32; NR] = match (finish, full_bias) {
+                (Finish::Gelu, _) => *acc,
+                (Finish::Bias, Some(b)) => std::array::from_fn(|c| acc[c] + b[c]),
+                (Finish::Residual(res), Some(b)) => {
+                    let res = &res[row_start..][..NR];
+                    std::array::from_fn(|c| acc[c] + b[c] + res[c])
+                }
+                (Finish::Bias, None) => {
+                    let mut row = [0f32; NR];
                     for ((o, a), b) in row.iter_mut().zip(acc).zip(bias) {
                         *o = a + b;
                     }
+                    row
                 }
-                Finish::Gelu => row = *acc,
-                Finish::Residual(res) => {
-                    let res = &res[(r0 + i) * n + cols.start..][..cols.len()];
+                (Finish::Residual(res), None) => {
+                    let res = &res[row_start..][..cols.len()];
+                    let mut row = [0f32; NR];
                     for (((o, a), b), r) in row.iter_mut().zip(acc).zip(bias).zip(res) {
                         *o = a + b + r;
                     }
+                    row
                 }
-            }
+            };
             // SAFETY: the caller's task alone owns these rows and columns of `y`, and
             // r0 + i < m, cols.end <= n keep the write inside `y`'s capacity; `stream`
             // is set only where AVX-512 was detected (`matmul_into`).
             unsafe {
-                let out = y.get().add((r0 + i) * n + cols.start);
+                let out = y.get().add(row_start);
                 if stream && cols.len() == NR && (out as usize).is_multiple_of(LINE * 4) {
                     #[cfg(target_arch = "x86_64")]
                     {
