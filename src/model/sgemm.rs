@@ -455,49 +455,62 @@ dispatch_simd!(store_panel, |acc: &mut [[[f32; NR]; MR]],
         let full_bias: Option<&[f32; NR]> = bias.try_into().ok();
         for (i, acc) in acc.iter().take(mr).enumerate() {
             let row_start = (r0 + i) * n + cols.start;
-            let row: [f32; NR] = match (finish, full_bias) {
-                (Finish::Gelu, _) => *acc,
-                (Finish::Bias, Some(b)) => std::array::from_fn(|c| acc[c] + b[c]),
-                (Finish::Residual(res), Some(b)) => {
-                    let res = &res[row_start..][..NR];
-                    std::array::from_fn(|c| acc[c] + b[c] + res[c])
+            // SAFETY: the caller's task alone owns these rows and columns of `y`, and
+            // r0 + i < m, cols.end <= n keep every write below inside `y`'s capacity.
+            let out = unsafe { y.get().add(row_start) };
+            let streamed = stream && (out as usize).is_multiple_of(LINE * 4);
+            if let (Some(b), false) = (full_bias, streamed) {
+                // Straight from the sums to `y`, element by element through the
+                // pointer: a finished row built first as an array went through the
+                // stack, and the load of it waited (half of this pass's samples).
+                // SAFETY: as above; a full panel is NR columns.
+                unsafe {
+                    match finish {
+                        // A whole-array copy: element by element it compiled to
+                        // 32 scalar moves (`out` might alias `acc`).
+                        Finish::Gelu => out.cast::<[f32; NR]>().write_unaligned(*acc),
+                        Finish::Bias => {
+                            for (c, (&a, &b)) in acc.iter().zip(b).enumerate() {
+                                out.add(c).write(a + b);
+                            }
+                        }
+                        Finish::Residual(res) => {
+                            let res: &[f32] = &res[row_start..][..NR];
+                            for (c, ((&a, &b), &r)) in acc.iter().zip(b).zip(res).enumerate() {
+                                out.add(c).write(a + b + r);
+                            }
+                        }
+                    }
                 }
-                (Finish::Bias, None) => {
-                    let mut row = [0f32; NR];
+                continue;
+            }
+            let mut row = [0f32; NR];
+            match finish {
+                Finish::Gelu => row = *acc,
+                Finish::Bias => {
                     for ((o, a), b) in row.iter_mut().zip(acc).zip(bias) {
                         *o = a + b;
                     }
-                    row
                 }
-                (Finish::Residual(res), None) => {
+                Finish::Residual(res) => {
                     let res = &res[row_start..][..cols.len()];
-                    let mut row = [0f32; NR];
                     for (((o, a), b), r) in row.iter_mut().zip(acc).zip(bias).zip(res) {
                         *o = a + b + r;
                     }
-                    row
                 }
-            };
-            // SAFETY: the caller's task alone owns these rows and columns of `y`, and
-            // r0 + i < m, cols.end <= n keep the write inside `y`'s capacity; `stream`
-            // is set only where AVX-512 was detected (`matmul_into`).
+            }
+            // SAFETY: as above; `stream` is set only where AVX-512 was detected
+            // (`matmul_into`).
             unsafe {
-                let out = y.get().add(row_start);
-                if stream && cols.len() == NR && (out as usize).is_multiple_of(LINE * 4) {
+                if streamed && cols.len() == NR {
                     #[cfg(target_arch = "x86_64")]
                     {
                         stream_row(out, &row);
                         continue;
                     }
                 }
-                if cols.len() == NR {
-                    // Two vector stores. A copy of `cols.len()` floats compiled to a
-                    // call to memcpy per row (2.5-4.6% of MiniLM profiles).
-                    out.cast::<[f32; NR]>().write_unaligned(row);
-                } else {
-                    for (c, &v) in row.iter().take(cols.len()).enumerate() {
-                        out.add(c).write(v);
-                    }
+                for (c, &v) in row.iter().take(cols.len()).enumerate() {
+                    out.add(c).write(v);
                 }
             }
         }
