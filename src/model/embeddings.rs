@@ -1,11 +1,12 @@
 //! Token embeddings: word + position + token type, then LayerNorm.
 
-use anyhow::Result;
-use candle_core::{Tensor, D};
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor, D};
 use candle_nn::{Embedding, Module, VarBuilder};
 
 use super::config::Config;
 use super::layer_norm;
+use super::ops::with_cpu_f32;
 
 /// `embeddings.*` of a BERT checkpoint.
 pub struct Embeddings {
@@ -32,13 +33,68 @@ impl Embeddings {
 
     /// `ids` and `type_ids` are `[batch, seq]` u32; returns `[batch, seq, hidden]`.
     pub fn forward(&self, ids: &Tensor, type_ids: &Tensor) -> Result<Tensor> {
-        let seq = ids.dim(D::Minus1)?;
-        let positions = Tensor::arange(0u32, seq as u32, ids.device())?;
-        let x = self
-            .word
-            .forward(ids)?
-            .add(&self.token_type.forward(type_ids)?)?
-            .broadcast_add(&self.position.forward(&positions)?)?;
+        let x = if super::cpu_f32(self.word.embeddings()) {
+            self.sum_cpu_f32(ids, type_ids)?
+        } else {
+            let seq = ids.dim(D::Minus1)?;
+            let positions = Tensor::arange(0u32, seq as u32, ids.device())?;
+            self.word
+                .forward(ids)?
+                .add(&self.token_type.forward(type_ids)?)?
+                .broadcast_add(&self.position.forward(&positions)?)?
+        };
         Ok(self.norm.forward_fresh(x)?)
+    }
+
+    /// The three lookups and their sum in one pass over the output, in candle's order
+    /// (`(word + type) + position`, so the same bits): as separate ops they made five
+    /// tensors and took about 2% of classifying one short sentence at a time.
+    fn sum_cpu_f32(&self, ids: &Tensor, type_ids: &Tensor) -> Result<Tensor> {
+        let (batch, seq) = ids.dims2()?;
+        let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+        let types = type_ids.flatten_all()?.to_vec1::<u32>()?;
+        if types.len() != ids.len() {
+            bail!(
+                "{} token type ids for [{batch}, {seq}] token ids",
+                types.len()
+            );
+        }
+        let word = self.word.embeddings();
+        let (vocab, h) = word.dims2()?;
+        if h == 0 {
+            bail!("word_embeddings has no columns (hidden size 0)");
+        }
+        let kinds = self.token_type.embeddings().dim(0)?;
+        let positions = self.position.embeddings().dim(0)?;
+        if seq > positions {
+            bail!("{seq} tokens, but the model has position embeddings for {positions}");
+        }
+        if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
+            bail!("token id {id} is outside the model's vocabulary of {vocab}");
+        }
+        if let Some(&t) = types.iter().find(|&&t| t as usize >= kinds) {
+            bail!("token type id {t} is outside the model's {kinds} token types");
+        }
+        let mut out = vec![0f32; batch * seq * h];
+        // The tables are borrowed in place (the word table is most of MiniLM's weights).
+        with_cpu_f32(word, "word_embeddings", |word| {
+            with_cpu_f32(
+                self.token_type.embeddings(),
+                "token_type_embeddings",
+                |kind| {
+                    with_cpu_f32(self.position.embeddings(), "position_embeddings", |pos| {
+                        for (r, row) in out.chunks_mut(h).enumerate() {
+                            let w = &word[ids[r] as usize * h..][..h];
+                            let t = &kind[types[r] as usize * h..][..h];
+                            let p = &pos[(r % seq) * h..][..h];
+                            for (((o, &w), &t), &p) in row.iter_mut().zip(w).zip(t).zip(p) {
+                                *o = (w + t) + p;
+                            }
+                        }
+                    })
+                },
+            )
+        })???;
+        Ok(Tensor::from_vec(out, (batch, seq, h), &Device::Cpu)?)
     }
 }
