@@ -7,8 +7,8 @@
 //! each head turns its one query into a hidden-sized vector `u = Wkᵀ q`, scores the
 //! tokens' hidden states against it, sums them weighted by their probabilities, and
 //! projects that one sum through Wv: `2·hidden² + 2·heads·tokens·hidden` multiply-adds,
-//! about an eighteenth as many for bert-base on 25 tokens. `q·bk` is the same for every token, and softmax
-//! ignores a constant. The products over the batch (`u` for every sequence, then the
+//! about an eighteenth as many for bert-base on 25 tokens. `q·bk` is the same for every
+//! token, and softmax ignores a constant. The products over the batch (`u` for every sequence, then the
 //! projected sums) run on the packed GEMM kernel. The sums go in another order than the
 //! token-by-token path's, a difference far inside the parity tolerance.
 
