@@ -400,34 +400,61 @@ fn bad_dump_path_fails_before_loading_the_model() {
 
 #[test]
 fn help_lists_the_flags_the_readme_documents() {
-    let out = bert_cli().args(["classify", "--help"]).output().unwrap();
-    let help = String::from_utf8(out.stdout).unwrap();
-    for flag in [
-        "--model",
-        "--revision",
-        "--labels",
-        "--allow-untrained-head",
-        "--device",
-        "--format",
-        "--all-scores",
-        "--max-length",
-        "--batch-size",
-        "--dump-attention",
-        "--input",
-        "--quiet",
-    ] {
-        assert!(help.contains(flag), "--help lacks {flag}");
-    }
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
-    for flag in [
-        "--revision",
-        "--labels",
-        "--allow-untrained-head",
-        "--all-scores",
-        "--max-length",
-        "--batch-size",
-        "--dump-attention",
-    ] {
-        assert!(readme.contains(flag), "README lacks {flag}");
+    // `flag` as a whole word of `text`: not part of a longer flag such as `--max-length-x`.
+    let has_word = |text: &str, flag: &str| {
+        text.match_indices(flag).any(|(i, _)| {
+            let before = text[..i].chars().next_back();
+            let after = text[i + flag.len()..].chars().next();
+            !matches!(before, Some(c) if c.is_ascii_alphanumeric() || c == '-')
+                && !matches!(after, Some(c) if c.is_ascii_alphanumeric() || c == '-')
+        })
+    };
+    for command in ["classify", "download", "info"] {
+        let out = bert_cli().args([command, "--help"]).output().unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let help = String::from_utf8(out.stdout).unwrap();
+        // Every `--long-flag` token of the help text: "--" at the start of a word, then a
+        // lower-case letter, then letters, digits and dashes.
+        let mut flags: Vec<String> = Vec::new();
+        for (i, _) in help.match_indices("--") {
+            let before = help[..i].chars().next_back();
+            if matches!(before, Some(c) if c.is_ascii_alphanumeric() || c == '-') {
+                continue;
+            }
+            let name: String = help[i + 2..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+                .collect();
+            let name = name.trim_end_matches('-');
+            if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+                continue;
+            }
+            let flag = format!("--{name}");
+            if !flags.contains(&flag) {
+                flags.push(flag);
+            }
+        }
+        // The parse must have found something; every subcommand has these two.
+        for flag in ["--revision", "--quiet"] {
+            assert!(
+                flags.iter().any(|f| f == flag),
+                "no {flag} found in `{command} --help`:\n{help}"
+            );
+        }
+        for flag in &flags {
+            if flag == "--help" || flag == "--version" {
+                continue;
+            }
+            assert!(
+                has_word(readme.as_str(), flag.as_str()),
+                "README lacks {flag} (from `bert-cli {command} --help`)"
+            );
+        }
     }
 }
