@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::device::DeviceSpec;
-use crate::engine::DEFAULT_MODEL;
+use crate::models::DEFAULT_MODEL;
 
 /// Classify text with a BERT model, on CUDA, Metal or CPU.
 ///
@@ -96,9 +96,9 @@ pub struct ClassifyArgs {
     #[arg(long, value_enum, default_value_t = DTypeArg::Auto)]
     pub dtype: DTypeArg,
 
-    /// int8 weights for the encoder's linear layers, all but the last layer's (CPU only):
-    /// faster with AVX-512 VNNI (2.8-3.6x PyTorch f32 on bert-base here); labels agreed
-    /// with f32 on 99.2% of SST-2 dev with the test model, all flips near-ties (see README).
+    /// int8 weights for the encoder's linear layers, all but the last layer's (CPU only, f32):
+    /// faster on CPUs with AVX-512 VNNI; labels may differ from f32 on near-ties (see the
+    /// README's performance section).
     #[arg(long, value_enum, default_value_t = QuantizeArg::None)]
     pub quantize: QuantizeArg,
 

@@ -4,13 +4,14 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 use crate::hub::{ModelFiles, TokenizerPaths};
-use crate::model::classifier::HeadPolicy;
-use crate::model::config::{labels_are_generic, Config, Scoring};
-use crate::model::{open_weights, Batch, BertClassifier};
+use crate::layers::Backend;
+use crate::models::config::{labels_are_generic, Config, Scoring};
+use crate::models::head::HeadPolicy;
+use crate::models::{Batch, Classifier, DEFAULT_MODEL};
 use crate::tokenize::{Encoded, TextTokenizer, TokenizerFiles};
+use crate::weights::open_weights;
 
-/// The default model, and the names its generic `LABEL_n` stand for.
-pub const DEFAULT_MODEL: &str = "JeremiahZ/bert-base-uncased-sst2";
+/// The names the default model's generic `LABEL_n` stand for.
 const DEFAULT_MODEL_LABELS: [&str; 2] = ["NEGATIVE", "POSITIVE"];
 
 /// Choices that shape how a checkpoint is loaded.
@@ -43,7 +44,7 @@ pub struct Prediction {
 
 /// A model ready to classify.
 pub struct Engine {
-    model: BertClassifier,
+    model: Box<dyn Classifier>,
     tokenizer: TextTokenizer,
     device: Device,
     /// Label names by index.
@@ -58,6 +59,8 @@ pub struct Engine {
     pub dtype: DType,
     /// Whether the encoder's linear layers are int8.
     pub quantized: bool,
+    /// How the layers compute.
+    pub backend: Backend,
 }
 
 /// f32 on the CPU, where half precision has no fast kernels and only loses accuracy;
@@ -95,7 +98,8 @@ impl Engine {
             allow_untrained: opts.allow_untrained_head,
             num_labels: opts.labels.as_ref().map_or(cfg.labels.len(), Vec::len),
         };
-        let mut model = BertClassifier::load(vb, &cfg, policy)
+        let backend = Backend::choose(&device, dtype);
+        let mut model = crate::models::load(vb, &cfg, policy, backend)
             .with_context(|| format!("cannot build the model from {weight_names}"))?;
         if opts.quantize_q8 {
             if !device.is_cpu() || dtype != DType::F32 {
@@ -127,6 +131,7 @@ impl Engine {
             max_length,
             dtype,
             quantized: opts.quantize_q8,
+            backend,
         })
     }
 

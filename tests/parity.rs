@@ -7,7 +7,8 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use bert_cli::engine::{Engine, EngineOptions};
-use bert_cli::model::config::Scoring;
+use bert_cli::layers::Backend;
+use bert_cli::models::config::Scoring;
 use candle_core::{safetensors, DType, Device, Tensor};
 use common::*;
 
@@ -115,13 +116,19 @@ fn a_text_scores_the_same_whatever_it_is_batched_with() {
             .unwrap()
             .remove(1);
         let differs = max_diff(&alone.logits, &batched.logits);
-        if bert_cli::model::BertClassifier::packed_kernels() {
+        if engine.backend == Backend::Kernels {
             assert_eq!(
                 alone.logits, batched.logits,
                 "q8 {quantize_q8}: batching changed the logits"
             );
         } else if !quantize_q8 {
             assert!(differs < 1e-5, "batching changed the logits by {differs}");
+        } else {
+            say(&format!(
+                "SKIPPED q8 batching invariance: this CPU takes candle's path ({}), which \
+                 promises none for int8; tests/kernels.rs checks it on the CPU kernels",
+                engine.backend.describe()
+            ));
         }
     }
 }

@@ -6,15 +6,22 @@
 mod common;
 
 use bert_cli::engine::EngineOptions;
-use bert_cli::model::BertClassifier;
+use bert_cli::layers::Backend;
 use common::*;
 
 #[test]
 fn portable_path_matches_pytorch() {
     std::env::set_var("BERT_CLI_PORTABLE", "1");
-    assert!(!BertClassifier::packed_kernels());
-    assert!(!BertClassifier::q8_is_fast());
     let engine = engine_with(&minilm_sst2(), &EngineOptions::default()).unwrap();
+    assert_eq!(engine.backend, Backend::CandleCpu { model_f32: true });
+    assert!(!bert_cli::kernels::cpu::vnni());
+    #[cfg(target_arch = "x86_64")]
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        say(
+            "note: this CPU has no AVX-512, so the portable path is its default and \
+             tests/parity.rs already ran it; tests/kernels.rs covers the kernel path",
+        );
+    }
 
     // Logits and labels of every case, in padded batches of 32.
     let reference = reference("minilm-sst2");

@@ -1,107 +1,68 @@
-//! The BERT sequence classifier, built from candle-nn ops as a tree of small structs,
-//! each with `load(vb, cfg)` and `forward`. Weight names are the checkpoint's own.
-
-/// Runs `body` compiled for the widest vector unit the CPU has (decided at run time, so
-/// the binary still runs on any x86-64). No fast-math: every path gives the same numbers.
-macro_rules! dispatch_simd {
-    ($vis:vis $name:ident, |$($arg:ident: $ty:ty),*| $(-> $ret:ty)? $body:block) => {
-        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
-            #[inline(always)]
-            fn generic($($arg: $ty),*) $(-> $ret)? $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { generic($($arg),*) }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { generic($($arg),*) }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has just been checked for the enabled features.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            generic($($arg),*)
-        }
-    };
-}
-
-pub mod attention;
-pub mod classifier;
-mod cls_attention;
-pub mod config;
-pub mod embeddings;
-pub mod encoder;
-mod fused;
-mod ops;
-mod q8;
-mod sgemm;
-mod weights;
+//! BERT for sequence classification, as `modeling_bert.py` defines it: embeddings, a
+//! stack of layers (self-attention, then a feed-forward block, each closed by a residual
+//! and a LayerNorm), a pooler on `[CLS]` and a linear classifier. Weight names are the
+//! checkpoint's own, with or without the `bert.` prefix, LayerNorms as `weight`/`bias`
+//! or `gamma`/`beta`.
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
 use candle_nn::VarBuilder;
 
-use classifier::{Head, HeadPolicy};
-use config::{Config, HiddenAct};
-use embeddings::Embeddings;
-use encoder::{Encoder, Keep};
-pub use weights::open_weights;
+use super::config::Config;
+use super::head::{classifier_weight, refuse_bare_encoder, HeadPolicy, Seeder};
+use super::{Batch, Classifier, Output};
+use crate::layers::{
+    Activation, Backend, Embeddings, LayerNorm, Linear, Queries, SelfAttention, Sequences,
+};
 
-/// A seeded xorshift source of values in [-1, 1) for the kernels' unit tests.
-#[cfg(test)]
-pub(crate) fn test_values(mut seed: u32) -> impl FnMut() -> f32 {
-    move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 17;
-        seed ^= seed << 5;
-        (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
-    }
+/// `BertForSequenceClassification`.
+pub struct BertForSequenceClassification {
+    embeddings: BertEmbeddings,
+    layers: Vec<BertLayer>,
+    head: BertHead,
+    backend: Backend,
 }
 
-/// `BERT_CLI_PORTABLE=1` turns off the AVX-512 kernels (packed f32, fused attention,
-/// VNNI int8), so the portable path that CPUs without AVX-512 take can be checked, or
-/// chosen, on any machine. Read when a kernel is first chosen.
-fn portable_only() -> bool {
-    std::env::var_os("BERT_CLI_PORTABLE").is_some_and(|v| !v.is_empty() && v != "0")
+/// `bert.embeddings`: word + token type + position, then LayerNorm.
+struct BertEmbeddings {
+    sum: Embeddings,
+    norm: LayerNorm,
 }
 
-/// Padding bias added to attention scores before softmax. Large enough that
-/// `exp` underflows to exactly 0, small enough to stay finite after adding a score.
-const MASK_BIAS: f64 = -1.0e9;
-
-/// One padded batch, ready for the model: every tensor is `[batch, seq]` u32.
-pub struct Batch {
-    /// Token ids, padded with 0.
-    pub ids: Tensor,
-    /// Token type (segment) ids.
-    pub type_ids: Tensor,
-    /// 1 for real tokens, 0 for padding.
-    pub mask: Tensor,
+/// `bert.encoder.layer.N`.
+struct BertLayer {
+    /// `attention.self.{query,key,value}`.
+    attention: SelfAttention,
+    /// `attention.output.dense`.
+    attention_output: Linear,
+    /// `attention.output.LayerNorm`.
+    attention_norm: LayerNorm,
+    /// `intermediate.dense`.
+    intermediate: Linear,
+    act: Activation,
+    /// `output.dense`.
+    output: Linear,
+    /// `output.LayerNorm`.
+    output_norm: LayerNorm,
 }
 
-/// What a forward pass returns.
-pub struct Output {
-    /// `[batch, num_labels]` f32 logits.
-    pub logits: Tensor,
-    /// Per layer `[batch, heads, seq, seq]` f32 probabilities; empty unless asked for.
-    pub attentions: Vec<Tensor>,
+/// `bert.pooler.dense` (+ tanh) and `classifier`; `trained` is false when they were
+/// seeded, not loaded.
+struct BertHead {
+    pooler: Linear,
+    classifier: Linear,
+    num_labels: usize,
+    trained: bool,
 }
 
-/// `BertForSequenceClassification`: embeddings, encoder, pooler, classifier.
-pub struct BertClassifier {
-    embeddings: Embeddings,
-    encoder: Encoder,
-    head: Head,
-    /// The architecture this model was built from.
-    pub config: Config,
-}
-
-impl BertClassifier {
-    /// Builds the model from a checkpoint, with or without the `bert.` prefix.
-    pub fn load(vb: VarBuilder, cfg: &Config, policy: HeadPolicy) -> Result<Self> {
+impl BertForSequenceClassification {
+    /// Builds the model from a checkpoint.
+    pub fn load(
+        vb: VarBuilder,
+        cfg: &Config,
+        policy: HeadPolicy,
+        backend: Backend,
+    ) -> Result<Self> {
         let probe = "embeddings.word_embeddings.weight";
         let bert = if vb.contains_tensor(&format!("bert.{probe}")) {
             vb.pp("bert")
@@ -110,236 +71,209 @@ impl BertClassifier {
         } else {
             bail!("no BERT encoder weights: expected tensor {probe} (with or without the \"bert.\" prefix)");
         };
+        let layers = (0..cfg.num_layers)
+            .map(|i| {
+                let last = i + 1 == cfg.num_layers;
+                BertLayer::load(bert.pp("encoder").pp("layer").pp(i), cfg, last, backend)
+            })
+            .collect::<Result<_>>()?;
         Ok(Self {
-            embeddings: Embeddings::load(bert.pp("embeddings"), cfg)?,
-            encoder: Encoder::load(bert.pp("encoder"), cfg)?,
-            head: Head::load(vb, bert, cfg, policy)?,
-            config: cfg.clone(),
+            embeddings: BertEmbeddings::load(bert.pp("embeddings"), cfg, backend)?,
+            layers,
+            head: BertHead::load(&vb, &bert, cfg, policy, backend)?,
+            backend,
         })
     }
+}
 
-    /// Number of labels the head scores.
-    pub fn num_labels(&self) -> usize {
-        self.head.num_labels
-    }
-
-    /// Whether the classification head came from the checkpoint (false: seeded).
-    pub fn head_is_trained(&self) -> bool {
-        self.head.trained
-    }
-
-    /// Turns the encoder's dense layers (attention projections and feed-forward) into int8
-    /// ones for `--quantize q8`. CPU and f32 only: the kernel is a CPU one.
-    pub fn quantize_q8(&mut self) -> Result<()> {
-        self.encoder.quantize_q8()
-    }
-
-    /// Whether the int8 layers have this CPU's fast kernel (AVX-512 VNNI).
-    pub fn q8_is_fast() -> bool {
-        q8::vnni_available()
-    }
-
-    /// Whether f32 runs on the packed AVX-512 kernels (`sgemm`, `fused`), rather than
-    /// the portable path through candle's ops.
-    pub fn packed_kernels() -> bool {
-        sgemm::available()
-    }
-
-    /// Classifies a padded batch; `keep_attention` also returns attention probabilities.
-    pub fn forward(&self, batch: &Batch, keep_attention: bool) -> Result<Output> {
-        let (b, t) = batch.ids.dims2()?;
-        let mask_bias =
-            ((batch.mask.to_dtype(DType::F32)? - 1.0)? * -MASK_BIAS)?.reshape((b, 1, 1, t))?;
+impl Classifier for BertForSequenceClassification {
+    fn forward(&self, batch: &Batch, keep_attention: bool) -> Result<Output> {
         let x = self.embeddings.forward(&batch.ids, &batch.type_ids)?;
         // The head reads only [CLS], so the last layer skips the other tokens unless
         // their attention is wanted.
-        let keep = if keep_attention {
-            Keep::EveryTokenAndAttention
-        } else {
-            Keep::FirstToken
-        };
-        let (hidden, attentions) = self.encoder.forward(x, &mask_bias, keep)?;
-        let logits = self.head.forward(&hidden)?.to_dtype(DType::F32)?;
+        let first_only = !keep_attention && !self.layers.is_empty();
+        let (mut x, seqs) = Sequences::lay_out(x, &batch.mask, self.backend, first_only)?;
+        let mut attentions = Vec::new();
+        let last = self.layers.len().saturating_sub(1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let queries = if first_only && i == last {
+                Queries::First
+            } else {
+                Queries::All
+            };
+            let (next, probs) = layer.forward(x, &seqs, queries, keep_attention)?;
+            attentions.extend(probs);
+            x = next;
+        }
+        let logits = self.head.forward(&x)?.to_dtype(DType::F32)?;
         Ok(Output { logits, attentions })
     }
-}
 
-/// A dense layer applied to `[batch, seq, in]` as one `[batch * seq, in]` matrix product:
-/// one large GEMM instead of `batch` small ones (what `candle_nn::Linear` does for 3-D input).
-pub(crate) struct Dense {
-    weights: DenseWeights,
-    bias: Tensor,
-}
-
-/// A dense layer's weights in the form it computes with.
-enum DenseWeights {
-    /// f32 packed for the AVX-512 kernel, bias included (CPU, f32, AVX-512 only).
-    Packed(sgemm::PackedLinear),
-    /// `[in, out]`, contiguous: the checkpoint's `[out, in]` transposed once at load, so
-    /// the GEMM reads it row-major and need not repack it on every call (which cost more
-    /// than the arithmetic for one short sentence).
-    Float(Tensor),
-    /// int8, after `quantize_q8` (the bias is folded into its output pass).
-    Q8(q8::Q8Linear),
-}
-
-impl Dense {
-    /// From a checkpoint-layout `[out, in]` weight and its `[out]` bias.
-    fn new(weight: Tensor, bias: Tensor) -> Result<Self> {
-        let weights = if packed_kernels_for(&weight) {
-            DenseWeights::Packed(sgemm::PackedLinear::new(&weight, &bias)?)
-        } else {
-            DenseWeights::Float(transpose(&weight)?)
-        };
-        Ok(Self { weights, bias })
+    fn num_labels(&self) -> usize {
+        self.head.num_labels
     }
 
-    /// `weight` `[out, in]` and `bias` `[out]` under `vb`, shapes checked.
-    fn load(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
-        Self::new(
-            vb.get((out_dim, in_dim), "weight")?,
-            vb.get(out_dim, "bias")?,
-        )
+    fn head_is_trained(&self) -> bool {
+        self.head.trained
     }
 
-    /// Replaces the f32 weight by its int8 form (the f32 copy is freed).
+    /// Int8 dense layers in every layer but the last. The last one runs on `[CLS]` alone
+    /// for classification, so beyond its keys and values it costs next to nothing, yet
+    /// its rounding moved the scores most: on SST-2 dev with the MiniLM fixture, keeping
+    /// it f32 took label flips against f32 from 15 to 8 of 872 for 4% more time.
     fn quantize_q8(&mut self) -> Result<()> {
-        let q = match &self.weights {
-            DenseWeights::Packed(p) => q8::Q8Linear::new(&p.weight_t()?, &self.bias)?,
-            DenseWeights::Float(w) => q8::Q8Linear::new(w, &self.bias)?,
-            DenseWeights::Q8(_) => return Ok(()),
-        };
-        self.weights = DenseWeights::Q8(q);
+        let quantized = self.layers.len().saturating_sub(1);
+        for layer in self.layers.iter_mut().take(quantized) {
+            layer.attention.quantize_q8()?;
+            layer.attention_output.quantize_q8()?;
+            layer.intermediate.quantize_q8()?;
+            layer.output.quantize_q8()?;
+        }
         Ok(())
     }
-
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_then(x, Then::Nothing)
-    }
-
-    /// The packed weight, where the layer runs on the packed kernel.
-    fn packed(&self) -> Option<&sgemm::PackedLinear> {
-        match &self.weights {
-            DenseWeights::Packed(p) => Some(p),
-            _ => None,
-        }
-    }
-
-    /// `[batch, seq, in]` -> `[batch, seq, out]` where only the first `lead` outputs of
-    /// the flattened rows `rows` and the outputs from `lead` on of every row are asked
-    /// for: on the packed kernel the rest is not computed (it holds zeros); otherwise
-    /// every output is.
-    fn forward_lead_for_rows(&self, x: &Tensor, lead: usize, rows: &[usize]) -> Result<Tensor> {
-        let (b, t, i) = x.dims3()?;
-        match &self.weights {
-            DenseWeights::Packed(p) => Ok(p
-                .forward_lead_for_rows(&x.reshape((b * t, i))?, lead, rows)?
-                .reshape((b, t, ()))?),
-            _ => self.forward(x),
-        }
-    }
-
-    /// The layer, then `then`: a residual or exact GELU in the packed kernel's output
-    /// pass, anything else as separate ops.
-    fn forward_then(&self, x: &Tensor, then: Then) -> Result<Tensor> {
-        let (b, t, i) = x.dims3()?;
-        let x = x.reshape((b * t, i))?;
-        let y = match &self.weights {
-            DenseWeights::Packed(p) => {
-                let y = match then {
-                    Then::Residual(r) => {
-                        let r = r.reshape((b * t, ()))?;
-                        p.forward(&x, sgemm::Epilogue::BiasResidual(&r))?
-                    }
-                    Then::Activation(HiddenAct::GeluErf) => {
-                        p.forward(&x, sgemm::Epilogue::BiasGelu)?
-                    }
-                    _ => then.apply(p.forward(&x, sgemm::Epilogue::Bias)?)?,
-                };
-                return Ok(y.reshape((b, t, ()))?);
-            }
-            DenseWeights::Float(w) => x.matmul(w)?.broadcast_add(&self.bias)?,
-            DenseWeights::Q8(q) => q.forward(&x.contiguous()?)?,
-        };
-        Ok(then.apply(y)?.reshape((b, t, ()))?)
-    }
 }
 
-/// What follows a dense layer in BERT.
-#[derive(Clone, Copy)]
-pub(crate) enum Then<'a> {
-    Nothing,
-    /// The feed-forward activation.
-    Activation(HiddenAct),
-    /// A residual of the output's shape, added.
-    Residual(&'a Tensor),
-}
-
-impl Then<'_> {
-    /// As separate ops, on a dense layer's fresh `[rows, out]` output (nothing else
-    /// holds it, so exact GELU may overwrite it: on the CPU in f32 it does, which saves
-    /// the feed-forward's largest buffer).
-    fn apply(self, y: Tensor) -> Result<Tensor> {
-        Ok(match self {
-            Then::Nothing => y,
-            Then::Activation(HiddenAct::GeluErf) if cpu_f32(&y) && y.is_contiguous() => {
-                ops::gelu_erf_in_place(&y)?;
-                y
-            }
-            Then::Activation(HiddenAct::GeluErf) => ops::gelu_erf(&y)?,
-            Then::Activation(HiddenAct::GeluTanh) => y.gelu()?,
-            Then::Activation(HiddenAct::Relu) => y.relu()?,
-            Then::Residual(r) => (y + r.reshape(((), r.dim(candle_core::D::Minus1)?))?)?,
+impl BertEmbeddings {
+    fn load(vb: VarBuilder, cfg: &Config, backend: Backend) -> Result<Self> {
+        let table = |name: &str, rows: usize| vb.pp(name).get((rows, cfg.hidden_size), "weight");
+        Ok(Self {
+            sum: Embeddings::new(
+                table("word_embeddings", cfg.vocab_size)?,
+                table("position_embeddings", cfg.max_position_embeddings)?,
+                Some(table("token_type_embeddings", cfg.type_vocab_size)?),
+                backend,
+            )?,
+            norm: LayerNorm::load(
+                vb.pp("LayerNorm"),
+                cfg.hidden_size,
+                cfg.layer_norm_eps,
+                backend,
+            )?,
         })
     }
-}
 
-/// Whether `t` is f32 on the CPU.
-fn cpu_f32(t: &Tensor) -> bool {
-    matches!(t.device(), candle_core::Device::Cpu) && t.dtype() == DType::F32
-}
-
-/// Whether work on `t` runs on the packed AVX-512 kernels (`sgemm`, `fused`): f32 on a
-/// CPU that has them.
-pub(crate) fn packed_kernels_for(t: &Tensor) -> bool {
-    cpu_f32(t) && sgemm::available()
-}
-
-/// `[rows, cols]` -> `[cols, rows]`, contiguous. On the CPU in f32: groups of 16 output
-/// rows in parallel, each reading one cache line of every input row (candle's generic
-/// strided copy took most of bert-base's load time).
-fn transpose(w: &Tensor) -> Result<Tensor> {
-    use rayon::prelude::*;
-
-    if !(matches!(w.device(), candle_core::Device::Cpu) && w.dtype() == DType::F32) {
-        return Ok(w.t()?.contiguous()?);
+    /// `ids` and `type_ids` are `[batch, seq]`; returns `[batch, seq, hidden]`.
+    fn forward(&self, ids: &Tensor, type_ids: &Tensor) -> Result<Tensor> {
+        self.norm.forward_fresh(self.sum.forward(ids, type_ids)?)
     }
-    const GROUP: usize = 16;
-    let (rows, cols) = w.dims2()?;
-    let src = w.flatten_all()?.to_vec1::<f32>()?;
-    let mut dst = vec![0f32; rows * cols];
-    dst.par_chunks_mut(GROUP * rows)
-        .enumerate()
-        .for_each(|(g, out)| {
-            let c0 = g * GROUP;
-            let width = out.len() / rows;
-            for r in 0..rows {
-                let line = &src[r * cols + c0..r * cols + c0 + width];
-                for (j, &v) in line.iter().enumerate() {
-                    out[j * rows + r] = v;
-                }
-            }
-        });
-    Ok(Tensor::from_vec(dst, (cols, rows), w.device())?)
 }
 
-/// A LayerNorm stored as `weight`/`bias` or, in old TensorFlow ports, `gamma`/`beta`.
-fn layer_norm(vb: VarBuilder, cfg: &Config) -> Result<ops::LayerNorm> {
-    let h = cfg.hidden_size;
-    let (w, b) = if vb.contains_tensor("weight") || !vb.contains_tensor("gamma") {
-        (vb.get(h, "weight")?, vb.get(h, "bias")?)
-    } else {
-        (vb.get(h, "gamma")?, vb.get(h, "beta")?)
-    };
-    Ok(ops::LayerNorm::new(w, b, cfg.layer_norm_eps))
+impl BertLayer {
+    /// `last`: the encoder's last layer (see `SelfAttention::load`).
+    fn load(vb: VarBuilder, cfg: &Config, last: bool, backend: Backend) -> Result<Self> {
+        let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        let attention = vb.pp("attention");
+        let heads = attention.pp("self");
+        Ok(Self {
+            attention: SelfAttention::load(
+                heads.pp("query"),
+                heads.pp("key"),
+                heads.pp("value"),
+                h,
+                cfg.num_heads,
+                last,
+                backend,
+            )?,
+            attention_output: Linear::load(attention.pp("output").pp("dense"), h, h, backend)?,
+            attention_norm: LayerNorm::load(
+                attention.pp("output").pp("LayerNorm"),
+                h,
+                eps,
+                backend,
+            )?,
+            intermediate: Linear::load(
+                vb.pp("intermediate").pp("dense"),
+                h,
+                cfg.intermediate_size,
+                backend,
+            )?,
+            act: cfg.hidden_act,
+            output: Linear::load(
+                vb.pp("output").pp("dense"),
+                cfg.intermediate_size,
+                h,
+                backend,
+            )?,
+            output_norm: LayerNorm::load(vb.pp("output").pp("LayerNorm"), h, eps, backend)?,
+        })
+    }
+
+    /// One layer on `x` (laid out as `seqs` says), for `queries`; returns its output and,
+    /// when `keep_probs`, the attention probabilities.
+    fn forward(
+        &self,
+        x: Tensor,
+        seqs: &Sequences,
+        queries: Queries,
+        keep_probs: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (attended, probs) = {
+            let (context, probs) = self.attention.forward(&x, seqs, queries, keep_probs)?;
+            let residual = seqs.queried(&x, queries)?;
+            let out = self
+                .attention_output
+                .forward_residual(&context, &residual)?;
+            (self.attention_norm.forward_fresh(out)?, probs)
+        };
+        // The layer's input is freed before the feed-forward allocates (peak memory).
+        drop(x);
+        let up = self.intermediate.forward_act(&attended, self.act)?;
+        let out = self.output.forward_residual(&up, &attended)?;
+        Ok((self.output_norm.forward_fresh(out)?, probs))
+    }
+}
+
+impl BertHead {
+    /// `root` is the checkpoint's top level (where `classifier.*` lives); `bert` the
+    /// subtree holding `pooler.*` (`bert.` or the top level).
+    fn load(
+        root: &VarBuilder,
+        bert: &VarBuilder,
+        cfg: &Config,
+        policy: HeadPolicy,
+        backend: Backend,
+    ) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let has_pooler = bert.contains_tensor("pooler.dense.weight");
+        let pooler = || Linear::load(bert.pp("pooler").pp("dense"), h, h, backend);
+        if root.contains_tensor("classifier.weight") {
+            if !has_pooler {
+                bail!("the checkpoint has classifier.weight but no pooler.dense.weight; a BERT sequence classifier needs both");
+            }
+            let (w, num_labels) = classifier_weight(root, "classifier.weight", h)?;
+            let bias = root.pp("classifier").get(num_labels, "bias")?;
+            return Ok(Self {
+                pooler: pooler()?,
+                classifier: Linear::new(w, bias, backend)?,
+                num_labels,
+                trained: true,
+            });
+        }
+        if !policy.allow_untrained {
+            return Err(refuse_bare_encoder());
+        }
+        let mut seeder = Seeder::default();
+        let std = cfg.initializer_range;
+        let pooler = if has_pooler {
+            pooler()?
+        } else {
+            seeder.linear(h, h, std, root, backend)?
+        };
+        let n = policy.num_labels.max(1);
+        Ok(Self {
+            pooler,
+            classifier: seeder.linear(h, n, std, root, backend)?,
+            num_labels: n,
+            trained: false,
+        })
+    }
+
+    /// `hidden` is the encoder's `[batch, seq, hidden]`; returns `[batch, num_labels]`
+    /// logits from each sequence's first token.
+    fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        // Contiguous: BLAS backends (MKL, Accelerate) need unit-stride rows.
+        let cls = hidden.narrow(1, 0, 1)?.contiguous()?;
+        let pooled = self.pooler.forward(&cls)?.tanh()?;
+        Ok(self.classifier.forward(&pooled)?.squeeze(1)?)
+    }
 }

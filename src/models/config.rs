@@ -6,39 +6,18 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 
-/// The activation between the two feed-forward projections, as `hidden_act` names it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HiddenAct {
-    /// Exact GELU with erf, PyTorch's `nn.GELU()` and BERT's original choice.
-    GeluErf,
-    /// GELU's tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
-    GeluTanh,
-    /// Plain ReLU.
-    Relu,
-}
+use crate::layers::Activation;
 
-impl HiddenAct {
-    /// Maps a `hidden_act` string; unknown names are refused rather than guessed.
-    fn parse(name: &str) -> Result<Self> {
-        Ok(match name {
-            "gelu" => Self::GeluErf,
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Self::GeluTanh,
-            "relu" => Self::Relu,
-            other => bail!(
-                "unsupported hidden_act {other:?}: bert-cli knows gelu, gelu_new, gelu_pytorch_tanh and relu"
-            ),
-        })
-    }
-}
-
-impl std::fmt::Display for HiddenAct {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::GeluErf => "GELU (exact erf)",
-            Self::GeluTanh => "GELU (tanh approximation)",
-            Self::Relu => "ReLU",
-        })
-    }
+/// Maps a `hidden_act` string; unknown names are refused rather than guessed.
+fn parse_act(name: &str) -> Result<Activation> {
+    Ok(match name {
+        "gelu" => Activation::GeluErf,
+        "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Activation::GeluTanh,
+        "relu" => Activation::Relu,
+        other => bail!(
+            "unsupported hidden_act {other:?}: bert-cli knows gelu, gelu_new, gelu_pytorch_tanh and relu"
+        ),
+    })
 }
 
 /// How the classifier's logits turn into probabilities.
@@ -103,7 +82,7 @@ pub struct Config {
     /// Width of the feed-forward block.
     pub intermediate_size: usize,
     /// Feed-forward activation.
-    pub hidden_act: HiddenAct,
+    pub hidden_act: Activation,
     /// Longest input the position table covers; inputs are truncated to it.
     pub max_position_embeddings: usize,
     /// Rows of the token-type table.
@@ -171,7 +150,7 @@ impl Config {
             num_layers: raw.num_hidden_layers,
             num_heads: raw.num_attention_heads,
             intermediate_size: raw.intermediate_size,
-            hidden_act: HiddenAct::parse(&raw.hidden_act)?,
+            hidden_act: parse_act(&raw.hidden_act)?,
             max_position_embeddings: raw.max_position_embeddings,
             type_vocab_size: raw.type_vocab_size,
             layer_norm_eps: raw.layer_norm_eps,
@@ -214,7 +193,7 @@ mod tests {
     #[test]
     fn defaults_and_generic_labels() {
         let cfg = Config::from_json(&format!("{BASE}}}")).unwrap();
-        assert_eq!(cfg.hidden_act, HiddenAct::GeluErf);
+        assert_eq!(cfg.hidden_act, Activation::GeluErf);
         assert_eq!(cfg.labels, vec!["LABEL_0", "LABEL_1"]);
         assert!(labels_are_generic(&cfg.labels));
         assert_eq!(cfg.scoring(2), Scoring::Softmax);

@@ -1,11 +1,12 @@
-//! The sequence-classification head: pooler (dense + tanh on `[CLS]`) and classifier.
+//! What every family's classification head shares: the policy for checkpoints without
+//! one, and seeded random layers when the user allows them.
 
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
-use super::config::Config;
-use super::Dense;
+use super::DEFAULT_MODEL;
+use crate::layers::{Backend, Linear};
 
 /// What to do when the checkpoint has no trained classification head.
 #[derive(Debug, Clone, Copy)]
@@ -16,80 +17,54 @@ pub struct HeadPolicy {
     pub num_labels: usize,
 }
 
-/// A fine-tuned checkpoint to suggest when a bare encoder is refused.
-pub const SUGGESTED_MODEL: &str = "JeremiahZ/bert-base-uncased-sst2";
-
-/// Pooler and classifier; `trained` is false when they were seeded, not loaded. Both are
-/// `Dense`, like the encoder's layers, so each row's arithmetic is the same whatever the
-/// batch size (a BLAS call may pick a different kernel for one row than for three).
-pub struct Head {
-    pooler: Dense,
-    classifier: Dense,
-    /// Number of logits the head produces.
-    pub num_labels: usize,
-    /// Whether the classifier came from the checkpoint.
-    pub trained: bool,
+/// The refusal for a checkpoint without a trained classifier, unless the user allows a
+/// seeded one.
+pub fn refuse_bare_encoder() -> anyhow::Error {
+    anyhow::anyhow!(
+        "this checkpoint has no classification head (no classifier.weight): it is a bare encoder such as \
+         bert-base-uncased, and a head would be random, so its labels would mean nothing.\n\
+         Use a model fine-tuned for classification, e.g. --model {DEFAULT_MODEL}, \
+         or pass --allow-untrained-head to run it with a seeded random head anyway."
+    )
 }
 
-impl Head {
-    /// `root` is the checkpoint's top level (where `classifier.*` lives); `encoder` is
-    /// the subtree holding `pooler.*` (`bert.` or the top level).
-    pub fn load(
-        root: VarBuilder,
-        encoder: VarBuilder,
-        cfg: &Config,
-        policy: HeadPolicy,
-    ) -> Result<Self> {
-        let h = cfg.hidden_size;
-        let has_classifier = root.contains_tensor("classifier.weight");
-        let has_pooler = encoder.contains_tensor("pooler.dense.weight");
-        if has_classifier {
-            if !has_pooler {
-                bail!("the checkpoint has classifier.weight but no pooler.dense.weight; a BERT sequence classifier needs both");
-            }
-            let w = root.get_unchecked("classifier.weight")?;
-            let (num_labels, in_dim) = w.dims2()?;
-            if in_dim != h {
-                bail!("tensor classifier.weight has shape [{num_labels}, {in_dim}], expected [num_labels, {h}] (hidden_size)");
-            }
-            let bias = root.pp("classifier").get(num_labels, "bias")?;
-            return Ok(Self {
-                pooler: Dense::load(encoder.pp("pooler").pp("dense"), h, h)?,
-                classifier: Dense::new(w, bias)?,
-                num_labels,
-                trained: true,
-            });
-        }
-        if !policy.allow_untrained {
-            bail!(
-                "this checkpoint has no classification head (no classifier.weight): it is a bare encoder such as \
-                 bert-base-uncased, and a head would be random, so its labels would mean nothing.\n\
-                 Use a model fine-tuned for classification, e.g. --model {SUGGESTED_MODEL}, \
-                 or pass --allow-untrained-head to run it with a seeded random head anyway."
-            );
-        }
-        let dev = root.device();
-        let mut rng = SplitMix64(0x5EED_BE27);
-        let pooler = if has_pooler {
-            Dense::load(encoder.pp("pooler").pp("dense"), h, h)?
-        } else {
-            seeded_linear(&mut rng, h, h, cfg.initializer_range, dev, root.dtype())?
-        };
-        let n = policy.num_labels.max(1);
-        Ok(Self {
-            pooler,
-            classifier: seeded_linear(&mut rng, h, n, cfg.initializer_range, dev, root.dtype())?,
-            num_labels: n,
-            trained: false,
-        })
+/// A trained classifier's `[num_labels, hidden]` weight under `name`, its shape checked
+/// against the hidden size; returns it with its label count.
+pub fn classifier_weight(vb: &VarBuilder, name: &str, hidden: usize) -> Result<(Tensor, usize)> {
+    let w = vb.get_unchecked(name)?;
+    let (num_labels, in_dim) = w.dims2()?;
+    if in_dim != hidden {
+        bail!("tensor {name} has shape [{num_labels}, {in_dim}], expected [num_labels, {hidden}] (hidden_size)");
     }
+    Ok((w, num_labels))
+}
 
-    /// `hidden` is the encoder's `[batch, seq, hidden]`; returns `[batch, num_labels]` logits.
-    pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
-        // Contiguous: BLAS backends (MKL, Accelerate) need unit-stride rows.
-        let cls = hidden.narrow(1, 0, 1)?.contiguous()?;
-        let pooled = self.pooler.forward(&cls)?.tanh()?;
-        Ok(self.classifier.forward(&pooled)?.squeeze(1)?)
+/// Seeded random layers for an untrained head: the same on every run and machine.
+pub struct Seeder(SplitMix64);
+
+impl Default for Seeder {
+    fn default() -> Self {
+        Self(SplitMix64(0x5EED_BE27))
+    }
+}
+
+impl Seeder {
+    /// A linear layer with N(0, std) weights and zero bias, as BERT initialises heads.
+    pub fn linear(
+        &mut self,
+        in_dim: usize,
+        out_dim: usize,
+        std: f64,
+        vb: &VarBuilder,
+        backend: Backend,
+    ) -> Result<Linear> {
+        let (dev, dtype) = (vb.device(), vb.dtype());
+        let w: Vec<f32> = (0..in_dim * out_dim)
+            .map(|_| (self.0.normal() * std) as f32)
+            .collect();
+        let w = Tensor::from_vec(w, (out_dim, in_dim), dev)?.to_dtype(dtype)?;
+        let b = Tensor::zeros(out_dim, dtype, dev)?;
+        Linear::new(w, b, backend)
     }
 }
 
@@ -115,23 +90,6 @@ impl SplitMix64 {
         let (u, v) = (self.uniform(), self.uniform());
         (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
     }
-}
-
-/// A linear layer with N(0, std) weights and zero bias, as BERT initialises heads.
-fn seeded_linear(
-    rng: &mut SplitMix64,
-    in_dim: usize,
-    out_dim: usize,
-    std: f64,
-    dev: &Device,
-    dtype: candle_core::DType,
-) -> Result<Dense> {
-    let w: Vec<f32> = (0..in_dim * out_dim)
-        .map(|_| (rng.normal() * std) as f32)
-        .collect();
-    let w = Tensor::from_vec(w, (out_dim, in_dim), dev)?.to_dtype(dtype)?;
-    let b = Tensor::zeros(out_dim, dtype, dev)?;
-    Dense::new(w, b)
 }
 
 #[cfg(test)]

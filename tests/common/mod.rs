@@ -7,6 +7,14 @@ use std::sync::OnceLock;
 
 use serde_json::Value;
 
+/// Prints `message` on stderr past the test harness's capture, so that it shows in a
+/// plain `cargo test` run: for what a test could not check on this machine, and for the
+/// figures it measured.
+pub fn say(message: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{message}");
+}
+
 /// The repository root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -1,19 +1,21 @@
-//! Multi-head attention on the CPU in one pass per (sequence, head), for f32 on AVX-512.
+//! Multi-head attention on the CPU in one pass per (sequence, head), f32.
 //!
-//! The generic path splits the QKV projection into heads with a copy, runs one small
+//! candle's path splits the QKV projection into heads with a copy, runs one small
 //! matmul per head for the scores and another for the context (each with its own thread
 //! dispatch), and transposes the context back with another copy. Here every (sequence,
 //! head) is one parallel task: it packs its keys and values for the GEMM kernel
-//! (`sgemm::tile_product`), computes the scores, adds the padding bias, takes the softmax
-//! with the same vectorised row function as the generic path, and writes its slice of
+//! (`microkernel::tile_product`), computes the scores, adds the padding bias, takes the softmax
+//! with the same vectorised row function as the candle path, and writes its slice of
 //! the context straight into the `[tokens, hidden]` layout the output projection reads.
-//! The arithmetic is the same as the generic path's: Q's rows were already scaled by
+//! The arithmetic is the same as the candle path's: Q's rows were already scaled by
 //! 1/sqrt(head_dim) at load.
 
 use candle_core::{bail, Result, Tensor};
 
-use super::ops::{par_tasks, softmax_row, with_cpu_f32, SendPtr};
-use super::sgemm::{row_tiles, tile_product, MR, NR};
+use super::elementwise::softmax_row;
+use super::microkernel::{row_tiles, tile_product, MR, NR};
+use super::par::{par_tasks, Disjoint};
+use super::tensor;
 
 /// Attention's heads: `heads` of `head_dim` features each.
 #[derive(Clone, Copy)]
@@ -32,15 +34,16 @@ impl Shape {
 }
 
 /// Where each sequence's tokens are among the rows of the hidden states: `batch * seq`
-/// rows of a padded batch, or each text's real tokens back to back.
-pub struct Sequences {
+/// rows of a padded batch, or each text's real tokens back to back (the layers decide).
+#[derive(Clone, Copy)]
+pub struct SeqRows<'a> {
     /// The first row of each sequence, then the number of rows: `batch + 1` entries.
-    pub starts: Vec<usize>,
+    pub starts: &'a [usize],
     /// Per row: 0 for a real token, a large negative number for padding.
-    pub bias: Vec<f32>,
+    pub bias: &'a [f32],
 }
 
-impl Sequences {
+impl SeqRows<'_> {
     /// Sequences in the batch.
     pub fn batch(&self) -> usize {
         self.starts.len().saturating_sub(1)
@@ -71,7 +74,7 @@ pub enum Queries {
 /// get a zero context; nothing reads them).
 pub fn attention(
     qkv: &Tensor,
-    seqs: &Sequences,
+    seqs: SeqRows,
     shape: Shape,
     queries: Queries,
     keep_probs: bool,
@@ -89,7 +92,7 @@ pub fn attention(
         bail!("fused attention: probabilities are kept only for every query");
     }
     let qkv = qkv.contiguous()?;
-    with_cpu_f32(&qkv, "fused attention", |qkv| {
+    tensor::read(&qkv, "fused attention", |qkv| {
         run_heads(qkv, seqs, shape, queries, keep_probs)
     })?
 }
@@ -102,7 +105,7 @@ pub fn real_length(bias: &[f32]) -> usize {
 /// Every (sequence, head) as one parallel task; returns the context and the probabilities.
 fn run_heads(
     qkv: &[f32],
-    seqs: &Sequences,
+    seqs: SeqRows,
     shape: Shape,
     queries: Queries,
     keep_probs: bool,
@@ -127,8 +130,8 @@ fn run_heads(
             0
         }
     ];
-    let ctx_ptr = SendPtr(ctx.as_mut_ptr());
-    let probs_ptr = SendPtr(probs.as_mut_ptr());
+    let ctx_out = Disjoint::new(&mut ctx);
+    let probs_out = Disjoint::new(&mut probs);
     par_tasks(batch * heads, |task| {
         let (b, h) = (task / heads, task % heads);
         let rows = seqs.rows(b);
@@ -161,24 +164,16 @@ fn run_heads(
                 for (r, p) in p.chunks(len).enumerate() {
                     // SAFETY: block `task` of `seq * seq` floats belongs to this task alone,
                     // and r < len <= seq.
-                    let out = unsafe {
-                        std::slice::from_raw_parts_mut(
-                            probs_ptr.get().add(task * seq * seq + r * seq),
-                            len,
-                        )
-                    };
+                    let out = unsafe { probs_out.part(task * seq * seq + r * seq, len) };
                     out.copy_from_slice(p);
                 }
             }
             head.context(p, values, |r, cols, values| {
                 // SAFETY: output row `first_out + r` (one of this sequence's, r < queries),
-                // columns `h * head_dim + cols` are this task's alone, and both stay inside
-                // `ctx`.
+                // columns `h * head_dim + cols` are this task's alone.
                 let out = unsafe {
-                    std::slice::from_raw_parts_mut(
-                        ctx_ptr
-                            .get()
-                            .add((first_out + r) * hidden + h * head_dim + cols.start),
+                    ctx_out.part(
+                        (first_out + r) * hidden + h * head_dim + cols.start,
                         cols.len(),
                     )
                 };
@@ -186,10 +181,9 @@ fn run_heads(
             });
         });
     });
-    let device = candle_core::Device::Cpu;
-    let ctx = Tensor::from_vec(ctx, (out_rows, hidden), &device)?;
+    let ctx = tensor::from_vec(ctx, (out_rows, hidden))?;
     let probs = keep_probs
-        .then(|| Tensor::from_vec(probs, (batch, heads, seq, seq), &device))
+        .then(|| tensor::from_vec(probs, (batch, heads, seq, seq)))
         .transpose()?;
     Ok((ctx, probs))
 }

@@ -1,5 +1,5 @@
 //! The last layer's attention when only `[CLS]` is read, with the keys and values folded
-//! into the query (CPU, f32, AVX-512).
+//! into the query (CPU, f32).
 //!
 //! Head j's score for token t is `q·(Wk x_t + bk) = (Wkᵀ q)·x_t + q·bk`, and its context
 //! is `Σ_t p_t (Wv x_t + bv) = Wv (Σ_t p_t x_t) + bv`, since the p_t sum to 1. So rather
@@ -14,9 +14,12 @@
 
 use candle_core::{bail, Result, Tensor};
 
-use super::fused::{real_length, Sequences, Shape};
-use super::ops::{par_tasks, softmax_row, with_cpu_f32, SendPtr};
-use super::sgemm::PackedLinear;
+use super::attention::{real_length, SeqRows, Shape};
+use super::elementwise::softmax_row;
+use super::gemm::PackedLinear;
+use super::microkernel::NR;
+use super::par::{par_tasks, Disjoint};
+use super::tensor;
 
 /// One layer's key and value weights, per head, in the folded form.
 pub struct ClsAttention {
@@ -29,6 +32,12 @@ pub struct ClsAttention {
 }
 
 impl ClsAttention {
+    /// Whether heads of `shape` can be folded: the queries come from the first panels of
+    /// a stacked Q/K/V weight, so the hidden size must be whole panels.
+    pub fn fits(shape: Shape) -> bool {
+        shape.hidden().is_multiple_of(NR)
+    }
+
     /// From the checkpoint's `key.weight` and `value.weight` (`[hidden, hidden]`, out x
     /// in) and `value.bias`.
     pub fn new(key: &Tensor, value: &Tensor, value_bias: &Tensor, shape: Shape) -> Result<Self> {
@@ -55,7 +64,7 @@ impl ClsAttention {
     /// `seqs`), `queries` `[batch, hidden]`: each sequence's first-token query, already
     /// scaled by 1/sqrt(head_dim). Returns the context `[batch, hidden]`; a sequence the
     /// mask hides entirely gets zeros, as on the token-by-token path.
-    pub fn forward(&self, x: &Tensor, queries: &Tensor, seqs: &Sequences) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor, queries: &Tensor, seqs: SeqRows) -> Result<Tensor> {
         let (h, batch) = (self.shape.hidden(), seqs.batch());
         let rows = seqs.starts.last().copied().unwrap_or(0);
         if x.dims() != [rows, h] || queries.dims() != [batch, h] || seqs.bias.len() != rows {
@@ -67,15 +76,15 @@ impl ClsAttention {
             );
         }
         let (x, queries) = (x.contiguous()?, queries.contiguous()?);
-        with_cpu_f32(&x, "[CLS] attention", |x| {
-            with_cpu_f32(&queries, "[CLS] attention queries", |q| {
+        tensor::read(&x, "[CLS] attention", |x| {
+            tensor::read(&queries, "[CLS] attention queries", |q| {
                 self.run(x, q, seqs)
             })
         })??
     }
 
     /// `forward` on the data.
-    fn run(&self, x: &[f32], q: &[f32], seqs: &Sequences) -> Result<Tensor> {
+    fn run(&self, x: &[f32], q: &[f32], seqs: SeqRows) -> Result<Tensor> {
         let Shape { heads, head_dim: d } = self.shape;
         let (h, batch) = (self.shape.hidden(), seqs.batch());
         // `u` and the weighted sums are `[heads][batch][hidden]`: one matrix per head for
@@ -92,7 +101,7 @@ impl ClsAttention {
             .map(|s| real_length(&seqs.bias[seqs.rows(s)]))
             .collect();
         let mut sums = vec![0f32; heads * batch * h];
-        let sums_ptr = SendPtr(sums.as_mut_ptr());
+        let sums_out = Disjoint::new(&mut sums);
         let (u, lens) = (&u, &lens);
         par_tasks(batch, |s| {
             let (rows, len) = (seqs.rows(s), lens[s]);
@@ -108,9 +117,7 @@ impl ClsAttention {
                 softmax_row(&mut p, &scores, bias);
                 // SAFETY: row (head, s) of `sums` belongs to task s alone and lies
                 // inside it (head < heads, s < batch).
-                let sum = unsafe {
-                    std::slice::from_raw_parts_mut(sums_ptr.get().add((head * batch + s) * h), h)
-                };
+                let sum = unsafe { sums_out.part((head * batch + s) * h, h) };
                 for (&p, token) in p.iter().zip(tokens.chunks_exact(h)) {
                     add_scaled(sum, p, token);
                 }
@@ -127,7 +134,7 @@ impl ClsAttention {
         {
             row.fill(0.0);
         }
-        Tensor::from_vec(ctx, (batch, h), &candle_core::Device::Cpu)
+        tensor::from_vec(ctx, (batch, h))
     }
 }
 
@@ -168,28 +175,28 @@ mod tests {
 
     #[test]
     fn matches_the_token_by_token_definition() -> Result<()> {
-        if !super::super::sgemm::available() {
-            return Ok(());
-        }
         let shape = Shape {
             heads: 3,
             head_dim: 32,
         };
         let (h, d) = (shape.hidden(), shape.head_dim);
-        let mut rand = crate::model::test_values(0x5eed_1234);
+        let mut rand = super::super::test_values(0x5eed_1234);
         let mut random = |n: usize| -> Vec<f32> { (0..n).map(|_| rand()).collect() };
         let dev = Device::Cpu;
         let (wk, wv, bv) = (random(h * h), random(h * h), random(h));
         // Sequences of 5, 1 and 7 rows; the third ends in two padding rows, and the
         // fourth is hidden entirely.
-        let hide = super::super::MASK_BIAS as f32;
+        let hide = -1.0e9f32;
         let starts = vec![0, 5, 6, 13, 15];
         let mut bias = vec![0f32; 15];
         bias[11] = hide;
         bias[12] = hide;
         bias[13] = hide;
         bias[14] = hide;
-        let seqs = Sequences { starts, bias };
+        let seqs = SeqRows {
+            starts: &starts,
+            bias: &bias,
+        };
         let batch = seqs.batch();
         let x = random(15 * h);
         let q = random(batch * h);
@@ -203,7 +210,7 @@ mod tests {
             .forward(
                 &Tensor::from_vec(x.clone(), (15, h), &dev)?,
                 &Tensor::from_vec(q.clone(), (batch, h), &dev)?,
-                &seqs,
+                seqs,
             )?
             .to_vec2::<f32>()?;
         // In f64, as the definition reads: keys and values for every real token.

@@ -1,13 +1,12 @@
-//! CPU kernels for the steps where candle's generic ops spend most time outside matrix
-//! products: exact (erf) GELU, the masked softmax of attention scores and LayerNorm.
-//! GELU and softmax use a branch-free exponential that the compiler vectorises; all
-//! fall back to candle's own ops on other devices, dtypes or layouts.
+//! Element-wise CPU kernels for the steps where candle's generic ops spend most time
+//! outside matrix products: exact (erf) GELU, the masked softmax of attention scores and
+//! LayerNorm. GELU and softmax use a branch-free exponential that the compiler
+//! vectorises. The layers pick these or candle's ops at load.
 
-use candle_core::{
-    CpuStorage, CustomOp1, CustomOp2, DType, Device, InplaceOp1, InplaceOp3, Layout, Result, Shape,
-    Tensor,
-};
+use candle_core::{bail, Result, Tensor};
 use rayon::prelude::*;
+
+use super::tensor;
 
 /// Elements per parallel task: large enough to amortise scheduling, small enough to split.
 const CHUNK: usize = 1 << 14;
@@ -81,23 +80,7 @@ fn gelu_erf_scalar(x: f32) -> f32 {
     x * if x >= 0.0 { 1.0 - half } else { half }
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, what: &str) -> Result<&'a [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("{what}: expected f32");
-    };
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => candle_core::bail!("{what}: expected a contiguous tensor"),
-    }
-}
-
-dispatch_simd!(gelu_slice, |dst: &mut [f32], src: &[f32]| {
-    for (d, &s) in dst.iter_mut().zip(src) {
-        *d = gelu_erf_scalar(s);
-    }
-});
-
-dispatch_simd!(pub(crate) gelu_in_place, |xs: &mut [f32]| {
+dispatch_simd!(pub(crate) gelu_slice_in_place, |xs: &mut [f32]| {
     for x in xs.iter_mut() {
         *x = gelu_erf_scalar(*x);
     }
@@ -119,7 +102,7 @@ dispatch_simd!(pub(crate) softmax_row, |dst: &mut [f32],
     }
 });
 
-dispatch_simd!(layer_norm_row, |x: &mut [f32],
+dispatch_simd!(pub(crate) layer_norm_row, |x: &mut [f32],
                                 weight: &[f32],
                                 bias: &[f32],
                                 eps: f32| {
@@ -187,112 +170,84 @@ fn lane_sum(xs: &[f32]) -> f32 {
     lane_fold(xs, 0.0, |a, v| a + v)
 }
 
-struct GeluErf;
-
-impl CustomOp1 for GeluErf {
-    fn name(&self) -> &'static str {
-        "bert-gelu-erf"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let src = contiguous_f32(storage, layout, CustomOp1::name(self))?;
-        let mut dst = vec![0f32; src.len()];
-        dst.par_chunks_mut(CHUNK)
-            .zip(src.par_chunks(CHUNK))
-            .for_each(|(d, s)| gelu_slice(d, s));
-        Ok((CpuStorage::F32(dst), layout.shape().clone()))
-    }
+/// Exact GELU written over `x` itself: `x` must be a contiguous f32 CPU tensor that
+/// nothing else holds (a dense layer's fresh output), which saves the feed-forward's
+/// largest buffer (a quarter of bert-base's activation memory).
+pub fn gelu_in_place(x: &Tensor) -> Result<()> {
+    tensor::update(x, "GELU", |data| {
+        data.par_chunks_mut(CHUNK).for_each(gelu_slice_in_place)
+    })
 }
 
-impl InplaceOp1 for GeluErf {
-    fn name(&self) -> &'static str {
-        "bert-gelu-erf-in-place"
-    }
-
-    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("{}: expected f32", InplaceOp1::name(self));
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("{}: expected a contiguous tensor", InplaceOp1::name(self));
-        };
-        data[start..end]
-            .par_chunks_mut(CHUNK)
-            .for_each(gelu_in_place);
-        Ok(())
-    }
-}
-
-/// Exact GELU written over `x` itself, for a freshly computed contiguous f32 CPU tensor
-/// that nothing else holds: saves the feed-forward's largest buffer (a quarter of
-/// bert-base's activation memory).
-pub fn gelu_erf_in_place(x: &Tensor) -> Result<()> {
-    x.inplace_op1(&GeluErf)
-}
-
-/// Exact GELU; the fast kernel on contiguous f32 CPU tensors, candle's op elsewhere.
-pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
-    if matches!(x.device(), Device::Cpu) && x.dtype() == DType::F32 && x.is_contiguous() {
-        x.apply_op1_no_bwd(&GeluErf)
-    } else {
-        x.gelu_erf()
-    }
-}
-
-struct MaskedSoftmax;
-
-impl CustomOp2 for MaskedSoftmax {
-    fn name(&self) -> &'static str {
-        "bert-masked-softmax"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let scores = contiguous_f32(s1, l1, self.name())?;
-        let mask = contiguous_f32(s2, l2, self.name())?;
-        let (b, h, q, k) = l1.shape().dims4()?;
-        if mask.len() != b * k {
-            candle_core::bail!(
-                "{}: mask has {} values, expected {}",
-                self.name(),
-                mask.len(),
-                b * k
-            );
-        }
-        let mut dst = vec![0f32; scores.len()];
-        let rows_per_task = (CHUNK / k.max(1)).max(1);
-        dst.par_chunks_mut(rows_per_task * k)
-            .zip(scores.par_chunks(rows_per_task * k))
-            .enumerate()
-            .for_each(|(task, (d, s))| {
-                for (i, (d, s)) in d.chunks_mut(k).zip(s.chunks(k)).enumerate() {
-                    let row = task * rows_per_task + i;
-                    softmax_row(d, s, &mask[(row / (h * q)) * k..][..k]);
-                }
-            });
-        Ok((CpuStorage::F32(dst), l1.shape().clone()))
-    }
-}
-
-/// `softmax(scores + mask_bias)` over the last axis; `scores` is `[batch, heads, q, k]` f32
-/// and `mask_bias` `[batch, 1, 1, k]` f32.
+/// `softmax(scores + mask_bias)` over the last axis; `scores` is `[batch, heads, q, k]`
+/// and `mask_bias` `[batch, 1, 1, k]`, both contiguous f32 on the CPU.
 pub fn masked_softmax(scores: &Tensor, mask_bias: &Tensor) -> Result<Tensor> {
-    let cpu = matches!(scores.device(), Device::Cpu);
-    if cpu && scores.dtype() == DType::F32 && scores.is_contiguous() && mask_bias.is_contiguous() {
-        scores.apply_op2_no_bwd(mask_bias, &MaskedSoftmax)
-    } else {
-        candle_nn::ops::softmax_last_dim(&scores.broadcast_add(mask_bias)?)
+    let (b, h, q, k) = scores.dims4()?;
+    let dst = tensor::read(scores, "masked softmax", |scores| {
+        tensor::read(mask_bias, "masked softmax mask", |mask| {
+            if mask.len() != b * k {
+                bail!(
+                    "masked softmax: mask has {} values, expected {}",
+                    mask.len(),
+                    b * k
+                );
+            }
+            let mut dst = vec![0f32; scores.len()];
+            let rows_per_task = (CHUNK / k.max(1)).max(1);
+            dst.par_chunks_mut(rows_per_task * k)
+                .zip(scores.par_chunks(rows_per_task * k))
+                .enumerate()
+                .for_each(|(task, (d, s))| {
+                    for (i, (d, s)) in d.chunks_mut(k).zip(s.chunks(k)).enumerate() {
+                        let row = task * rows_per_task + i;
+                        softmax_row(d, s, &mask[(row / (h * q)) * k..][..k]);
+                    }
+                });
+            Ok(dst)
+        })
+    })???;
+    tensor::from_vec(dst, scores.shape().clone())
+}
+
+/// LayerNorm over the last axis of `x`, `(x - mean) / sqrt(var + eps) * weight + bias`,
+/// written over `x` itself: a contiguous f32 CPU tensor that nothing else holds (the
+/// output of the op just before). candle's op scanned each row with one scalar sum and
+/// wrote a new buffer.
+pub fn layer_norm_in_place(x: &Tensor, weight: &[f32], bias: &[f32], eps: f32) -> Result<()> {
+    let hidden = weight.len();
+    if bias.len() != hidden || x.dims().last() != Some(&hidden) {
+        bail!(
+            "LayerNorm: input {:?}, weight [{hidden}] and bias [{}] do not fit",
+            x.dims(),
+            bias.len()
+        );
     }
+    let rows_per_task = (CHUNK / hidden.max(1)).max(1);
+    tensor::update(x, "LayerNorm", |data| {
+        data.par_chunks_mut(rows_per_task * hidden)
+            .for_each(|rows| {
+                for row in rows.chunks_mut(hidden) {
+                    layer_norm_row(row, weight, bias, eps);
+                }
+            })
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use candle_core::Device;
+
+    /// `n` seeded values in [-scale, scale) as a CPU tensor of `shape`.
+    fn seeded(seed: u32, scale: f32, shape: &[usize]) -> Result<Tensor> {
+        let mut rand = super::super::test_values(seed);
+        let n = shape.iter().product();
+        Tensor::from_vec(
+            (0..n).map(|_| rand() * scale).collect::<Vec<f32>>(),
+            shape,
+            &Device::Cpu,
+        )
+    }
 
     #[test]
     fn fast_exp_is_accurate() {
@@ -322,11 +277,18 @@ mod tests {
     }
 
     #[test]
-    fn gelu_in_place_equals_gelu() -> Result<()> {
-        let x = Tensor::arange(-5000f32, 5000f32, &Device::Cpu)?.affine(0.002, 0.0)?;
-        let want = gelu_erf(&x)?.to_vec1::<f32>()?;
-        gelu_erf_in_place(&x)?;
-        assert_eq!(x.to_vec1::<f32>()?, want);
+    fn gelu_in_place_overwrites_the_tensor_with_gelu() -> Result<()> {
+        // More than one parallel chunk, to cover the split.
+        let x = Tensor::arange(-50_000f32, 50_000f32, &Device::Cpu)?.affine(0.0002, 0.0)?;
+        let before = x.to_vec1::<f32>()?;
+        gelu_in_place(&x)?;
+        for (&v, &g) in before.iter().zip(&x.to_vec1::<f32>()?) {
+            let want = 0.5 * v as f64 * (1.0 + erf(v as f64 / std::f64::consts::SQRT_2));
+            assert!(
+                (g as f64 - want).abs() < 2e-7 * (1.0 + v.abs() as f64),
+                "gelu({v}) = {g}"
+            );
+        }
         Ok(())
     }
 
@@ -347,11 +309,10 @@ mod tests {
 
     #[test]
     fn layer_norm_matches_f64_two_pass() -> Result<()> {
-        let dev = Device::Cpu;
         // A large mean, where the one-pass formula loses digits.
-        let x = (Tensor::randn(0f32, 1.0, (3, 5, 40), &dev)? + 100.0)?;
-        let w = Tensor::randn(0f32, 1.0, 40, &dev)?;
-        let b = Tensor::randn(0f32, 1.0, 40, &dev)?;
+        let x = (seeded(0x1a2b_3c4d, 1.7, &[3, 5, 40])? + 100.0)?;
+        let w = seeded(0x5e5e_0001, 1.7, &[40])?;
+        let b = seeded(0x5e5e_0002, 1.7, &[40])?;
         let (w_values, b_values) = (w.to_vec1::<f32>()?, b.to_vec1::<f32>()?);
         let want: Vec<Vec<f64>> = x
             .flatten_to(1)?
@@ -375,10 +336,9 @@ mod tests {
                     .collect()
             })
             .collect();
-        let got = LayerNorm::new(w.clone(), b.clone(), 1e-12)
-            .forward_fresh(x.copy()?)?
-            .flatten_to(1)?
-            .to_vec2::<f32>()?;
+        let got = x.copy()?;
+        layer_norm_in_place(&got, &w_values, &b_values, 1e-12)?;
+        let got = got.flatten_to(1)?.to_vec2::<f32>()?;
         for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
             assert!((f64::from(*g) - w).abs() < 1e-4, "{g} vs {w}");
         }
@@ -388,7 +348,7 @@ mod tests {
     #[test]
     fn masked_softmax_matches_candle() -> Result<()> {
         let dev = Device::Cpu;
-        let scores = Tensor::randn(0f32, 3.0, (2, 3, 5, 7), &dev)?;
+        let scores = seeded(0x0bad_cafe, 5.0, &[2, 3, 5, 7])?;
         let mask = Tensor::new(
             &[
                 [0f32, 0., 0., 0., 0., -1e9, -1e9],
@@ -407,118 +367,4 @@ mod tests {
         assert!(diff < 1e-6, "max difference {diff}");
         Ok(())
     }
-}
-
-/// A raw pointer that may cross threads, for kernels whose parallel tasks write disjoint
-/// blocks of one output that interleave in memory; the caller keeps the writes disjoint.
-#[derive(Clone, Copy)]
-pub(crate) struct SendPtr(pub *mut f32);
-// SAFETY: only used for disjoint writes (see the users' SAFETY comments).
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    /// The pointer (a method, so closures capture the whole `Send` wrapper).
-    pub fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-/// Runs `task(0..n)` on the rayon pool, one task per job.
-///
-/// Left to itself rayon stops splitting a range at about a quarter of it, so a thread
-/// that ran out of work found nothing to steal while the other ran a 27-task chunk alone:
-/// in a bert-base profile the second worker slept 14% of the run, most of it in the GEMM
-/// and attention loops that now call this.
-pub(crate) fn par_tasks(n: usize, task: impl Fn(usize) + Send + Sync) {
-    (0..n).into_par_iter().with_max_len(1).for_each(task);
-}
-
-/// LayerNorm over the last axis, `(x - mean) / sqrt(var + eps) * weight + bias`: candle's
-/// layer, with an in-place CPU kernel in front.
-pub struct LayerNorm(candle_nn::LayerNorm);
-
-impl LayerNorm {
-    /// From `weight` and `bias`, both `[hidden]`.
-    pub fn new(weight: Tensor, bias: Tensor, eps: f64) -> Self {
-        Self(candle_nn::LayerNorm::new(weight, bias, eps))
-    }
-
-    /// Normalises `x`, `[.., hidden]`. On the CPU in f32 it overwrites `x`'s own buffer
-    /// (candle's op scanned each row with one scalar sum and wrote a new buffer), so `x`
-    /// must be a fresh result that nothing else holds: every caller passes the output
-    /// of the op just before. Elsewhere candle's layer runs.
-    pub fn forward_fresh(&self, x: Tensor) -> Result<Tensor> {
-        let weight = self.0.weight();
-        match self.0.bias() {
-            Some(bias)
-                if matches!(x.device(), Device::Cpu)
-                    && x.dtype() == DType::F32
-                    && weight.dtype() == DType::F32
-                    && x.is_contiguous() =>
-            {
-                let eps = self.0.eps() as f32;
-                x.inplace_op3(weight, bias, &LayerNormInPlace { eps })?;
-                Ok(x)
-            }
-            _ => candle_core::Module::forward(&self.0, &x),
-        }
-    }
-}
-
-/// `LayerNorm::forward_fresh`'s CPU kernel.
-struct LayerNormInPlace {
-    eps: f32,
-}
-
-impl InplaceOp3 for LayerNormInPlace {
-    fn name(&self) -> &'static str {
-        "bert-layer-norm"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<()> {
-        let weight = contiguous_f32(s2, l2, "layer-norm weight")?;
-        let bias = contiguous_f32(s3, l3, "layer-norm bias")?;
-        let hidden = weight.len();
-        let CpuStorage::F32(data) = s1 else {
-            candle_core::bail!("{}: expected f32", self.name());
-        };
-        let Some((start, end)) = l1.contiguous_offsets() else {
-            candle_core::bail!("{}: expected a contiguous tensor", self.name());
-        };
-        if bias.len() != hidden || l1.dims().last() != Some(&hidden) {
-            candle_core::bail!(
-                "{}: input {:?}, weight [{hidden}] and bias [{}] do not fit",
-                self.name(),
-                l1.dims(),
-                bias.len()
-            );
-        }
-        let rows_per_task = (CHUNK / hidden.max(1)).max(1);
-        data[start..end]
-            .par_chunks_mut(rows_per_task * hidden)
-            .for_each(|rows| {
-                for row in rows.chunks_mut(hidden) {
-                    layer_norm_row(row, weight, bias, self.eps);
-                }
-            });
-        Ok(())
-    }
-}
-
-/// Runs `f` on the data of a contiguous f32 tensor on the CPU (no copy); `what` names the
-/// caller in the error otherwise.
-pub(crate) fn with_cpu_f32<T>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> T) -> Result<T> {
-    let (storage, layout) = t.storage_and_layout();
-    let candle_core::Storage::Cpu(storage) = &*storage else {
-        candle_core::bail!("{what}: expected a CPU tensor");
-    };
-    Ok(f(contiguous_f32(storage, layout, what)?))
 }

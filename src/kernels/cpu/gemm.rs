@@ -1,4 +1,4 @@
-//! f32 linear layers for CPUs with AVX-512: weights packed once at load, bias fused.
+//! f32 linear layers with the weight packed once at load, bias fused: the driver.
 //!
 //! candle's CPU matmul (the `gemm` crate) reached about 75% of this machine's FMA peak on
 //! bert-base's shapes and repacks the weight on every call. Here the weight is packed
@@ -7,19 +7,18 @@
 //! slice of `KC` input channels stays in L1 while every row tile of a task passes over it,
 //! and the task's rows (`MC x KC`) stay in L2 while the task walks its panels.
 //!
-//! Results differ from a plain dot product only in summation order (f32 FMAs, `KC` at a
-//! time), well inside the parity tolerance.
+//! `microkernel` multiplies one register tile, `store` finishes and writes it. Results
+//! differ from a plain dot product only in summation order (f32 FMAs, `KC` at a time),
+//! well inside the parity tolerance.
 
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
-use super::ops::{gelu_in_place, par_tasks, with_cpu_f32, SendPtr};
+use super::microkernel::{row_tiles, tile_product, LINE, MR, NR};
+use super::par::{par_tasks, Disjoint};
+use super::store::{store_panel, Dest, Finish};
+use super::tensor;
 
-/// Columns per packed panel: two 16-lane vectors.
-pub(super) const NR: usize = 32;
-/// Rows per register tile: 8 x 2 accumulators, 2 weight registers and the broadcasts fit
-/// the 32 vector registers with room for the loads in flight.
-pub(super) const MR: usize = 8;
 /// Input channels per pass over a panel: `KC x NR` floats (32 KiB) is the L1 working set.
 const KC: usize = 256;
 /// Rows per parallel task: `MC x KC` floats (96 KiB) of activations stay in L2.
@@ -69,18 +68,7 @@ pub enum Epilogue<'a> {
     BiasResidual(&'a Tensor),
 }
 
-/// `Epilogue` with the residual's data in hand.
-#[derive(Clone, Copy)]
-enum Finish<'a> {
-    /// `Epilogue::Bias`.
-    Bias,
-    /// `Epilogue::BiasGelu`.
-    Gelu,
-    /// `Epilogue::BiasResidual`: the residual, `[m, n]` row-major.
-    Residual(&'a [f32]),
-}
-
-/// A linear layer `y = x Wᵀ + b` whose f32 weight is packed for the AVX-512 kernel.
+/// A linear layer `y = x Wᵀ + b` whose f32 weight is packed for the micro-kernel.
 pub struct PackedLinear {
     /// Input features.
     k: usize,
@@ -90,20 +78,6 @@ pub struct PackedLinear {
     packed: Vec<f32>,
     /// `[n]`.
     bias: Vec<f32>,
-}
-
-/// Whether this CPU runs the packed kernel (checked once). Elsewhere candle's matmul runs.
-#[cfg(target_arch = "x86_64")]
-pub fn available() -> bool {
-    use std::sync::OnceLock;
-    static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f") && !super::portable_only())
-}
-
-/// Whether this CPU runs the packed kernel: never off x86-64.
-#[cfg(not(target_arch = "x86_64"))]
-pub fn available() -> bool {
-    false
 }
 
 impl PackedLinear {
@@ -138,7 +112,7 @@ impl PackedLinear {
                 *v = self.packed[(c / NR) * k * NR + kk * NR + c % NR];
             }
         }
-        Tensor::from_vec(w, (k, n), &candle_core::Device::Cpu)
+        tensor::from_vec(w, (k, n))
     }
 
     /// `x` is `[m, in]`, f32; the result is `[m, out]`, finished by `epilogue` as it is
@@ -154,10 +128,10 @@ impl PackedLinear {
         let x = x.contiguous()?;
         let (y, offset) = match epilogue {
             Epilogue::Bias => {
-                with_cpu_f32(&x, "packed-linear", |x| self.matmul(x, m, Finish::Bias))?
+                tensor::read(&x, "packed-linear", |x| self.matmul(x, m, Finish::Bias))?
             }
             Epilogue::BiasGelu => {
-                with_cpu_f32(&x, "packed-linear", |x| self.matmul(x, m, Finish::Gelu))?
+                tensor::read(&x, "packed-linear", |x| self.matmul(x, m, Finish::Gelu))?
             }
             Epilogue::BiasResidual(r) => {
                 if r.dims() != [m, self.n] {
@@ -168,14 +142,14 @@ impl PackedLinear {
                     );
                 }
                 let r = r.contiguous()?;
-                with_cpu_f32(&r, "packed-linear residual", |r| {
-                    with_cpu_f32(&x, "packed-linear", |x| {
+                tensor::read(&r, "packed-linear residual", |r| {
+                    tensor::read(&x, "packed-linear", |x| {
                         self.matmul(x, m, Finish::Residual(r))
                     })
                 })??
             }
         };
-        output_tensor(y, offset, m, self.n)
+        tensor::from_aligned(y, offset, m, self.n)
     }
 
     /// The weights to fetch into cache while the tiles work on the block that ends at
@@ -206,27 +180,20 @@ impl PackedLinear {
         }
         let x = x.contiguous()?;
         let n = self.n;
-        let (y, offset) = with_cpu_f32(&x, "packed-linear", |x| {
+        let (y, offset) = tensor::read(&x, "packed-linear", |x| {
             let mut buf = vec![0f32; m * n + LINE];
             let offset = line_offset(buf.as_ptr());
             let y = &mut buf[offset..offset + m * n];
             let lead_panels = lead / NR;
             let panels = n.div_ceil(NR);
-            self.matmul_into(
-                x,
-                m,
-                lead_panels..panels,
-                Finish::Bias,
-                SendPtr(y.as_mut_ptr()),
-                n,
-            );
+            self.matmul_into(x, m, lead_panels..panels, Finish::Bias, Disjoint::new(y), n);
             let part = self.lead_rows(x, lead, rows);
             for (&r, values) in rows.iter().zip(part.chunks(lead.max(1))) {
                 y[r * n..r * n + lead].copy_from_slice(values);
             }
             (buf, offset)
         })?;
-        output_tensor(y, offset, m, n)
+        tensor::from_aligned(y, offset, m, n)
     }
 
     /// `x Wᵀ + b` for `x` `[m, in]` row-major, written to `y` with a row stride of
@@ -239,8 +206,7 @@ impl PackedLinear {
             x.len(),
             y.len()
         );
-        let y = SendPtr(y.as_mut_ptr());
-        self.matmul_into(x, m, 0..n.div_ceil(NR), Finish::Bias, y, ldy);
+        self.matmul_into(x, m, 0..n.div_ceil(NR), Finish::Bias, Disjoint::new(y), ldy);
     }
 
     /// The first `lead` outputs (a whole number of panels) of rows `rows` of `x`
@@ -256,8 +222,8 @@ impl PackedLinear {
             );
         }
         let x = x.contiguous()?;
-        let part = with_cpu_f32(&x, "packed-linear", |x| self.lead_rows(x, lead, rows))?;
-        Tensor::from_vec(part, (rows.len(), lead), &candle_core::Device::Cpu)
+        let part = tensor::read(&x, "packed-linear", |x| self.lead_rows(x, lead, rows))?;
+        tensor::from_vec(part, (rows.len(), lead))
     }
 
     /// `lead_for_rows` on the data (`lead` checked by the caller).
@@ -269,13 +235,12 @@ impl PackedLinear {
             .copied()
             .collect();
         let mut part = vec![0f32; rows.len() * lead];
-        let part_ptr = SendPtr(part.as_mut_ptr());
         self.matmul_into(
             &picked,
             rows.len(),
             0..lead / NR,
             Finish::Bias,
-            part_ptr,
+            Disjoint::new(&mut part),
             lead,
         );
         part
@@ -289,11 +254,13 @@ impl PackedLinear {
         // memset took 2-4% of the time.
         let mut y: Vec<f32> = Vec::with_capacity(m * n + LINE);
         let offset = line_offset(y.as_ptr());
-        // SAFETY: offset + m * n is within the capacity; the padding is written here and
-        // matmul_into writes rows 0..m of every panel after it, so all values.
+        // SAFETY: offset + m * n is within the capacity, which `y` owns and nothing else
+        // touches; the padding is written here and matmul_into writes rows 0..m of every
+        // panel after it (through `part_ptr`, never reading), so every value is
+        // initialised before `set_len`.
         unsafe {
             y.as_mut_ptr().write_bytes(0, offset);
-            let out = SendPtr(y.as_mut_ptr().add(offset));
+            let out = Disjoint::uninit(y.as_mut_ptr().add(offset), m * n);
             self.matmul_into(x, m, 0..n.div_ceil(NR), finish, out, n);
             y.set_len(offset + m * n);
         }
@@ -309,7 +276,7 @@ impl PackedLinear {
         m: usize,
         panels: std::ops::Range<usize>,
         finish: Finish,
-        y_ptr: SendPtr,
+        y: Disjoint,
         ldy: usize,
     ) {
         let (k, n) = (self.k, self.n);
@@ -319,9 +286,8 @@ impl PackedLinear {
         let row_tasks = m.div_ceil(MC);
         let per_task = panels_per_task(row_tasks, panels, rayon::current_num_threads());
         let col_tasks = panels.div_ceil(per_task);
-        let stream = m * ldy >= STREAM_MIN && available();
-        // Each task owns a block of rows and columns; the blocks interleave in memory, so
-        // it writes through a raw pointer.
+        let stream = m * ldy >= STREAM_MIN && super::avx512();
+        // Each task owns a block of rows and columns of `y`.
         let task = |t: usize| {
             let (rt, ct) = (t / col_tasks, t % col_tasks);
             let rows = rt * MC..((rt + 1) * MC).min(m);
@@ -359,7 +325,7 @@ impl PackedLinear {
                     bias,
                     finish,
                     Dest {
-                        ptr: y_ptr,
+                        out: y,
                         stride: ldy,
                         stream,
                     },
@@ -398,274 +364,6 @@ fn line_offset(buf: *const f32) -> usize {
     buf.align_offset(LINE * 4).min(LINE)
 }
 
-/// `buf[offset..]` as an `[m, n]` tensor, without a copy.
-fn output_tensor(buf: Vec<f32>, offset: usize, m: usize, n: usize) -> Result<Tensor> {
-    let len = buf.len();
-    Tensor::from_vec(buf, len, &candle_core::Device::Cpu)?
-        .narrow(0, offset, m * n)?
-        .reshape((m, n))
-}
-
-/// Where `store_panel` writes: `[m, stride]` row-major at `ptr`, past the caches if
-/// `stream`.
-#[derive(Clone, Copy)]
-struct Dest {
-    /// The output's first row.
-    ptr: SendPtr,
-    /// Floats per output row.
-    stride: usize,
-    /// Whether whole panel rows on a cache line are streamed (AVX-512 only).
-    stream: bool,
-}
-
-/// The row tiles over `rows`, as (first row, row count): `rows.len().div_ceil(MR)`
-/// tiles whose sizes differ by at most one. A tile of one row has two FMA chains, too
-/// few to hide their latency, so 25 rows run as 7 + 6 + 6 + 6 rather than
-/// 8 + 8 + 8 + 1. Each row's sums do not depend on its tile, so the split changes no
-/// result.
-pub(super) fn row_tiles(rows: std::ops::Range<usize>) -> impl Iterator<Item = (usize, usize)> {
-    let tiles = rows.len().div_ceil(MR);
-    let (base, extra) = (rows.len() / tiles.max(1), rows.len() % tiles.max(1));
-    (0..tiles).map(move |tile| {
-        (
-            rows.start + tile * base + tile.min(extra),
-            base + usize::from(tile < extra),
-        )
-    })
-}
-
-dispatch_simd!(store_panel, |acc: &mut [[[f32; NR]; MR]],
-                             rows: std::ops::Range<usize>,
-                             cols: std::ops::Range<usize>,
-                             bias: &[f32],
-                             finish: Finish,
-                             dest: Dest| {
-    let Dest {
-        ptr: y,
-        stride: n,
-        stream,
-    } = dest;
-    // The output pass of one task's panel: `acc` holds the tiles of rows `rows`, and
-    // the values go to `y` (`[m, n]` row-major) at columns `cols`, finished, and past
-    // the caches if `stream` (then only on a CPU with AVX-512). Compiled for the vector
-    // unit like the kernels (as plain closure code it ran 4 lanes wide).
-    for ((r0, mr), acc) in row_tiles(rows).zip(acc.iter_mut()) {
-        if let Finish::Gelu = finish {
-            // The whole tile in one call: row by row, 32 values left the out-of-order
-            // core too little to overlap and GELU's long dependency chain set the pace
-            // (6.2% of a MiniLM profile, 4.3% this way).
-            for row in acc.iter_mut().take(mr) {
-                for (a, b) in row.iter_mut().zip(bias) {
-                    *a += b;
-                }
-            }
-            gelu_in_place(&mut acc.as_flattened_mut()[..mr * NR]);
-        }
-        let full_bias: Option<&[f32; NR]> = bias.try_into().ok();
-        for (i, acc) in acc.iter().take(mr).enumerate() {
-            let row_start = (r0 + i) * n + cols.start;
-            // SAFETY: the caller's task alone owns these rows and columns of `y`, and
-            // r0 + i < m, cols.end <= n keep every write below inside `y`'s capacity.
-            let out = unsafe { y.get().add(row_start) };
-            let streamed = stream && (out as usize).is_multiple_of(LINE * 4);
-            if let (Some(b), false) = (full_bias, streamed) {
-                // A full panel goes straight from the sums to `y`, with the bias as
-                // a fixed-size array: a finished row built first (with slices of
-                // runtime length) went through a zeroed copy on the stack, and the
-                // load of it waited: half of this pass's samples, 10% of a MiniLM
-                // profile in all.
-                // SAFETY: as above; a full panel is NR columns.
-                unsafe {
-                    match finish {
-                        // A whole-array copy: element by element it compiled to
-                        // 32 scalar moves (`out` might alias `acc`).
-                        Finish::Gelu => out.cast::<[f32; NR]>().write_unaligned(*acc),
-                        Finish::Bias => {
-                            for (c, (&a, &b)) in acc.iter().zip(b).enumerate() {
-                                out.add(c).write(a + b);
-                            }
-                        }
-                        Finish::Residual(res) => {
-                            let res: &[f32] = &res[row_start..][..NR];
-                            for (c, ((&a, &b), &r)) in acc.iter().zip(b).zip(res).enumerate() {
-                                out.add(c).write(a + b + r);
-                            }
-                        }
-                    }
-                }
-                continue;
-            }
-            let mut row = [0f32; NR];
-            match finish {
-                Finish::Gelu => row = *acc,
-                Finish::Bias => {
-                    for ((o, a), b) in row.iter_mut().zip(acc).zip(bias) {
-                        *o = a + b;
-                    }
-                }
-                Finish::Residual(res) => {
-                    let res = &res[row_start..][..cols.len()];
-                    for (((o, a), b), r) in row.iter_mut().zip(acc).zip(bias).zip(res) {
-                        *o = a + b + r;
-                    }
-                }
-            }
-            // SAFETY: as above; `stream` is set only where AVX-512 was detected
-            // (`matmul_into`).
-            unsafe {
-                if streamed && cols.len() == NR {
-                    #[cfg(target_arch = "x86_64")]
-                    {
-                        stream_row(out, &row);
-                        continue;
-                    }
-                }
-                for (c, &v) in row.iter().take(cols.len()).enumerate() {
-                    out.add(c).write(v);
-                }
-            }
-        }
-    }
-});
-
-/// Writes one panel row (two whole cache lines at `out`) without reading the lines
-/// first and past the caches.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-unsafe fn stream_row(out: *mut f32, row: &[f32; NR]) {
-    use std::arch::x86_64::*;
-    _mm512_stream_ps(out, _mm512_loadu_ps(row.as_ptr()));
-    _mm512_stream_ps(out.add(16), _mm512_loadu_ps(row.as_ptr().add(16)));
-}
-
-/// The same product in plain Rust: the reference for the kernel's tests, and what runs
-/// if the packed layout is ever used without AVX-512.
-fn tile_portable(
-    x: &[f32],
-    stride: usize,
-    ks: std::ops::Range<usize>,
-    mr: usize,
-    panel: &[f32],
-    acc: &mut [[f32; NR]; MR],
-    accumulate: bool,
-) {
-    for (i, acc) in acc.iter_mut().take(mr).enumerate() {
-        if !accumulate {
-            acc.fill(0.0);
-        }
-        for (step, kk) in ks.clone().enumerate() {
-            let a = x[i * stride + kk];
-            for (o, &b) in acc.iter_mut().zip(&panel[step * NR..(step + 1) * NR]) {
-                *o = a.mul_add(b, *o);
-            }
-        }
-    }
-}
-
-/// `acc[i][j] (+)= Σ_{kk ∈ ks} x[i * stride + kk] · panel[(kk - ks.start) * NR + j]` for
-/// the first `mr` rows of `x`; `accumulate` adds to what `acc` holds. Along the way it
-/// fetches `prefetch` (whole cache lines; empty for none) into cache. Also the building
-/// block of the fused attention, where `x` is a head's columns inside wider rows.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn tile_product(
-    x: &[f32],
-    stride: usize,
-    ks: std::ops::Range<usize>,
-    mr: usize,
-    panel: &[f32],
-    acc: &mut [[f32; NR]; MR],
-    accumulate: bool,
-    prefetch: &[f32],
-) {
-    assert!(mr > 0 && mr <= MR && ks.end <= stride);
-    assert!(x.len() >= (mr - 1) * stride + ks.end && panel.len() >= ks.len() * NR);
-    let lines = prefetch.len() / LINE;
-    #[cfg(target_arch = "x86_64")]
-    if available() {
-        let a = x[ks.start..].as_ptr();
-        let (b, kc, pf) = (panel.as_ptr(), ks.len(), prefetch.as_ptr());
-        // SAFETY: the feature was just detected; the asserts above bound every read.
-        unsafe {
-            match mr {
-                8 => tile_avx512::<8>(a, stride, kc, b, acc, accumulate, pf, lines),
-                7 => tile_avx512::<7>(a, stride, kc, b, acc, accumulate, pf, lines),
-                6 => tile_avx512::<6>(a, stride, kc, b, acc, accumulate, pf, lines),
-                5 => tile_avx512::<5>(a, stride, kc, b, acc, accumulate, pf, lines),
-                4 => tile_avx512::<4>(a, stride, kc, b, acc, accumulate, pf, lines),
-                3 => tile_avx512::<3>(a, stride, kc, b, acc, accumulate, pf, lines),
-                2 => tile_avx512::<2>(a, stride, kc, b, acc, accumulate, pf, lines),
-                _ => tile_avx512::<1>(a, stride, kc, b, acc, accumulate, pf, lines),
-            }
-        }
-        return;
-    }
-    tile_portable(x, stride, ks, mr, panel, acc, accumulate);
-}
-
-/// f32 values per cache line.
-const LINE: usize = 16;
-
-/// `R` rows of `a` (row stride `lda`, `kc` channels) times a `kc x NR` panel slice,
-/// prefetching `lines` cache lines from `pf` along the way.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn tile_avx512<const R: usize>(
-    a: *const f32,
-    lda: usize,
-    kc: usize,
-    b: *const f32,
-    acc: &mut [[f32; NR]; MR],
-    accumulate: bool,
-    pf: *const f32,
-    lines: usize,
-) {
-    use std::arch::x86_64::*;
-    let mut c = [[_mm512_setzero_ps(); 2]; R];
-    if accumulate {
-        for (c, acc) in c.iter_mut().zip(acc.iter()) {
-            c[0] = _mm512_loadu_ps(acc.as_ptr());
-            c[1] = _mm512_loadu_ps(acc.as_ptr().add(16));
-        }
-    }
-    // The steps run in chunks of `every`, each led by `per_step` prefetches (at most
-    // two lines per step: the rate the kernel itself reads), so the inner loop carries
-    // no extra test.
-    let per_step = lines.div_ceil(kc.max(1)).min(2);
-    let every = (kc * per_step).checked_div(lines).unwrap_or(kc).max(1);
-    let mut next = 0;
-    let mut start = 0;
-    while start < kc {
-        let end = (start + every).min(kc);
-        for _ in 0..per_step {
-            if next < lines {
-                _mm_prefetch::<PF_HINT>(pf.add(next * LINE) as *const i8);
-                next += 1;
-            }
-        }
-        for step in start..end {
-            let b0 = _mm512_loadu_ps(b.add(step * NR));
-            let b1 = _mm512_loadu_ps(b.add(step * NR + 16));
-            for (i, c) in c.iter_mut().enumerate() {
-                let x = _mm512_set1_ps(*a.add(i * lda + step));
-                c[0] = _mm512_fmadd_ps(x, b0, c[0]);
-                c[1] = _mm512_fmadd_ps(x, b1, c[1]);
-            }
-        }
-        start = end;
-    }
-    for (c, acc) in c.iter().zip(acc.iter_mut()) {
-        _mm512_storeu_ps(acc.as_mut_ptr(), c[0]);
-        _mm512_storeu_ps(acc.as_mut_ptr().add(16), c[1]);
-    }
-}
-
-/// Where prefetched weights go: L2. Fetched into L1 they evicted the block in use (the
-/// block is all of L1), and 300 SST-2 dev sentences at batch 1 ran 9% slower.
-#[cfg(target_arch = "x86_64")]
-const PF_HINT: i32 = std::arch::x86_64::_MM_HINT_T1;
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -684,7 +382,7 @@ mod tests {
             (1540, 8, 1024),
             (1530, 3, 1031),
         ] {
-            let mut rand = crate::model::test_values(0x2545_f491);
+            let mut rand = super::super::test_values(0x2545_f491);
             let w: Vec<f32> = (0..n * k).map(|_| rand()).collect();
             let x: Vec<f32> = (0..m * k).map(|_| rand()).collect();
             let b: Vec<f32> = (0..n).map(|_| rand()).collect();
@@ -727,7 +425,7 @@ mod tests {
             }
             // The GELU epilogue gives exactly GELU of the plain output.
             let mut want = got.clone();
-            gelu_in_place(&mut want);
+            super::super::elementwise::gelu_slice_in_place(&mut want);
             let gelu = layer
                 .forward(
                     &Tensor::from_vec(x.clone(), (m, k), &dev)?,
@@ -750,7 +448,7 @@ mod tests {
     #[test]
     fn lead_columns_only_for_the_rows_asked() -> Result<()> {
         let (m, k, n, lead) = (21, 70, 3 * NR + 5, NR);
-        let mut rand = crate::model::test_values(0x1234_5678);
+        let mut rand = super::super::test_values(0x1234_5678);
         let dev = Device::Cpu;
         let w = Tensor::from_vec((0..n * k).map(|_| rand()).collect(), (n, k), &dev)?;
         let b = Tensor::from_vec((0..n).map(|_| rand()).collect(), n, &dev)?;
@@ -788,24 +486,5 @@ mod tests {
         assert_eq!(panels_per_task(1, 12, 1), 4);
         // Fewer panels than threads: one panel per task.
         assert_eq!(panels_per_task(1, 1, 2), 1);
-    }
-
-    #[test]
-    fn kernel_and_portable_code_agree() {
-        let (k, kc) = (40, 37);
-        let mut rand = crate::model::test_values(0x2545_f491);
-        let x: Vec<f32> = (0..MR * k).map(|_| rand()).collect();
-        let panel: Vec<f32> = (0..kc * NR).map(|_| rand()).collect();
-        for mr in 1..=MR {
-            for accumulate in [false, true] {
-                let mut want = [[0.5f32; NR]; MR];
-                tile_portable(&x, k, 2..2 + kc, mr, &panel, &mut want, accumulate);
-                let mut got = [[0.5f32; NR]; MR];
-                tile_product(&x, k, 2..2 + kc, mr, &panel, &mut got, accumulate, &[]);
-                for (g, w) in got.iter().flatten().zip(want.iter().flatten()) {
-                    assert!((g - w).abs() <= 1e-5, "mr {mr}: {g} vs {w}");
-                }
-            }
-        }
     }
 }

@@ -13,10 +13,11 @@
 //! work of an f32 FMA, which is where the speed comes from; other CPUs run the same
 //! integer arithmetic in portable code (same results, no speed-up).
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
-use super::ops::{par_tasks, SendPtr};
+use super::par::{par_tasks, Disjoint};
+use super::tensor;
 
 /// Input channels per quantization group (16 steps of `vpdpbusd`'s 4 bytes).
 const GROUP: usize = 64;
@@ -114,9 +115,18 @@ impl Q8Linear {
         })
     }
 
-    /// `x` is `[m, in]`, f32, contiguous; the result is `[m, out]`.
+    /// `x` is `[m, in]`, f32; the result is `[m, out]`.
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.apply_op1_no_bwd(self)
+        let (m, k) = x.dims2()?;
+        if k != self.k {
+            candle_core::bail!(
+                "q8-linear: input has {k} features, the layer takes {}",
+                self.k
+            );
+        }
+        let x = x.contiguous()?;
+        let y = tensor::read(&x, "q8-linear", |x| self.matmul(x, m))?;
+        tensor::from_vec(y, (m, self.n))
     }
 
     fn quantize_rows(&self, x: &[f32], m: usize) -> Rows {
@@ -150,9 +160,8 @@ impl Q8Linear {
         let row_tasks = m.div_ceil(MC);
         let col_tasks = panels.div_ceil(PANELS_PER_TASK);
         let mut y = vec![0f32; m * n];
-        // Each task owns a block of rows and columns; it writes through a raw pointer
-        // because the blocks interleave in memory.
-        let y_ptr = SendPtr(y.as_mut_ptr());
+        // Each task owns a block of rows and columns of `y`.
+        let y_out = Disjoint::new(&mut y);
         par_tasks(row_tasks * col_tasks, |t| {
             let (rt, ct) = (t / col_tasks, t % col_tasks);
             let row_range = rt * MC..((rt + 1) * MC).min(m);
@@ -177,14 +186,8 @@ impl Q8Linear {
                     tile(&a, groups, mr, &panel, &mut acc);
                     for (i, acc) in acc.iter().take(mr).enumerate() {
                         let r = r0 + i;
-                        // SAFETY: row r and these columns belong to this task alone, and
-                        // r < m, cols.end <= n keep the writes inside `y`.
-                        let out = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                y_ptr.get().add(r * n + cols.start),
-                                cols.len(),
-                            )
-                        };
+                        // SAFETY: row r and these columns belong to this task alone.
+                        let out = unsafe { y_out.part(r * n + cols.start, cols.len()) };
                         for ((o, a), b) in out.iter_mut().zip(acc).zip(&self.bias[cols.clone()]) {
                             *o = a + b;
                         }
@@ -217,6 +220,9 @@ fn quantize_group(x: &[f32], out: &mut [u8]) -> (f32, i32) {
 /// MiniLM q8 profile). Same arithmetic, so the same bytes: multiply then add (no FMA),
 /// clamp, and the conversion's default rounding (to nearest, ties to even) in place of
 /// `round_magic`.
+///
+/// # Safety
+/// The CPU must have AVX-512 F and BW; `x` and `out` must hold `GROUP` values each.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn quantize_full_group_avx512(x: &[f32], out: &mut [u8]) -> (f32, i32) {
@@ -262,8 +268,8 @@ dispatch_simd!(
     quantize_group_simd,
     |x: &[f32], out: &mut [u8], scale_zero: &mut (f32, i32)| {
         // The range always includes 0, so that 0 is exact.
-        let lo = super::ops::lane_min(x).min(0.0);
-        let hi = super::ops::lane_max(x).max(0.0);
+        let lo = super::elementwise::lane_min(x).min(0.0);
+        let hi = super::elementwise::lane_max(x).max(0.0);
         let s = if hi > lo { (hi - lo) / 255.0 } else { 1.0 };
         let inv = 1.0 / s;
         let z = round_magic((-lo * inv).clamp(0.0, 255.0));
@@ -371,6 +377,12 @@ fn tile_portable(
     }
 }
 
+/// The integer tile on VNNI: `vpdpbusd` multiplies 4 bytes per lane and adds them to the
+/// lane's i32 sum.
+///
+/// # Safety
+/// The CPU must have AVX-512 F, BW and VNNI; `a` and `panel` must hold `R` rows and
+/// `groups` groups (as `tile` asserts).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile_vnni<const R: usize>(
@@ -427,30 +439,6 @@ unsafe fn tile_vnni<const R: usize>(
     }
 }
 
-impl CustomOp1 for Q8Linear {
-    fn name(&self) -> &'static str {
-        "q8-linear"
-    }
-
-    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let CpuStorage::F32(data) = storage else {
-            candle_core::bail!("q8-linear: expected f32 activations");
-        };
-        let Some((start, end)) = layout.contiguous_offsets() else {
-            candle_core::bail!("q8-linear: expected contiguous activations");
-        };
-        let (m, k) = layout.shape().dims2()?;
-        if k != self.k {
-            candle_core::bail!(
-                "q8-linear: input has {k} features, the layer takes {}",
-                self.k
-            );
-        }
-        let y = self.matmul(&data[start..end], m);
-        Ok((CpuStorage::F32(y), Shape::from((m, self.n))))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -485,7 +473,7 @@ mod tests {
     fn matches_integer_reference_and_f32_on_odd_shapes() -> Result<()> {
         // Odd sizes on purpose: k not a multiple of 4 or 64, n not of 48, m not of 8 or 64.
         for &(m, k, n) in &[(1, 5, 3), (13, 37, 50), (70, 130, 97), (9, 384, 144)] {
-            let mut rand = crate::model::test_values(0x9e37_79b9);
+            let mut rand = super::super::test_values(0x9e37_79b9);
             let w: Vec<f32> = (0..k * n).map(|_| rand()).collect();
             // One channel ten times larger than the rest, as in BERT's activations.
             let x: Vec<f32> = (0..m * k)
@@ -525,7 +513,14 @@ mod tests {
 
     #[test]
     fn group_fast_path_equals_generic_code() {
-        let mut rand = crate::model::test_values(0x9e37_79b9);
+        if !vnni_available() {
+            super::super::skip(
+                "group_fast_path_equals_generic_code",
+                "this CPU has no AVX-512 VNNI (or BERT_CLI_PORTABLE is set): only the generic code runs",
+            );
+            return;
+        }
+        let mut rand = super::super::test_values(0x9e37_79b9);
         for spread in [0.0f32, 1e-3, 1.0, 40.0] {
             // Mostly positive (like GELU outputs), with exact ties to the rounding steps.
             let x: Vec<f32> = (0..GROUP)
@@ -549,6 +544,13 @@ mod tests {
 
     #[test]
     fn portable_and_vnni_kernels_agree() {
+        if !vnni_available() {
+            super::super::skip(
+                "portable_and_vnni_kernels_agree",
+                "this CPU has no AVX-512 VNNI (or BERT_CLI_PORTABLE is set): tile() would run the portable code itself",
+            );
+            return;
+        }
         let (mr, groups) = (8, 3);
         let kp = groups * GROUP;
         let data: Vec<u8> = (0..mr * kp).map(|i| (i * 37 % 251) as u8).collect();

@@ -1,0 +1,113 @@
+//! Hand-written CPU kernels, behind a safe API of tensors in and tensors out.
+//!
+//! Everything here is f32 on the CPU. The layers above choose, once at load, whether a
+//! model runs on these kernels or on candle's ops; inside, a kernel may still pick its
+//! own instruction set (the AVX-512 micro-kernel or its portable twin), always with the
+//! same results.
+//!
+//! - `gemm` packs a dense layer's weight once and multiplies by it (`microkernel` holds
+//!   the register tile, `store` the pass that adds bias, residual or GELU as it writes);
+//! - `q8` is the int8 dense layer of `--quantize q8`;
+//! - `attention` is multi-head attention in one task per (sequence, head), and
+//!   `cls_attention` the last layer's first-token query with keys and values folded in;
+//! - `elementwise` holds exp, GELU, softmax and LayerNorm rows; `embedding` the lookup
+//!   and sum of the embedding tables;
+//! - `tensor` is the one bridge between candle tensors and slices, `par` the parallel
+//!   loop and the one way tasks write disjoint parts of an output.
+
+/// Runs `body` compiled for the widest vector unit the CPU has (decided at run time, so
+/// the binary still runs on any x86-64). No fast-math: every path gives the same numbers.
+macro_rules! dispatch_simd {
+    ($vis:vis $name:ident, |$($arg:ident: $ty:ty),*| $(-> $ret:ty)? $body:block) => {
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn generic($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                /// # Safety
+                /// The CPU must have AVX-512 F.
+                #[target_feature(enable = "avx512f")]
+                unsafe fn avx512($($arg: $ty),*) $(-> $ret)? { generic($($arg),*) }
+                /// # Safety
+                /// The CPU must have AVX2 and FMA.
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) $(-> $ret)? { generic($($arg),*) }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has just been checked for the enabled features.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            generic($($arg),*)
+        }
+    };
+}
+
+mod attention;
+mod cls_attention;
+mod elementwise;
+mod embedding;
+mod gemm;
+mod microkernel;
+mod par;
+mod q8;
+mod store;
+mod tensor;
+
+pub use attention::{attention, real_length, Queries, SeqRows, Shape};
+pub use cls_attention::ClsAttention;
+pub use elementwise::{gelu_in_place, layer_norm_in_place, masked_softmax};
+pub use embedding::embedding_sum;
+pub use gemm::{Epilogue, PackedLinear};
+pub use q8::Q8Linear;
+
+/// Whether the packed f32 GEMM and fused attention run at full speed here: an x86-64 CPU
+/// with AVX-512 F, and `BERT_CLI_PORTABLE` unset. Without it they still give the same
+/// results through the portable micro-kernel, only slower than candle's matmul. Checked
+/// once.
+pub fn avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| std::arch::is_x86_feature_detected!("avx512f") && !portable_only())
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// `BERT_CLI_PORTABLE=1` turns off every AVX-512 kernel (the packed f32 layers and fused
+/// attention above, VNNI int8 here), so the portable path that CPUs without AVX-512 take
+/// can be checked, or chosen, on any machine. Read when a kernel is first chosen.
+pub fn portable_only() -> bool {
+    std::env::var_os("BERT_CLI_PORTABLE").is_some_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Whether the int8 layers have their fast kernel here (AVX-512 F, BW and VNNI); other
+/// CPUs run the same integer arithmetic in portable code. Checked once.
+pub fn vnni() -> bool {
+    q8::vnni_available()
+}
+
+/// A seeded xorshift source of values in [-1, 1) for the kernels' unit tests.
+#[cfg(test)]
+pub(crate) fn test_values(mut seed: u32) -> impl FnMut() -> f32 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
+    }
+}
+
+/// For unit tests whose subject does not run on this CPU: prints why the test checks
+/// nothing, so a pass is never mistaken for a check. Written to stderr directly, past the
+/// test harness's capture, so it shows in a plain `cargo test` run.
+#[cfg(test)]
+pub(crate) fn skip(test: &str, why: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {test}: {why}");
+}

@@ -1,0 +1,46 @@
+//! The activation between a feed-forward block's two projections.
+
+use anyhow::Result;
+use candle_core::Tensor;
+
+use super::Backend;
+use crate::kernels::cpu;
+
+/// An activation function, as configs name them (`hidden_act`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact GELU with erf, PyTorch's `nn.GELU()` and BERT's original choice.
+    GeluErf,
+    /// GELU's tanh approximation (`gelu_new`, `gelu_pytorch_tanh`).
+    GeluTanh,
+    /// Plain ReLU.
+    Relu,
+}
+
+impl Activation {
+    /// Applies the activation to `y`, a layer's fresh output that nothing else holds: on
+    /// the CPU in f32, exact GELU overwrites it, which saves the feed-forward's largest
+    /// buffer.
+    pub(crate) fn apply_fresh(self, y: Tensor, backend: Backend) -> Result<Tensor> {
+        Ok(match self {
+            Self::GeluErf if backend.cpu_f32() => {
+                let y = y.contiguous()?;
+                cpu::gelu_in_place(&y)?;
+                y
+            }
+            Self::GeluErf => y.gelu_erf()?,
+            Self::GeluTanh => y.gelu()?,
+            Self::Relu => y.relu()?,
+        })
+    }
+}
+
+impl std::fmt::Display for Activation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::GeluErf => "GELU (exact erf)",
+            Self::GeluTanh => "GELU (tanh approximation)",
+            Self::Relu => "ReLU",
+        })
+    }
+}

@@ -1,0 +1,60 @@
+//! LayerNorm over the last axis: `(x - mean) / sqrt(var + eps) * weight + bias`.
+
+use anyhow::Result;
+use candle_core::{Module, Tensor};
+use candle_nn::VarBuilder;
+
+use super::Backend;
+use crate::kernels::cpu;
+
+/// A LayerNorm layer: candle's, or the CPU kernel that normalises in place.
+pub enum LayerNorm {
+    /// candle-nn's layer.
+    Candle(candle_nn::LayerNorm),
+    /// The CPU kernel (f32), with the parameters as plain vectors.
+    Cpu {
+        weight: Vec<f32>,
+        bias: Vec<f32>,
+        eps: f32,
+    },
+}
+
+impl LayerNorm {
+    /// From `weight` and `bias`, both `[hidden]`.
+    pub fn new(weight: Tensor, bias: Tensor, eps: f64, backend: Backend) -> Result<Self> {
+        Ok(if backend.cpu_f32() {
+            Self::Cpu {
+                weight: weight.to_vec1()?,
+                bias: bias.to_vec1()?,
+                eps: eps as f32,
+            }
+        } else {
+            Self::Candle(candle_nn::LayerNorm::new(weight, bias, eps))
+        })
+    }
+
+    /// `weight`/`bias` of size `hidden` under `vb`, or `gamma`/`beta` as old TensorFlow
+    /// ports name them.
+    pub fn load(vb: VarBuilder, hidden: usize, eps: f64, backend: Backend) -> Result<Self> {
+        let (w, b) = if vb.contains_tensor("weight") || !vb.contains_tensor("gamma") {
+            (vb.get(hidden, "weight")?, vb.get(hidden, "bias")?)
+        } else {
+            (vb.get(hidden, "gamma")?, vb.get(hidden, "beta")?)
+        };
+        Self::new(w, b, eps, backend)
+    }
+
+    /// Normalises `x`, `[.., hidden]`. The CPU kernel overwrites `x`'s own buffer, so `x`
+    /// must be a fresh result that nothing else holds: callers pass the output of the op
+    /// just before.
+    pub fn forward_fresh(&self, x: Tensor) -> Result<Tensor> {
+        match self {
+            Self::Candle(norm) => Ok(norm.forward(&x)?),
+            Self::Cpu { weight, bias, eps } => {
+                let x = x.contiguous()?;
+                cpu::layer_norm_in_place(&x, weight, bias, *eps)?;
+                Ok(x)
+            }
+        }
+    }
+}

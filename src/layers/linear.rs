@@ -1,0 +1,190 @@
+//! Dense layers: `y = x Wᵀ + b` over the last axis, with what follows them (a residual,
+//! an activation) folded into the product where the backend can.
+
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+
+use super::{Activation, Backend};
+use crate::kernels::cpu;
+
+/// A dense layer applied to `[batch, seq, in]` as one `[batch * seq, in]` matrix product:
+/// one large GEMM instead of `batch` small ones (what `candle_nn::Linear` does for 3-D
+/// input).
+pub struct Linear {
+    weights: Weights,
+    bias: Tensor,
+    backend: Backend,
+}
+
+/// The weight in the form the layer computes with.
+enum Weights {
+    /// `[in, out]`, contiguous: the checkpoint's `[out, in]` transposed once at load, so
+    /// candle's GEMM reads it row-major and need not repack it on every call (which cost
+    /// more than the arithmetic for one short sentence).
+    Candle(Tensor),
+    /// Packed once for the CPU GEMM kernel, bias included.
+    Packed(cpu::PackedLinear),
+    /// int8, after `quantize_q8` (the bias is folded into its output pass).
+    Q8(cpu::Q8Linear),
+}
+
+/// What follows a dense layer.
+#[derive(Clone, Copy)]
+enum Then<'a> {
+    Nothing,
+    Activation(Activation),
+    /// A residual of the output's shape, added.
+    Residual(&'a Tensor),
+}
+
+impl Linear {
+    /// From a checkpoint-layout `[out, in]` weight and its `[out]` bias.
+    pub fn new(weight: Tensor, bias: Tensor, backend: Backend) -> Result<Self> {
+        let weights = match backend {
+            Backend::Kernels => Weights::Packed(cpu::PackedLinear::new(&weight, &bias)?),
+            Backend::Candle | Backend::CandleCpu { .. } => Weights::Candle(transpose(&weight)?),
+        };
+        Ok(Self {
+            weights,
+            bias,
+            backend,
+        })
+    }
+
+    /// `weight` `[out, in]` and `bias` `[out]` under `vb`, shapes checked.
+    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, backend: Backend) -> Result<Self> {
+        Self::new(
+            vb.get((out_dim, in_dim), "weight")?,
+            vb.get(out_dim, "bias")?,
+            backend,
+        )
+    }
+
+    /// Replaces the f32 weight by its int8 form (the f32 copy is freed). CPU and f32
+    /// only: the int8 kernel is a CPU one.
+    pub fn quantize_q8(&mut self) -> Result<()> {
+        if !self.backend.cpu_f32() {
+            anyhow::bail!("int8 layers run on the CPU in f32 only");
+        }
+        let q = match &self.weights {
+            Weights::Packed(p) => cpu::Q8Linear::new(&p.weight_t()?, &self.bias)?,
+            Weights::Candle(w) => cpu::Q8Linear::new(w, &self.bias)?,
+            Weights::Q8(_) => return Ok(()),
+        };
+        self.weights = Weights::Q8(q);
+        Ok(())
+    }
+
+    /// `[.., in]` -> `[.., out]`.
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_then(x, Then::Nothing)
+    }
+
+    /// The layer, then `act`.
+    pub fn forward_act(&self, x: &Tensor, act: Activation) -> Result<Tensor> {
+        self.forward_then(x, Then::Activation(act))
+    }
+
+    /// The layer, plus `residual` (of the output's shape).
+    pub fn forward_residual(&self, x: &Tensor, residual: &Tensor) -> Result<Tensor> {
+        self.forward_then(x, Then::Residual(residual))
+    }
+
+    /// The packed weight, where the layer runs on the GEMM kernel.
+    pub(super) fn packed(&self) -> Option<&cpu::PackedLinear> {
+        match &self.weights {
+            Weights::Packed(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// `[batch, seq, in]` -> `[batch, seq, out]` where only the first `lead` outputs of
+    /// the flattened rows `rows` and the outputs from `lead` on of every row are asked
+    /// for: on the GEMM kernel the rest is not computed (it holds zeros); otherwise
+    /// every output is.
+    pub(super) fn forward_lead_for_rows(
+        &self,
+        x: &Tensor,
+        lead: usize,
+        rows: &[usize],
+    ) -> Result<Tensor> {
+        let (b, t, i) = x.dims3()?;
+        match &self.weights {
+            Weights::Packed(p) => Ok(p
+                .forward_lead_for_rows(&x.reshape((b * t, i))?, lead, rows)?
+                .reshape((b, t, ()))?),
+            _ => self.forward(x),
+        }
+    }
+
+    /// The layer, then `then`: a residual or exact GELU in the GEMM kernel's output
+    /// pass, anything else as separate ops.
+    fn forward_then(&self, x: &Tensor, then: Then) -> Result<Tensor> {
+        let dims = x.dims();
+        let Some((&i, lead)) = dims.split_last() else {
+            anyhow::bail!("a dense layer needs an input with at least one axis");
+        };
+        let mut out_dims = lead.to_vec();
+        let rows: usize = lead.iter().product();
+        let x = x.reshape((rows, i))?;
+        let y = match &self.weights {
+            Weights::Packed(p) => {
+                let y = match then {
+                    Then::Residual(r) => {
+                        let r = r.reshape((rows, ()))?;
+                        p.forward(&x, cpu::Epilogue::BiasResidual(&r))?
+                    }
+                    Then::Activation(Activation::GeluErf) => {
+                        p.forward(&x, cpu::Epilogue::BiasGelu)?
+                    }
+                    _ => self.finish(p.forward(&x, cpu::Epilogue::Bias)?, then)?,
+                };
+                out_dims.push(y.dim(1)?);
+                return Ok(y.reshape(out_dims)?);
+            }
+            Weights::Candle(w) => x.matmul(w)?.broadcast_add(&self.bias)?,
+            Weights::Q8(q) => q.forward(&x)?,
+        };
+        let y = self.finish(y, then)?;
+        out_dims.push(y.dim(1)?);
+        Ok(y.reshape(out_dims)?)
+    }
+
+    /// `then` as separate ops on a fresh `[rows, out]` output.
+    fn finish(&self, y: Tensor, then: Then) -> Result<Tensor> {
+        Ok(match then {
+            Then::Nothing => y,
+            Then::Activation(act) => act.apply_fresh(y, self.backend)?,
+            Then::Residual(r) => (y + r.reshape(((), r.dim(candle_core::D::Minus1)?))?)?,
+        })
+    }
+}
+
+/// `[rows, cols]` -> `[cols, rows]`, contiguous. On the CPU in f32: groups of 16 output
+/// rows in parallel, each reading one cache line of every input row (candle's generic
+/// strided copy took most of bert-base's load time).
+fn transpose(w: &Tensor) -> Result<Tensor> {
+    use rayon::prelude::*;
+
+    if !(matches!(w.device(), Device::Cpu) && w.dtype() == DType::F32) {
+        return Ok(w.t()?.contiguous()?);
+    }
+    const GROUP: usize = 16;
+    let (rows, cols) = w.dims2()?;
+    let src = w.flatten_all()?.to_vec1::<f32>()?;
+    let mut dst = vec![0f32; rows * cols];
+    dst.par_chunks_mut(GROUP * rows)
+        .enumerate()
+        .for_each(|(g, out)| {
+            let c0 = g * GROUP;
+            let width = out.len() / rows;
+            for r in 0..rows {
+                let line = &src[r * cols + c0..r * cols + c0 + width];
+                for (j, &v) in line.iter().enumerate() {
+                    out[j * rows + r] = v;
+                }
+            }
+        });
+    Ok(Tensor::from_vec(dst, (cols, rows), w.device())?)
+}

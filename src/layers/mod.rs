@@ -1,0 +1,79 @@
+//! The building blocks every encoder family is made of: dense layers, LayerNorm, the
+//! embedding sum, self-attention, activations, and the row layout they share.
+//!
+//! Each block picks its implementation once, at load, from the model's `Backend`, and
+//! keeps it as an enum: its forward pass only dispatches on that. Model files build on
+//! these blocks and never see which implementation runs.
+
+mod activation;
+mod attention;
+mod embeddings;
+mod layer_norm;
+mod linear;
+mod sequences;
+
+use candle_core::{DType, Device};
+
+pub use activation::Activation;
+pub use attention::{Queries, SelfAttention};
+pub use embeddings::Embeddings;
+pub use layer_norm::LayerNorm;
+pub use linear::Linear;
+pub use sequences::Sequences;
+
+/// How a model's layers compute, chosen once when it loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// candle and candle-nn ops alone: GPUs and Metal.
+    Candle,
+    /// candle's ops for matrix products and split-head attention, with the CPU kernels
+    /// for the steps that run in f32 there (the attention softmax always; the embedding
+    /// sum, LayerNorm and GELU when the model is f32): CPUs without AVX-512, half
+    /// precision on the CPU, and `BERT_CLI_PORTABLE=1`.
+    CandleCpu {
+        /// Whether the model computes in f32.
+        model_f32: bool,
+    },
+    /// Every step on the CPU kernels, in f32: dense layers packed once for the GEMM
+    /// kernel (bias, residual or GELU applied as results are stored), attention fused
+    /// per (sequence, head), the last layer's first-token attention folded, and the rows
+    /// of each text's real tokens laid back to back. CPUs with AVX-512 F.
+    Kernels,
+}
+
+impl Backend {
+    /// The fastest backend for `dtype` on `device`.
+    ///
+    /// `BERT_CLI_PORTABLE=1` stays on candle's products on any CPU;
+    /// `BERT_CLI_FORCE_KERNELS=1` takes the CPU kernels even without AVX-512 (through
+    /// the portable micro-kernel: same results, slower than candle's matmul), so that
+    /// the kernel path can be tested on any CPU.
+    pub fn choose(device: &Device, dtype: DType) -> Self {
+        use crate::kernels::cpu;
+        if !device.is_cpu() {
+            return Self::Candle;
+        }
+        let model_f32 = dtype == DType::F32;
+        let forced =
+            std::env::var_os("BERT_CLI_FORCE_KERNELS").is_some_and(|v| !v.is_empty() && v != "0");
+        if model_f32 && !cpu::portable_only() && (cpu::avx512() || forced) {
+            Self::Kernels
+        } else {
+            Self::CandleCpu { model_f32 }
+        }
+    }
+
+    /// Whether the model is f32 on the CPU, where the element-wise kernels apply.
+    fn cpu_f32(self) -> bool {
+        matches!(self, Self::Kernels | Self::CandleCpu { model_f32: true })
+    }
+
+    /// In words, for `info` and warnings.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Candle => "candle ops",
+            Self::CandleCpu { .. } => "candle matrix products, CPU element-wise kernels",
+            Self::Kernels => "CPU kernels (packed GEMM, fused attention)",
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! Model architectures, one file per family, each a tree of small structs with
+//! `load(vb, cfg)` and `forward`, written against the layer toolkit (`crate::layers`)
+//! alone. Adding a family means one such file, its config fields and its head.
+
+pub mod bert;
+pub mod config;
+pub mod head;
+
+use anyhow::Result;
+use candle_core::Tensor;
+use candle_nn::VarBuilder;
+
+use crate::layers::Backend;
+use config::Config;
+use head::HeadPolicy;
+
+/// The model used when none is named: bert-base-uncased fine-tuned on SST-2.
+pub const DEFAULT_MODEL: &str = "JeremiahZ/bert-base-uncased-sst2";
+
+/// One padded batch, ready for the model: every tensor is `[batch, seq]` u32.
+pub struct Batch {
+    /// Token ids, padded with 0.
+    pub ids: Tensor,
+    /// Token type (segment) ids.
+    pub type_ids: Tensor,
+    /// 1 for real tokens, 0 for padding.
+    pub mask: Tensor,
+}
+
+/// What a forward pass returns.
+pub struct Output {
+    /// `[batch, num_labels]` f32 logits.
+    pub logits: Tensor,
+    /// Per layer `[batch, heads, seq, seq]` f32 probabilities; empty unless asked for.
+    pub attentions: Vec<Tensor>,
+}
+
+/// A sequence classifier of any family.
+pub trait Classifier: Send + Sync {
+    /// Classifies a padded batch; `keep_attention` also returns attention probabilities.
+    fn forward(&self, batch: &Batch, keep_attention: bool) -> Result<Output>;
+
+    /// Number of labels the head scores.
+    fn num_labels(&self) -> usize;
+
+    /// Whether the classification head came from the checkpoint (false: seeded).
+    fn head_is_trained(&self) -> bool;
+
+    /// Turns the encoder's dense layers into int8 ones for `--quantize q8` (CPU, f32).
+    fn quantize_q8(&mut self) -> Result<()>;
+}
+
+/// Builds the classifier `cfg` describes from the checkpoint under `vb`, its layers on
+/// `backend`.
+pub fn load(
+    vb: VarBuilder,
+    cfg: &Config,
+    policy: HeadPolicy,
+    backend: Backend,
+) -> Result<Box<dyn Classifier>> {
+    Ok(Box::new(bert::BertForSequenceClassification::load(
+        vb, cfg, policy, backend,
+    )?))
+}
