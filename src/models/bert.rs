@@ -71,6 +71,10 @@ impl BertForSequenceClassification {
         } else {
             bail!("no BERT encoder weights: expected tensor {probe} (with or without the \"bert.\" prefix)");
         };
+        // In checkpoint order: the large word table first, before the layers' load-time
+        // buffers come and go (loaded after them, it could not reuse their freed memory:
+        // 15 MiB more peak with MiniLM).
+        let embeddings = BertEmbeddings::load(bert.pp("embeddings"), cfg, backend)?;
         let layers = (0..cfg.num_layers)
             .map(|i| {
                 let last = i + 1 == cfg.num_layers;
@@ -78,7 +82,7 @@ impl BertForSequenceClassification {
             })
             .collect::<Result<_>>()?;
         Ok(Self {
-            embeddings: BertEmbeddings::load(bert.pp("embeddings"), cfg, backend)?,
+            embeddings,
             layers,
             head: BertHead::load(&vb, &bert, cfg, policy, backend)?,
             backend,
