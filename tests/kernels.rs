@@ -6,7 +6,7 @@
 
 mod common;
 
-use bert_cli::engine::{Engine, EngineOptions};
+use bert_cli::engine::Engine;
 use bert_cli::layers::Backend;
 use common::*;
 
@@ -34,14 +34,7 @@ fn cases(reference: &serde_json::Value) -> Vec<serde_json::Value> {
 }
 
 fn engine(quantize_q8: bool) -> Engine {
-    let engine = engine_with(
-        &minilm_sst2(),
-        &EngineOptions {
-            quantize_q8,
-            ..Default::default()
-        },
-    )
-    .unwrap();
+    let engine = minilm_engine(quantize_q8);
     assert_eq!(engine.backend, Backend::Kernels);
     engine
 }

@@ -100,14 +100,7 @@ fn a_text_scores_the_same_whatever_it_is_batched_with() {
     let long = "in exactly 89 minutes , most of which passed as slowly as if i 'd been sitting \
                 naked on an igloo , formula 51 sank from quirky to jerky to utter turkey .";
     for quantize_q8 in [false, true] {
-        let engine = engine_with(
-            &minilm_sst2(),
-            &EngineOptions {
-                quantize_q8,
-                ..Default::default()
-            },
-        )
-        .unwrap();
+        let engine = minilm_engine(quantize_q8);
         let (short, long) = (engine.encode(text).unwrap(), engine.encode(long).unwrap());
         assert!(long.ids.len() > short.ids.len() + 8, "the batch must pad");
         let alone = engine.predict(&[&short], false).unwrap().remove(0);

@@ -32,16 +32,17 @@ enum Scores {
 
 impl SelfAttention {
     /// From the `query`, `key` and `value` projections (`weight` `[hidden, hidden]`,
-    /// `bias` `[hidden]` under each), split into `heads`. `first_token_last`: this is the
-    /// last layer, which will mostly run with `Queries::First` (on the CPU kernels its
-    /// keys and values are then folded into the query, `cls_attention`).
+    /// `bias` `[hidden]` under each), split into `heads`. `fold_first_token`: this layer
+    /// will mostly run with `Queries::First` (an encoder's last layer under a
+    /// first-token head), so on the CPU kernels its keys and values are also kept folded
+    /// into the form a lone query uses (`cls_attention`).
     pub fn load(
         query: VarBuilder,
         key: VarBuilder,
         value: VarBuilder,
         hidden: usize,
         heads: usize,
-        first_token_last: bool,
+        fold_first_token: bool,
         backend: Backend,
     ) -> Result<Self> {
         let h = hidden;
@@ -55,7 +56,7 @@ impl SelfAttention {
         let (vw, vb) = (value.get((h, h), "weight")?, value.get(h, "bias")?);
         let scores = match backend {
             Backend::Kernels => Scores::Fused {
-                folded: (first_token_last && cpu::ClsAttention::fits(shape))
+                folded: (fold_first_token && cpu::ClsAttention::fits(shape))
                     .then(|| cpu::ClsAttention::new(&kw, &vw, &vb, shape))
                     .transpose()?,
             },

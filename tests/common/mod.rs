@@ -105,6 +105,15 @@ pub fn engine_with(
     bert_cli::engine::Engine::load(&files, candle_core::Device::Cpu, opts)
 }
 
+/// The MiniLM fixture on the CPU, its dense layers int8 when `quantize_q8`.
+pub fn minilm_engine(quantize_q8: bool) -> bert_cli::engine::Engine {
+    let opts = bert_cli::engine::EngineOptions {
+        quantize_q8,
+        ..Default::default()
+    };
+    engine_with(&minilm_sst2(), &opts).unwrap()
+}
+
 /// Every reference case's prediction, in padded batches of `batch` (input order kept).
 pub fn predict_in_batches(
     engine: &bert_cli::engine::Engine,

@@ -87,3 +87,29 @@ impl<'a> Disjoint<'a> {
         self.ptr.add(start)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tasks_fill_disjoint_parts_and_a_part_past_the_end_panics() {
+        let mut buf = vec![0f32; 12];
+        let out = Disjoint::new(&mut buf);
+        // Three tasks, each owning every third float (parts that interleave).
+        par_tasks(3, |t| {
+            for i in (t..12).step_by(3) {
+                // SAFETY: float i belongs to task i % 3 alone.
+                unsafe { out.part(i, 1)[0] = t as f32 + 1.0 };
+            }
+        });
+        assert_eq!(buf, [1., 2., 3., 1., 2., 3., 1., 2., 3., 1., 2., 3.]);
+        let out = Disjoint::new(&mut buf);
+        // SAFETY: nothing else holds `buf`; the part is out of bounds and must panic
+        // before any access.
+        let past = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe {
+            out.part(10, 3).len()
+        }));
+        assert!(past.is_err(), "a part past the end must panic");
+    }
+}
