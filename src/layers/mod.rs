@@ -54,8 +54,7 @@ impl Backend {
             return Self::Candle;
         }
         let model_f32 = dtype == DType::F32;
-        let forced =
-            std::env::var_os("BERT_CLI_FORCE_KERNELS").is_some_and(|v| !v.is_empty() && v != "0");
+        let forced = cpu::env_flag("BERT_CLI_FORCE_KERNELS");
         if model_f32 && !cpu::portable_only() && (cpu::avx512() || forced) {
             Self::Kernels
         } else {

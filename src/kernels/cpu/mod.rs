@@ -83,7 +83,12 @@ pub fn avx512() -> bool {
 /// attention above, VNNI int8 here), so the portable path that CPUs without AVX-512 take
 /// can be checked, or chosen, on any machine. Read when a kernel is first chosen.
 pub fn portable_only() -> bool {
-    std::env::var_os("BERT_CLI_PORTABLE").is_some_and(|v| !v.is_empty() && v != "0")
+    env_flag("BERT_CLI_PORTABLE")
+}
+
+/// Whether the environment variable `name` is set to something other than empty or "0".
+pub fn env_flag(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
 /// Whether the int8 layers have their fast kernel here (AVX-512 F, BW and VNNI); other
