@@ -9,6 +9,7 @@ reaches, and a cold one-shot classification against the same job in Python.
 """
 import argparse
 import json
+import math
 import os
 import platform
 import random
@@ -96,6 +97,60 @@ def bert_base_random():
     return out
 
 
+# Base-sized random models of the other families: (config class kwargs, model_type, the
+# committed fixture whose tokenizer they borrow). Speed does not depend on weight values or
+# on which tokens a text becomes, only on how many; each tool tokenizes with the same files.
+FAMILY_BASES = {
+    "distilbert-base": ("distilbert", dict(vocab_size=30522, dim=768, n_layers=6, n_heads=12, hidden_dim=3072,
+                                           max_position_embeddings=512)),
+    "roberta-base": ("roberta", dict(vocab_size=50265, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                     intermediate_size=3072, max_position_embeddings=514, type_vocab_size=1,
+                                     pad_token_id=1, bos_token_id=0, eos_token_id=2, layer_norm_eps=1e-5)),
+    "electra-base": ("electra", dict(vocab_size=30522, embedding_size=768, hidden_size=768, num_hidden_layers=12,
+                                     num_attention_heads=12, intermediate_size=3072, max_position_embeddings=512)),
+    "deberta-v3-base": ("deberta-v3", dict(vocab_size=128100, hidden_size=768, num_hidden_layers=12,
+                                           num_attention_heads=12, intermediate_size=3072,
+                                           max_position_embeddings=512, relative_attention=True,
+                                           position_buckets=256, max_relative_positions=-1,
+                                           pos_att_type=["p2c", "c2p"], share_att_key=True,
+                                           norm_rel_ebd="layer_norm", position_biased_input=False,
+                                           type_vocab_size=0, layer_norm_eps=1e-7, pooler_hidden_size=768,
+                                           pooler_hidden_act="gelu")),
+}
+
+
+def family_base_random(name):
+    """A base-sized classifier of another family with random weights and the tokenizer of
+    its committed test fixture."""
+    out = CACHE / f"{name}-random"
+    if (out / "model.safetensors").exists():
+        return out
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    fixture, kwargs = FAMILY_BASES[name]
+    src = ROOT / "tests/fixtures/families" / fixture
+    model_type = json.loads((src / "config.json").read_text())["model_type"]
+    log(f"bench: generating {name}-shaped random weights (once)")
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(model_type, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"},
+                               label2id={"NEGATIVE": 0, "POSITIVE": 1}, **kwargs)
+    model = AutoModelForSequenceClassification.from_config(cfg).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    for f in src.iterdir():
+        if f.name not in ("config.json", "model.safetensors"):
+            shutil.copyfile(f, out / f.name)
+    return out
+
+
+def arch(cfg):
+    """hidden, intermediate, layers, heads under any family's key names."""
+    get = lambda *keys: next(cfg[k] for k in keys if k in cfg)
+    return (get("hidden_size", "dim"), get("intermediate_size", "hidden_dim"),
+            get("num_hidden_layers", "n_layers"), get("num_attention_heads", "n_heads"))
+
+
 def flops(cfg, lengths):
     """FLOPs bert-cli performs for sequences of these (unpadded) lengths: every layer in
     full but the last, which runs for [CLS] alone (the classifier reads nothing else):
@@ -103,8 +158,7 @@ def flops(cfg, lengths):
     score and one weighted sum per token, the sum through Wv), the output projection and
     the feed-forward. Counting the full last layer would credit bert-cli with work it
     skips."""
-    h, i, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
-    heads = cfg["num_attention_heads"]
+    h, i, layers, heads = arch(cfg)
     full = lambda t: 2 * t * (4 * h * h + 2 * h * i) + 4 * t * t * h
     last = lambda t: 2 * (3 * h * h + 2 * heads * t * h) + 2 * (h * h + 2 * h * i)
     return sum((layers - 1) * full(t) + last(t) for t in lengths)
@@ -112,50 +166,81 @@ def flops(cfg, lengths):
 
 # ---------------------------------------------------------------- tools
 
-def batches(tok, texts, batch, sort):
+def batches(tok, texts, batch, sort, limit=512):
     order = list(range(len(texts)))
     if sort:
-        lens = [len(tok(t, truncation=True, max_length=512)["input_ids"]) for t in texts]
+        lens = [len(tok(t, truncation=True, max_length=limit)["input_ids"]) for t in texts]
         order.sort(key=lambda k: lens[k])
     for s in range(0, len(order), batch):
         yield [texts[k] for k in order[s:s + batch]]
 
 
+def max_tokens(model_dir):
+    cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    n = cfg["max_position_embeddings"]
+    if cfg.get("model_type") in ("roberta", "xlm-roberta", "camembert"):
+        n -= cfg.get("pad_token_id", 1) + 1
+    return min(n, 512)
+
+
 def run_pytorch(model_dir, texts, batch, sort, threads):
     import torch
-    from transformers import AutoTokenizer, BertForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     torch.set_num_threads(threads)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = BertForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
+    limit = max_tokens(model_dir)
     t0 = time.perf_counter()
     with torch.inference_mode():
-        for chunk in batches(tok, texts, batch, sort):
-            enc = tok(chunk, padding=True, truncation=True, max_length=512, return_tensors="pt")
+        for chunk in batches(tok, texts, batch, sort, limit):
+            enc = tok(chunk, padding=True, truncation=True, max_length=limit, return_tensors="pt")
             model(**enc)
     return time.perf_counter() - t0
 
 
 def onnx_model(model_dir, name):
-    """Exports to ONNX once and optimises with onnxruntime's transformer optimizer."""
+    """Exports to ONNX once and optimises with onnxruntime's transformer optimizer; None
+    where the export fails (the table then says so)."""
     path = CACHE / f"{name}.opt.onnx"
     if path.exists():
         return path
     import torch
     from onnxruntime.transformers.optimizer import optimize_model
-    from transformers import BertForSequenceClassification
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     log(f"bench: exporting {name} to ONNX and optimising (once)")
-    model = BertForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
+    inputs = AutoTokenizer.from_pretrained(model_dir).model_input_names
     raw = CACHE / f"{name}.onnx"
     ids = torch.ones((2, 16), dtype=torch.long)
+    example = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "token_type_ids": torch.zeros_like(ids)}
+    names = [n for n in example if n in inputs]
     axes = {0: "batch", 1: "seq"}
-    torch.onnx.export(model, (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(raw),
-                      input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["logits"],
-                      dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes,
-                                    "logits": {0: "batch"}}, opset_version=17, dynamo=False)
+
+    class Positional(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, *args):
+            return self.m(**dict(zip(names, args))).logits
+
+    try:
+        torch.onnx.export(Positional(model), tuple(example[n] for n in names), str(raw),
+                          input_names=names, output_names=["logits"],
+                          dynamic_axes={**{n: axes for n in names}, "logits": {0: "batch"}},
+                          opset_version=17, dynamo=False)
+    except Exception as e:  # noqa: BLE001 - any exporter failure means "no ORT baseline"
+        log(f"bench: ONNX export of {name} failed ({type(e).__name__}: {str(e)[:200]}); no ONNX Runtime baseline")
+        return None
     cfg = model.config
-    opt = optimize_model(str(raw), model_type="bert", num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size)
+    kind = "bert" if cfg.model_type in ("bert", "distilbert", "electra", "roberta", "xlm-roberta", "camembert") else None
+    if kind is None:
+        shutil.copyfile(raw, path)
+        return path
+    h, _, _, heads = arch(cfg.to_dict())
+    opt = optimize_model(str(raw), model_type=kind, num_heads=heads, hidden_size=h)
     opt.save_model_to_file(str(path))
     return path
 
@@ -171,9 +256,10 @@ def run_ort(model_dir, onnx_path, texts, batch, sort, threads):
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     tok = AutoTokenizer.from_pretrained(model_dir)
     names = {i.name for i in sess.get_inputs()}
+    limit = max_tokens(model_dir)
     t0 = time.perf_counter()
-    for chunk in batches(tok, texts, batch, sort):
-        enc = tok(chunk, padding=True, truncation=True, max_length=512, return_tensors="np")
+    for chunk in batches(tok, texts, batch, sort, limit):
+        enc = tok(chunk, padding=True, truncation=True, max_length=limit, return_tensors="np")
         sess.run(None, {k: v.astype("int64") for k, v in enc.items() if k in names})
     return time.perf_counter() - t0
 
@@ -272,7 +358,10 @@ def main():
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs per timing, fastest kept, for every tool alike (this machine is noisy); "
                          "unsorted batches, slowest for every tool, run once")
-    ap.add_argument("--models", default="minilm-l6,bert-base", help="comma-separated subset")
+    ap.add_argument("--models", default="minilm-l6,bert-base",
+                    help="comma-separated; also " + ", ".join(FAMILY_BASES) + " (base-sized random models of "
+                         "the other families)")
+    ap.add_argument("--no-batch1", action="store_true", help="skip the batch-1 runs")
     ap.add_argument("--workloads", default="sst2-dev,rt-snippets,exact-128,exact-512", help="comma-separated subset")
     args = ap.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -290,6 +379,9 @@ def main():
     models = {"minilm-l6": FIXTURE} if "minilm-l6" in wanted else {}
     if not args.quick and "bert-base" in wanted:
         models["bert-base"] = bert_base_random()
+    for name in FAMILY_BASES:
+        if not args.quick and name in wanted:
+            models[name] = family_base_random(name)
     if args.quick:
         workloads = {"sst2-dev": dev, "exact-128": workloads["exact-128"][:64]}
     workloads = {k: v for k, v in workloads.items() if k in args.workloads.split(",")}
@@ -305,8 +397,9 @@ def main():
     for mname, mdir in models.items():
         cfg = json.loads((Path(mdir) / "config.json").read_text())
         onnx_path = onnx_model(mdir, mname)
+        mtok = AutoTokenizer.from_pretrained(mdir)
         for wname, texts in workloads.items():
-            lengths = [len(tok(t, truncation=True, max_length=512)["input_ids"]) for t in texts]
+            lengths = [len(mtok(t, truncation=True, max_length=max_tokens(mdir))["input_ids"]) for t in texts]
             ntok = sum(lengths)
             results = {}
 
@@ -319,18 +412,20 @@ def main():
             # noise, where back-to-back repeats of one tool could catch a slow minute alone.
             plan = []
             variants = [("sorted b32", 32, True), ("unsorted b32", 32, False)]
-            if not args.quick and wname == "sst2-dev":
+            batch1 = not args.quick and not args.no_batch1 and wname == "sst2-dev"
+            if batch1:
                 variants.append(("b1", 1, False))
             for config, batch, sort in variants:
                 once = not sort and batch != 1
                 plan.append(("pytorch", config, once,
                              lambda b=batch, s=sort: run_pytorch(mdir, texts, b, s, args.threads)))
-                plan.append(("onnxruntime", config, once,
-                             lambda b=batch, s=sort: run_ort(mdir, onnx_path, texts, b, s, args.threads)))
+                if onnx_path is not None:
+                    plan.append(("onnxruntime", config, once,
+                                 lambda b=batch, s=sort: run_ort(mdir, onnx_path, texts, b, s, args.threads)))
             plan.append((args.label, "b32", False, lambda: run_bert_cli(args.binary, mdir, texts, 32, args.threads)))
             plan.append((args.label, "q8 b32", False,
                          lambda: run_bert_cli(args.binary, mdir, texts, 32, args.threads, ["--quantize", "q8"])))
-            if not args.quick and wname == "sst2-dev":
+            if batch1:
                 plan.append((args.label, "b1", False, lambda: run_bert_cli(args.binary, mdir, texts, 1, args.threads)))
             runs = {}
             for r in range(args.repeat):
@@ -344,7 +439,8 @@ def main():
             rss = max(r[1] for r in cli_runs)
             startup = min(r[2] for r in cli_runs)
             q8_secs = results[(args.label, "q8 b32")]
-            best = lambda tool: min(v for (t, c), v in results.items() if t == tool and c != "b1")
+            best = lambda tool: min((v for (t, c), v in results.items() if t == tool and c != "b1"),
+                                    default=float("nan"))
             ours = results[(args.label, "b32")]
             row = {
                 "model": mname, "workload": wname,
@@ -356,7 +452,7 @@ def main():
                 f32_labels = bert_cli_labels(args.binary, mdir, texts, args.threads)
                 q8_labels = bert_cli_labels(args.binary, mdir, texts, args.threads, ["--quantize", "q8"])
                 row["q8_agree"] = sum(a == b for a, b in zip(f32_labels, q8_labels)) / len(texts)
-            if (args.label, "b1") in results:
+            if (args.label, "b1") in results and ("onnxruntime", "b1") in results:
                 row["b1_vs_ort_b1"] = results[("onnxruntime", "b1")] / results[(args.label, "b1")]
             summary.append(row)
     print()
@@ -365,7 +461,8 @@ def main():
     for r in summary:
         b1 = f"{r['b1_vs_ort_b1']:.2f}x" if "b1_vs_ort_b1" in r else "-"
         agree = f"{100 * r['q8_agree']:.2f}%" if "q8_agree" in r else "-"
-        print(f"| {r['model']} | {r['workload']} | {r['vs_pytorch']:.2f}x | {r['vs_ort']:.2f}x | {b1} | "
+        ort = "-" if math.isnan(r["vs_ort"]) else f"{r['vs_ort']:.2f}x"
+        print(f"| {r['model']} | {r['workload']} | {r['vs_pytorch']:.2f}x | {ort} | {b1} | "
               f"{r['rss_mb']:.0f} MB | {100 * r['peak_share']:.0f}% | {r['startup']:.2f} s | "
               f"{r['q8_vs_pytorch']:.2f}x | {agree} |")
     print()

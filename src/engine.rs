@@ -17,7 +17,7 @@ const DEFAULT_MODEL_LABELS: [&str; 2] = ["NEGATIVE", "POSITIVE"];
 /// Choices that shape how a checkpoint is loaded.
 #[derive(Debug, Clone, Default)]
 pub struct EngineOptions {
-    /// Truncation length in tokens; `None` means the model's `max_position_embeddings`.
+    /// Truncation length in tokens; `None` means the most the model reads.
     pub max_length: Option<usize>,
     /// Label names that replace generic `LABEL_n` ones.
     pub labels: Option<Vec<String>>,
@@ -79,9 +79,10 @@ impl Engine {
     pub fn load(files: &ModelFiles, device: Device, opts: &EngineOptions) -> Result<Self> {
         let cfg = Config::from_file(&files.config)?;
         let max_length = match opts.max_length {
-            None => cfg.max_position_embeddings,
-            Some(n) if n > cfg.max_position_embeddings => bail!(
-                "--max-length {n} exceeds what the model can read: its max_position_embeddings is {}",
+            None => cfg.max_tokens(),
+            Some(n) if n > cfg.max_tokens() => bail!(
+                "--max-length {n} exceeds what the model can read: {} tokens (max_position_embeddings {})",
+                cfg.max_tokens(),
                 cfg.max_position_embeddings
             ),
             Some(n) => n,
@@ -118,6 +119,15 @@ impl Engine {
             TokenizerPaths::Vocab(v, c) => TokenizerFiles::Vocab {
                 vocab: v,
                 config: c.as_deref(),
+            },
+            TokenizerPaths::Bpe {
+                vocab,
+                merges,
+                config,
+            } => TokenizerFiles::Bpe {
+                vocab,
+                merges,
+                config: config.as_deref(),
             },
         };
         let tokenizer = TextTokenizer::load(tokenizer, max_length, cfg.vocab_size)?;

@@ -1,14 +1,19 @@
-//! Text to token ids: `tokenizer.json` when the checkpoint has one, else a BERT WordPiece
-//! tokenizer rebuilt from `vocab.txt` the way `transformers` converts it.
+//! Text to token ids: `tokenizer.json` when the checkpoint has one, else the family's
+//! tokenizer rebuilt from its own files the way `transformers` converts them: WordPiece
+//! from `vocab.txt` (BERT, DistilBERT, ELECTRA), byte-level BPE from `vocab.json` and
+//! `merges.txt` (RoBERTa).
 
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
+use tokenizers::decoders::byte_level::ByteLevel;
+use tokenizers::models::bpe::BPE;
 use tokenizers::models::wordpiece::WordPiece;
 use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
+use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::{AddedToken, Tokenizer, TruncationParams, TruncationStrategy};
 
 /// One tokenized input, truncated to the model's limit.
@@ -35,6 +40,16 @@ pub enum TokenizerFiles<'a> {
         /// Optional `tokenizer_config.json`.
         config: Option<&'a Path>,
     },
+    /// Byte-level BPE, with `tokenizer_config.json` when present (for
+    /// `add_prefix_space`).
+    Bpe {
+        /// `vocab.json`: token to id.
+        vocab: &'a Path,
+        /// `merges.txt`: the merge rules, in order.
+        merges: &'a Path,
+        /// Optional `tokenizer_config.json`.
+        config: Option<&'a Path>,
+    },
 }
 
 /// A tokenizer that truncates to a fixed length and never pads (batches pad themselves).
@@ -48,6 +63,21 @@ struct TokenizerConfig {
     do_lower_case: Option<bool>,
     strip_accents: Option<bool>,
     tokenize_chinese_chars: Option<bool>,
+    add_prefix_space: Option<bool>,
+}
+
+impl TokenizerConfig {
+    fn read(path: Option<&Path>) -> Result<Self> {
+        match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("cannot read {}", p.display()))?;
+                serde_json::from_str(&text)
+                    .with_context(|| format!("invalid tokenizer config {}", p.display()))
+            }
+            None => Ok(Self::default()),
+        }
+    }
 }
 
 impl TextTokenizer {
@@ -58,6 +88,11 @@ impl TextTokenizer {
             TokenizerFiles::Json(path) => Tokenizer::from_file(path)
                 .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?,
             TokenizerFiles::Vocab { vocab, config } => from_vocab(vocab, config)?,
+            TokenizerFiles::Bpe {
+                vocab,
+                merges,
+                config,
+            } => from_bpe(vocab, merges, config)?,
         };
         if max_length < 2 {
             bail!("--max-length must be at least 2 ([CLS] and [SEP]), got {max_length}");
@@ -103,15 +138,7 @@ impl TextTokenizer {
 
 /// Rebuilds BERT's tokenizer from `vocab.txt`, as `BertTokenizerFast` would.
 fn from_vocab(vocab: &Path, config: Option<&Path>) -> Result<Tokenizer> {
-    let cfg: TokenizerConfig = match config {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("cannot read {}", p.display()))?;
-            serde_json::from_str(&text)
-                .with_context(|| format!("invalid tokenizer config {}", p.display()))?
-        }
-        None => TokenizerConfig::default(),
-    };
+    let cfg = TokenizerConfig::read(config)?;
     let vocab_str = vocab
         .to_str()
         .ok_or_else(|| anyhow!("vocab path {} is not UTF-8", vocab.display()))?;
@@ -142,6 +169,49 @@ fn from_vocab(vocab: &Path, config: Option<&Path>) -> Result<Tokenizer> {
         .iter()
         .filter(|t| tok.token_to_id(t).is_some())
         .map(|t| AddedToken::from(*t, true))
+        .collect();
+    tok.add_special_tokens(specials)
+        .map_err(|e| anyhow!("cannot register special tokens: {e}"))?;
+    Ok(tok)
+}
+
+/// Rebuilds RoBERTa's tokenizer from `vocab.json` and `merges.txt`, as
+/// `RobertaTokenizerFast` converts them: byte-level pre-tokenizer and decoder, `<s> ...
+/// </s>` around each text, `<mask>` taking the space before it.
+fn from_bpe(vocab: &Path, merges: &Path, config: Option<&Path>) -> Result<Tokenizer> {
+    let cfg = TokenizerConfig::read(config)?;
+    let utf8 = |p: &Path| {
+        p.to_str()
+            .ok_or_else(|| anyhow!("path {} is not UTF-8", p.display()))
+            .map(str::to_string)
+    };
+    let model = BPE::from_file(&utf8(vocab)?, &utf8(merges)?)
+        .build()
+        .map_err(|e| {
+            anyhow!(
+                "cannot read the BPE vocabulary {} with merges {}: {e}",
+                vocab.display(),
+                merges.display()
+            )
+        })?;
+    let id = |tok: &str| {
+        tokenizers::Model::token_to_id(&model, tok)
+            .ok_or_else(|| anyhow!("vocabulary {} has no {tok} token", vocab.display()))
+    };
+    let (cls, sep) = (id("<s>")?, id("</s>")?);
+    let prefix_space = cfg.add_prefix_space.unwrap_or(false);
+    let mut tok = Tokenizer::new(model);
+    tok.with_pre_tokenizer(Some(ByteLevel::new(prefix_space, true, true)));
+    tok.with_decoder(Some(ByteLevel::default()));
+    tok.with_post_processor(Some(
+        RobertaProcessing::new(("</s>".into(), sep), ("<s>".into(), cls))
+            .trim_offsets(true)
+            .add_prefix_space(prefix_space),
+    ));
+    let specials: Vec<AddedToken> = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+        .iter()
+        .filter(|t| tok.token_to_id(t).is_some())
+        .map(|&t| AddedToken::from(t, true))
         .collect();
     tok.add_special_tokens(specials)
         .map_err(|e| anyhow!("cannot register special tokens: {e}"))?;

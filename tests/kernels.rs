@@ -94,4 +94,16 @@ fn kernel_path_matches_pytorch_and_ignores_batching() {
     );
 
     assert_attention_matches_pytorch(&f32);
+
+    // Every family through the same kernels (on this CPU's default path only where it
+    // has AVX-512; tests/families.rs runs them whole there).
+    for name in FAMILIES {
+        let engine = family_engine(name);
+        assert_eq!(engine.backend, bert_cli::layers::Backend::Kernels);
+        let worst = assert_family_matches_pytorch(name, &engine, Some(96));
+        let attention = assert_family_attention_matches_pytorch(name, &engine);
+        say(&format!(
+            "kernel path: {name}: worst logit difference {worst:e}, attention {attention:e}"
+        ));
+    }
 }

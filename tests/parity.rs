@@ -248,7 +248,7 @@ fn long_input_is_truncated_to_512_tokens() {
     .err()
     .unwrap();
     assert!(
-        format!("{err:#}").contains("max_position_embeddings is 512"),
+        format!("{err:#}").contains("512 tokens (max_position_embeddings 512)"),
         "{err:#}"
     );
 }

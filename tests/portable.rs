@@ -44,4 +44,14 @@ fn portable_path_matches_pytorch() {
     );
 
     assert_attention_matches_pytorch(&engine);
+
+    for name in FAMILIES {
+        let engine = family_engine(name);
+        assert_eq!(engine.backend, Backend::CandleCpu { model_f32: true });
+        let worst = assert_family_matches_pytorch(name, &engine, Some(96));
+        let attention = assert_family_attention_matches_pytorch(name, &engine);
+        say(&format!(
+            "portable path: {name}: worst logit difference {worst:e}, attention {attention:e}"
+        ));
+    }
 }

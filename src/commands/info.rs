@@ -18,7 +18,8 @@ pub fn run(args: ModelRefArgs) -> Result<u8> {
         candle_core::DType::F32,
         &candle_core::Device::Cpu,
     )?;
-    let head = vb.contains_tensor("classifier.weight");
+    let head =
+        vb.contains_tensor("classifier.weight") || vb.contains_tensor("classifier.out_proj.weight");
     let mut out = io::stdout().lock();
     writeln!(out, "model:        {}", files.id)?;
     if let Some(dir) = &files.cache_dir {
@@ -26,10 +27,16 @@ pub fn run(args: ModelRefArgs) -> Result<u8> {
     }
     writeln!(
         out,
-        "architecture: BERT, {} layers, {} heads, hidden size {}, feed-forward {}, {}",
-        cfg.num_layers, cfg.num_heads, cfg.hidden_size, cfg.intermediate_size, cfg.hidden_act
+        "architecture: {} (model_type {}), {} layers, {} heads, hidden size {}, feed-forward {}, {}",
+        cfg.family_name(),
+        cfg.model_type,
+        cfg.num_layers,
+        cfg.num_heads,
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.hidden_act
     )?;
-    writeln!(out, "max length:   {} tokens", cfg.max_position_embeddings)?;
+    writeln!(out, "max length:   {} tokens", cfg.max_tokens())?;
     writeln!(out, "vocabulary:   {} tokens", cfg.vocab_size)?;
     writeln!(
         out,

@@ -38,18 +38,53 @@ impl ModelFiles {
                 files.push(v);
                 files.extend(c.as_deref());
             }
+            TokenizerPaths::Bpe {
+                vocab,
+                merges,
+                config,
+            } => {
+                files.extend([vocab.as_path(), merges.as_path()]);
+                files.extend(config.as_deref());
+            }
         }
         files
     }
 }
 
-/// `tokenizer.json`, or the `vocab.txt` it is rebuilt from.
+/// `tokenizer.json`, or the family's own files it can be rebuilt from.
 #[derive(Debug, Clone)]
 pub enum TokenizerPaths {
     /// A fast-tokenizer file.
     Json(PathBuf),
     /// A WordPiece vocabulary and, when present, `tokenizer_config.json`.
     Vocab(PathBuf, Option<PathBuf>),
+    /// RoBERTa's byte-level BPE: `vocab.json`, `merges.txt` and, when present,
+    /// `tokenizer_config.json`.
+    Bpe {
+        vocab: PathBuf,
+        merges: PathBuf,
+        config: Option<PathBuf>,
+    },
+}
+
+/// Tokenizer files in the order they are preferred (`merges.txt` goes with `vocab.json`).
+const TOKENIZER_FILES: [&str; 3] = ["tokenizer.json", "vocab.txt", "vocab.json"];
+
+/// SentencePiece models (XLM-R, CamemBERT, DeBERTa-v3), which only a `tokenizer.json`
+/// beside them makes usable here.
+const SENTENCEPIECE_FILES: [&str; 2] = ["sentencepiece.bpe.model", "spm.model"];
+
+/// The error for a model without a tokenizer bert-cli can read, naming what it has.
+fn no_tokenizer(what: &str, sentencepiece: Option<&str>) -> anyhow::Error {
+    match sentencepiece {
+        Some(spm) => anyhow!(
+            "{what} has only a SentencePiece tokenizer ({spm}); bert-cli needs its tokenizer.json \
+             (convert it once with transformers: AutoTokenizer.from_pretrained(...).save_pretrained(folder))"
+        ),
+        None => anyhow!(
+            "{what} has no tokenizer: expected tokenizer.json, vocab.txt (WordPiece) or vocab.json + merges.txt (byte-level BPE)"
+        ),
+    }
 }
 
 /// How to get files from the hub.
@@ -125,13 +160,20 @@ fn from_folder(dir: &Path) -> Result<ModelFiles> {
             WEIGHT_FILES.join(", ")
         ),
     };
-    let tokenizer = match (have("tokenizer.json"), have("vocab.txt")) {
-        (Some(j), _) => TokenizerPaths::Json(j),
-        (None, Some(v)) => TokenizerPaths::Vocab(v, have("tokenizer_config.json")),
-        (None, None) => bail!(
-            "{} has no tokenizer: expected tokenizer.json or vocab.txt",
-            dir.display()
-        ),
+    let config_file = have("tokenizer_config.json");
+    let tokenizer = if let Some(j) = have("tokenizer.json") {
+        TokenizerPaths::Json(j)
+    } else if let Some(v) = have("vocab.txt") {
+        TokenizerPaths::Vocab(v, config_file)
+    } else if let (Some(vocab), Some(merges)) = (have("vocab.json"), have("merges.txt")) {
+        TokenizerPaths::Bpe {
+            vocab,
+            merges,
+            config: config_file,
+        }
+    } else {
+        let spm = SENTENCEPIECE_FILES.iter().find(|f| have(f).is_some());
+        return Err(no_tokenizer(&dir.display().to_string(), spm.copied()));
     };
     Ok(ModelFiles {
         id: dir.display().to_string(),
@@ -178,9 +220,17 @@ fn from_hub(id: &str, remote: &Remote) -> Result<ModelFiles> {
     } else {
         vec![path]
     };
-    let tokenizer = match first_of(remote, &["tokenizer.json", "vocab.txt"])? {
-        (name, p) if name == "tokenizer.json" => TokenizerPaths::Json(p),
-        (_, p) => TokenizerPaths::Vocab(p, remote.fetch("tokenizer_config.json").ok()),
+    let tokenizer = match first_of(remote, &TOKENIZER_FILES) {
+        Ok((name, p)) if name == "tokenizer.json" => TokenizerPaths::Json(p),
+        Ok((name, p)) if name == "vocab.txt" => {
+            TokenizerPaths::Vocab(p, remote.fetch("tokenizer_config.json").ok())
+        }
+        Ok((_, vocab)) => TokenizerPaths::Bpe {
+            vocab,
+            merges: required(remote, "merges.txt")?,
+            config: remote.fetch("tokenizer_config.json").ok(),
+        },
+        Err(e) => return Err(e.context(no_tokenizer(id, None))),
     };
     Ok(ModelFiles {
         id: id.to_string(),

@@ -15,6 +15,8 @@ pub enum Activation {
     GeluTanh,
     /// Plain ReLU.
     Relu,
+    /// tanh (BERT's and RoBERTa's heads).
+    Tanh,
 }
 
 impl Activation {
@@ -31,6 +33,7 @@ impl Activation {
             Self::GeluErf => y.gelu_erf()?,
             Self::GeluTanh => y.gelu()?,
             Self::Relu => y.relu()?,
+            Self::Tanh => y.tanh()?,
         })
     }
 }
@@ -41,6 +44,7 @@ impl std::fmt::Display for Activation {
             Self::GeluErf => "GELU (exact erf)",
             Self::GeluTanh => "GELU (tanh approximation)",
             Self::Relu => "ReLU",
+            Self::Tanh => "tanh",
         })
     }
 }

@@ -7,6 +7,7 @@
 
 mod activation;
 mod attention;
+mod disentangled;
 mod embeddings;
 mod layer_norm;
 mod linear;
@@ -16,7 +17,8 @@ use candle_core::{DType, Device};
 
 pub use activation::Activation;
 pub use attention::{Queries, SelfAttention};
-pub use embeddings::Embeddings;
+pub use disentangled::{DisentangledAttention, RelativePositions};
+pub use embeddings::{Embeddings, Positions};
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use sequences::Sequences;
@@ -47,10 +49,11 @@ impl Backend {
     /// `BERT_CLI_PORTABLE=1` stays on candle's products on any CPU;
     /// `BERT_CLI_FORCE_KERNELS=1` takes the CPU kernels even without AVX-512 (through
     /// the portable micro-kernel: same results, slower than candle's matmul), so that
-    /// the kernel path can be tested on any CPU.
+    /// the kernel path can be tested on any CPU; `BERT_CLI_CANDLE_OPS=1` takes the GPU's
+    /// path (candle ops alone) on the CPU, so that it can be tested without a GPU.
     pub fn choose(device: &Device, dtype: DType) -> Self {
         use crate::kernels::cpu;
-        if !device.is_cpu() {
+        if !device.is_cpu() || cpu::env_flag("BERT_CLI_CANDLE_OPS") {
             return Self::Candle;
         }
         let model_f32 = dtype == DType::F32;

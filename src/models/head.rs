@@ -5,8 +5,9 @@ use anyhow::{bail, Result};
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
+use super::config::Config;
 use super::DEFAULT_MODEL;
-use crate::layers::{Backend, Linear};
+use crate::layers::{Activation, Backend, Linear};
 
 /// What to do when the checkpoint has no trained classification head.
 #[derive(Debug, Clone, Copy)]
@@ -28,15 +29,110 @@ pub fn refuse_bare_encoder() -> anyhow::Error {
     )
 }
 
-/// A trained classifier's `[num_labels, hidden]` weight under `name`, its shape checked
-/// against the hidden size; returns it with its label count.
-pub fn classifier_weight(vb: &VarBuilder, name: &str, hidden: usize) -> Result<(Tensor, usize)> {
+/// A trained classifier's `[num_labels, width]` weight `name` under `vb` (`full_name`
+/// in messages), its shape checked; returns it with its label count.
+fn classifier_weight(
+    vb: &VarBuilder,
+    name: &str,
+    full_name: &str,
+    width: usize,
+) -> Result<(Tensor, usize)> {
     let w = vb.get_unchecked(name)?;
     let (num_labels, in_dim) = w.dims2()?;
-    if in_dim != hidden {
-        bail!("tensor {name} has shape [{num_labels}, {in_dim}], expected [num_labels, {hidden}] (hidden_size)");
+    if in_dim != width {
+        bail!(
+            "tensor {full_name} has shape [{num_labels}, {in_dim}], expected [num_labels, {width}]"
+        );
     }
     Ok((w, num_labels))
+}
+
+/// The head every supported family puts on its encoder: the first token's hidden state,
+/// a dense layer and its activation, then the projection to the labels. Only the names
+/// differ: BERT's `bert.pooler.dense` + tanh + `classifier`, RoBERTa's
+/// `classifier.dense` + tanh + `classifier.out_proj`, ELECTRA's the same with GELU,
+/// DistilBERT's `pre_classifier` + ReLU + `classifier`, DeBERTa's `pooler.dense` +
+/// `pooler_hidden_act` + `classifier`.
+pub struct FirstTokenHead {
+    dense: Linear,
+    act: Activation,
+    out: Linear,
+    num_labels: usize,
+    /// False when the layers were seeded, not loaded.
+    pub trained: bool,
+}
+
+impl FirstTokenHead {
+    /// `dense` and `out` are where the two layers' `weight` and `bias` live; `dense` maps
+    /// the hidden size to `width`, `out` maps `width` to the labels (as many as its
+    /// weight has rows). Without `out` the policy decides: refuse, or seed both layers
+    /// (the dense one only where the checkpoint lacks it).
+    #[allow(clippy::too_many_arguments)]
+    pub fn load(
+        dense: VarBuilder,
+        out: VarBuilder,
+        width: usize,
+        act: Activation,
+        cfg: &Config,
+        policy: HeadPolicy,
+        backend: Backend,
+    ) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let has_dense = dense.contains_tensor("weight");
+        let load_dense = || Linear::load(dense.clone(), h, width, backend);
+        if out.contains_tensor("weight") {
+            if !has_dense {
+                bail!(
+                    "the checkpoint has {}.weight but no {}.weight; a {} sequence classifier needs both",
+                    out.prefix(),
+                    dense.prefix(),
+                    cfg.family_name()
+                );
+            }
+            let name = format!("{}.weight", out.prefix());
+            let (w, num_labels) = classifier_weight(&out, "weight", &name, width)?;
+            let bias = out.get(num_labels, "bias")?;
+            return Ok(Self {
+                dense: load_dense()?,
+                act,
+                out: Linear::new(w, bias, backend)?,
+                num_labels,
+                trained: true,
+            });
+        }
+        if !policy.allow_untrained {
+            return Err(refuse_bare_encoder());
+        }
+        let mut seeder = Seeder::default();
+        let std = cfg.initializer_range;
+        let dense = if has_dense {
+            load_dense()?
+        } else {
+            seeder.linear(h, width, std, &out, backend)?
+        };
+        let n = policy.num_labels.max(1);
+        Ok(Self {
+            dense,
+            act,
+            out: seeder.linear(width, n, std, &out, backend)?,
+            num_labels: n,
+            trained: false,
+        })
+    }
+
+    /// Labels scored.
+    pub fn num_labels(&self) -> usize {
+        self.num_labels
+    }
+
+    /// `hidden` is the encoder's `[batch, seq, hidden]`; returns `[batch, num_labels]`
+    /// logits from each sequence's first token.
+    pub fn forward(&self, hidden: &Tensor) -> Result<Tensor> {
+        // Contiguous: BLAS backends (MKL, Accelerate) need unit-stride rows.
+        let first = hidden.narrow(1, 0, 1)?.contiguous()?;
+        let pooled = self.dense.forward_act(&first, self.act)?;
+        Ok(self.out.forward(&pooled)?.squeeze(1)?)
+    }
 }
 
 /// Seeded random layers for an untrained head: the same on every run and machine.

@@ -4,14 +4,19 @@
 
 pub mod bert;
 pub mod config;
+pub mod deberta_v2;
+pub mod distilbert;
+pub mod electra;
+pub mod encoder;
 pub mod head;
+pub mod roberta;
 
 use anyhow::Result;
 use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use crate::layers::Backend;
-use config::Config;
+use config::{Config, Family};
 use head::HeadPolicy;
 
 /// The model used when none is named: bert-base-uncased fine-tuned on SST-2.
@@ -58,7 +63,11 @@ pub fn load(
     policy: HeadPolicy,
     backend: Backend,
 ) -> Result<Box<dyn Classifier>> {
-    Ok(Box::new(bert::BertForSequenceClassification::load(
-        vb, cfg, policy, backend,
-    )?))
+    Ok(match cfg.family {
+        Family::Bert => Box::new(bert::load(vb, cfg, policy, backend)?),
+        Family::DistilBert => Box::new(distilbert::load(vb, cfg, policy, backend)?),
+        Family::Roberta => Box::new(roberta::load(vb, cfg, policy, backend)?),
+        Family::Electra => Box::new(electra::load(vb, cfg, policy, backend)?),
+        Family::DebertaV2 => Box::new(deberta_v2::load(vb, cfg, policy, backend)?),
+    })
 }

@@ -168,3 +168,107 @@ pub fn assert_attention_matches_pytorch(engine: &bert_cli::engine::Engine) {
         }
     }
 }
+
+/// The model families with a committed fixture (`tests/fixtures/families/<name>`) and
+/// reference (`tests/fixtures/reference/family-<name>.json`), from
+/// `scripts/make_families.py`.
+pub const FAMILIES: [&str; 7] = [
+    "distilbert",
+    "roberta",
+    "xlm-roberta",
+    "camembert",
+    "electra",
+    "deberta-v3",
+    "deberta-v2",
+];
+
+/// A family fixture's folder.
+pub fn family_dir(name: &str) -> PathBuf {
+    committed("families").join(name)
+}
+
+/// A family fixture on the CPU with default options.
+pub fn family_engine(name: &str) -> bert_cli::engine::Engine {
+    engine_with(&family_dir(name), &Default::default()).unwrap_or_else(|e| panic!("{name}: {e:#}"))
+}
+
+/// Checks `engine` (family `name`) against its PyTorch reference on the first `limit`
+/// cases (all when `None`), in padded batches of 32: token ids identical, logits within
+/// 1e-4, labels identical. Returns the worst logit difference.
+pub fn assert_family_matches_pytorch(
+    name: &str,
+    engine: &bert_cli::engine::Engine,
+    limit: Option<usize>,
+) -> f32 {
+    let reference = reference(&format!("family-{name}"));
+    let all = reference["cases"].as_array().unwrap();
+    // The edge cases are last; a limited run takes them and the first dev sentences.
+    let cases: Vec<Value> = match limit {
+        Some(n) => {
+            let edge = all
+                .iter()
+                .filter(|c| !c["name"].as_str().unwrap().starts_with("dev-"));
+            all.iter().take(n).chain(edge).cloned().collect()
+        }
+        None => all.clone(),
+    };
+    let mut worst = 0f32;
+    let preds = predict_in_batches(engine, &cases, 32);
+    for (p, c) in preds.iter().zip(&cases) {
+        let case = c["name"].as_str().unwrap();
+        let got = engine.encode(c["text"].as_str().unwrap()).unwrap();
+        assert_eq!(got.ids, ids(&c["ids"]), "{name} {case}: token ids");
+        let d = max_diff(&p.logits, &floats(&c["logits"]));
+        assert!(d < 1e-4, "{name} {case}: logits off by {d}");
+        assert_eq!(
+            p.top as u64,
+            c["label"].as_u64().unwrap(),
+            "{name} {case}: label"
+        );
+        worst = worst.max(d);
+    }
+    worst
+}
+
+/// The family's attention cases in one padded batch: every layer and head within 1e-5
+/// of PyTorch over the real tokens, rows summing to 1. Returns the worst difference.
+pub fn assert_family_attention_matches_pytorch(
+    name: &str,
+    engine: &bert_cli::engine::Engine,
+) -> f32 {
+    let reference = reference(&format!("family-{name}"));
+    let cases = reference["attention"].as_array().unwrap();
+    let encoded: Vec<_> = cases
+        .iter()
+        .map(|c| engine.encode(c["text"].as_str().unwrap()).unwrap())
+        .collect();
+    let preds = engine
+        .predict(&encoded.iter().collect::<Vec<_>>(), true)
+        .unwrap();
+    let mut worst = 0f32;
+    for ((c, e), p) in cases.iter().zip(&encoded).zip(&preds) {
+        assert_eq!(e.ids, ids(&c["ids"]), "{name}: attention case ids");
+        let got = p.attention.as_ref().unwrap();
+        let want = c["attention"].as_array().unwrap();
+        assert_eq!(got.len(), want.len(), "{name}: layers");
+        for (l, (gl, wl)) in got.iter().zip(want).enumerate() {
+            let wl = wl.as_array().unwrap();
+            assert_eq!(gl.len(), wl.len(), "{name}: heads");
+            for (h, (gh, wh)) in gl.iter().zip(wl).enumerate() {
+                assert_eq!(gh.len(), e.ids.len());
+                for (q, (grow, wrow)) in gh.iter().zip(wh.as_array().unwrap()).enumerate() {
+                    let d = max_diff(grow, &floats(wrow));
+                    worst = worst.max(d);
+                    assert!(
+                        d < 1e-5,
+                        "{name} {:?} layer {l} head {h} row {q}: off by {d}",
+                        c["text"]
+                    );
+                    let sum: f32 = grow.iter().sum();
+                    assert!((sum - 1.0).abs() < 1e-5, "row sums to {sum}");
+                }
+            }
+        }
+    }
+    worst
+}

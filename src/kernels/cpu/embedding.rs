@@ -4,17 +4,19 @@ use candle_core::{bail, Result, Tensor};
 
 use super::tensor;
 
-/// `[batch, seq, hidden]` where token `(b, s)` is the sum of rows `word[ids]`,
-/// `token_type[type_ids]` and `position[s]`, added in that order (candle's order, so the
-/// same bits as its ops). `ids` and `type_ids` are `[batch, seq]` u32; the tables are
-/// `[rows, hidden]` f32 on the CPU. Ids outside a table are errors naming the id.
+/// `[batch, seq, hidden]` where token `r` (flattened) is the sum of rows `word[ids[r]]`,
+/// `token_type[type_ids[r]]` and `position.0[position.1[r]]`, added in that order
+/// (candle's order, so the same bits as its ops). `ids` and `type_ids` are `[batch,
+/// seq]` u32; the tables are `[rows, hidden]` f32 on the CPU; the position ids, one per
+/// token, are the caller's (families number positions differently). Ids outside a table
+/// are errors naming the id.
 ///
 /// As candle ops (three lookups, a range, two adds) this made six tensors; with its
 /// LayerNorm it took about 2% of classifying one short sentence at a time.
 pub fn embedding_sum(
     word: &Tensor,
     token_type: Option<&Tensor>,
-    position: &Tensor,
+    position: Option<(&Tensor, &[u32])>,
     ids: &Tensor,
     type_ids: &Tensor,
 ) -> Result<Tensor> {
@@ -31,9 +33,19 @@ pub fn embedding_sum(
     if h == 0 {
         bail!("word_embeddings has no columns (hidden size 0)");
     }
-    let positions = position.dim(0)?;
-    if seq > positions {
-        bail!("{seq} tokens, but the model has position embeddings for {positions}");
+    if let Some((table, position_ids)) = position {
+        let rows = table.dim(0)?;
+        if position_ids.len() != ids.len() {
+            bail!(
+                "{} position ids for [{batch}, {seq}] token ids",
+                position_ids.len()
+            );
+        }
+        if let Some(&p) = position_ids.iter().find(|&&p| p as usize >= rows) {
+            bail!(
+                "{seq} tokens need position {p}, but the model has position embeddings for {rows}"
+            );
+        }
     }
     if let Some(&id) = ids.iter().find(|&&id| id as usize >= vocab) {
         bail!("token id {id} is outside the model's vocabulary of {vocab}");
@@ -65,6 +77,8 @@ pub fn embedding_sum(
     if let Some(table) = token_type {
         add_rows(table, "token_type_embeddings", &|r| types[r] as usize)?;
     }
-    add_rows(position, "position_embeddings", &|r| r % seq)?;
+    if let Some((table, position_ids)) = position {
+        add_rows(table, "position_embeddings", &|r| position_ids[r] as usize)?;
+    }
     tensor::from_vec(out, (batch, seq, h))
 }

@@ -1,0 +1,291 @@
+//! Every supported family against PyTorch `transformers` (eager, f32) on its committed
+//! random checkpoint: token ids, logits, labels and attention on every parity case,
+//! batching invariance, tokenizers rebuilt from the family's own files, and the binary
+//! end to end. On this CPU's default backend; tests/portable.rs, tests/kernels.rs and
+//! tests/candle_ops.rs repeat a subset on the others.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use serde_json::Value;
+
+/// One family, whole: every reference case and the attention cases.
+fn parity(name: &str) {
+    let engine = family_engine(name);
+    let worst = assert_family_matches_pytorch(name, &engine, None);
+    let attention = assert_family_attention_matches_pytorch(name, &engine);
+    let cases = reference(&format!("family-{name}"))["cases"]
+        .as_array()
+        .unwrap()
+        .len();
+    say(&format!(
+        "{name} ({}): {cases} cases, worst logit difference {worst:e}, worst attention difference {attention:e}",
+        engine.backend.describe()
+    ));
+}
+
+/// The same texts alone and in one padded batch of 48 give the same logits (within
+/// 1e-5) and labels: padding and batch neighbours change nothing.
+fn batch_invariance(name: &str) {
+    let engine = family_engine(name);
+    let reference = reference(&format!("family-{name}"));
+    let cases = reference["cases"].as_array().unwrap();
+    // Short, long and edge cases together, so padding is heavy.
+    let picked: Vec<Value> = cases
+        .iter()
+        .take(40)
+        .chain(cases.iter().rev().take(8))
+        .cloned()
+        .collect();
+    let batched = predict_in_batches(&engine, &picked, picked.len());
+    let alone = predict_in_batches(&engine, &picked, 1);
+    let mut bitwise = true;
+    for ((b, a), c) in batched.iter().zip(&alone).zip(&picked) {
+        let d = max_diff(&b.logits, &a.logits);
+        bitwise &= d == 0.0;
+        assert!(
+            d < 1e-5,
+            "{name} {}: batched vs alone off by {d}",
+            c["name"]
+        );
+        assert_eq!(b.top, a.top, "{name} {}", c["name"]);
+    }
+    say(&format!(
+        "{name}: batch of {} vs one at a time: {}",
+        picked.len(),
+        if bitwise {
+            "bitwise identical"
+        } else {
+            "within 1e-5"
+        }
+    ));
+}
+
+/// Copies the fixture without `tokenizer.json`.
+fn without_tokenizer_json(name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(family_dir(name)).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "tokenizer.json" {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    dir
+}
+
+/// A repo without `tokenizer.json` tokenizes every case identically from the family's
+/// own files (WordPiece `vocab.txt`, or byte-level BPE `vocab.json` + `merges.txt`).
+fn native_tokenizer(name: &str, native: &str) {
+    let dir = without_tokenizer_json(name);
+    assert!(dir.path().join(native).is_file(), "{name} has no {native}");
+    let engine = engine_with(dir.path(), &Default::default()).unwrap();
+    let reference = reference(&format!("family-{name}"));
+    for c in reference["cases"].as_array().unwrap() {
+        let got = engine.encode(c["text"].as_str().unwrap()).unwrap();
+        assert_eq!(
+            got.ids,
+            ids(&c["ids"]),
+            "{name} from {native}: {}",
+            c["name"]
+        );
+    }
+}
+
+/// A SentencePiece-only repo is refused, naming the file it has and the one it needs.
+fn sentencepiece_only(name: &str, spm: &str) {
+    let dir = without_tokenizer_json(name);
+    let err = engine_with(dir.path(), &Default::default()).err().unwrap();
+    let msg = format!("{err:#}");
+    assert!(msg.contains(spm) && msg.contains("tokenizer.json"), "{msg}");
+}
+
+macro_rules! family {
+    ($module:ident, $name:literal, $tokenizer:expr) => {
+        mod $module {
+            use super::*;
+
+            #[test]
+            fn matches_pytorch_on_every_case() {
+                parity($name);
+            }
+
+            #[test]
+            fn batching_changes_nothing() {
+                batch_invariance($name);
+            }
+
+            #[test]
+            fn tokenizes_from_its_own_files() {
+                let (file, sentencepiece): (&str, bool) = $tokenizer;
+                if sentencepiece {
+                    sentencepiece_only($name, file);
+                } else {
+                    native_tokenizer($name, file);
+                }
+            }
+        }
+    };
+}
+
+family!(distilbert, "distilbert", ("vocab.txt", false));
+family!(roberta, "roberta", ("merges.txt", false));
+family!(
+    xlm_roberta,
+    "xlm-roberta",
+    ("sentencepiece.bpe.model", true)
+);
+family!(camembert, "camembert", ("sentencepiece.bpe.model", true));
+family!(electra, "electra", ("vocab.txt", false));
+family!(deberta_v3, "deberta-v3", ("spm.model", true));
+family!(deberta_v2, "deberta-v2", ("spm.model", true));
+
+fn bert_cli() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bert-cli"));
+    c.env_remove("BERT_CLI_MODEL").env("HF_HUB_OFFLINE", "1");
+    c
+}
+
+/// The binary on each family: labels and scores as PyTorch's for the first dev
+/// sentences, `info` naming the family.
+#[test]
+fn cli_classifies_with_every_family() {
+    for name in FAMILIES {
+        let reference = reference(&format!("family-{name}"));
+        let cases = &reference["cases"].as_array().unwrap()[..6];
+        let dir = family_dir(name);
+        let out = bert_cli()
+            .args(["classify", "--format", "jsonl", "--all-scores", "--model"])
+            .arg(&dir)
+            .args(cases.iter().map(|c| c["text"].as_str().unwrap()))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let config: Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap())
+                .unwrap();
+        let labels = &config["id2label"];
+        let lines: Vec<Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), cases.len());
+        for (line, c) in lines.iter().zip(cases) {
+            let want = &labels[c["label"].as_u64().unwrap().to_string()];
+            assert_eq!(&line["label"], want, "{name}: {line}");
+        }
+        let info = bert_cli().arg("info").arg(&dir).output().unwrap();
+        let text = String::from_utf8(info.stdout).unwrap();
+        let model_type = config["model_type"].as_str().unwrap();
+        assert!(
+            text.contains(&format!("model_type {model_type}"))
+                && text.contains("trained classifier"),
+            "{name}: {text}"
+        );
+    }
+}
+
+/// `--dump-attention` on RoBERTa names its own special tokens.
+#[test]
+fn attention_dump_uses_the_family_tokens() {
+    let dump = tempfile::NamedTempFile::new().unwrap();
+    let out = bert_cli()
+        .args(["classify", "--model"])
+        .arg(family_dir("roberta"))
+        .arg("--dump-attention")
+        .arg(dump.path())
+        .arg("the cat jumped")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(dump.path()).unwrap()).unwrap();
+    let tokens = doc[0]["tokens"].as_array().unwrap();
+    assert_eq!(tokens.first().unwrap(), "<s>");
+    assert_eq!(tokens.last().unwrap(), "</s>");
+    // RoBERTa's multi-label fixture scores each label with a sigmoid.
+    let probs = doc[0]["prediction"]["probs"].as_array().unwrap();
+    let sum: f64 = probs.iter().map(|p| p.as_f64().unwrap()).sum();
+    assert!(
+        (sum - 1.0).abs() > 1e-3,
+        "sigmoid scores should not sum to 1: {sum}"
+    );
+}
+
+/// An unsupported `model_type` is refused before any weight is read, naming the type and
+/// the families that are supported.
+#[test]
+fn unsupported_family_is_refused_before_the_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("config.json", r#"{"model_type": "bart", "d_model": 16}"#);
+    // Not a checkpoint: reading it would fail with a different message.
+    write("model.safetensors", "garbage");
+    write("vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n");
+    let out = bert_cli()
+        .args(["classify", "--model"])
+        .arg(dir.path())
+        .arg("x")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("\"bart\"") && err.contains("deberta-v2") && !err.contains("safetensors"),
+        "{err}"
+    );
+}
+
+/// `--quantize q8` and `--dtype bf16` run every family: finite scores, and labels that
+/// mostly agree with PyTorch f32 (random weights sit closer to the decision boundaries
+/// than trained ones, so the bar is lower than MiniLM's 98%).
+#[test]
+fn int8_and_bf16_run_every_family() {
+    use bert_cli::engine::EngineOptions;
+    for name in FAMILIES {
+        let reference = reference(&format!("family-{name}"));
+        let cases = &reference["cases"].as_array().unwrap()[..200];
+        for (what, opts) in [
+            (
+                "q8",
+                EngineOptions {
+                    quantize_q8: true,
+                    ..Default::default()
+                },
+            ),
+            (
+                "bf16",
+                EngineOptions {
+                    dtype: Some(candle_core::DType::BF16),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let engine = engine_with(&family_dir(name), &opts).unwrap();
+            let preds = predict_in_batches(&engine, cases, 32);
+            let agree = preds
+                .iter()
+                .zip(cases)
+                .filter(|(p, c)| p.top as u64 == c["label"].as_u64().unwrap())
+                .count();
+            assert!(preds.iter().all(|p| p.logits.iter().all(|x| x.is_finite())));
+            say(&format!(
+                "{name} {what}: {agree}/{} labels as PyTorch f32",
+                cases.len()
+            ));
+            assert!(
+                agree * 100 >= cases.len() * 85,
+                "{name} {what}: {agree} agree"
+            );
+        }
+    }
+}
