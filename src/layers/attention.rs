@@ -145,30 +145,53 @@ impl SelfAttention {
         keep_probs: bool,
         cpu_softmax: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let (b, t, _) = qkv.dims3()?;
+        let b = qkv.dim(0)?;
         let cpu::Shape { heads, head_dim } = self.shape;
-        // [b, t, 3, heads, d] -> [3, b, heads, t, d]: one copy gives contiguous Q, K and V.
-        let qkv = qkv
-            .reshape((b, t, 3, heads, head_dim))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let (q, k, v) = separate_qkv(qkv, heads, head_dim)?;
         let q = match queries {
             Queries::All => q,
             Queries::First => q.narrow(2, 0, 1)?.contiguous()?,
         };
         let scores = q.matmul(&k.t()?)?;
-        // Softmax in f32 whatever the model dtype: half-precision exponentials of large
-        // logits overflow, and the padding bias must stay a finite number, not -inf.
-        let in_dtype = scores.dtype();
-        let scores = scores.to_dtype(DType::F32)?;
-        let probs = if cpu_softmax {
-            cpu::masked_softmax(&scores.contiguous()?, &mask_bias.contiguous()?)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores.broadcast_add(mask_bias)?)?
-        };
-        let ctx = probs.to_dtype(in_dtype)?.matmul(&v)?;
+        let (ctx, probs) = softmax_context(scores, mask_bias, &v, cpu_softmax)?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, ctx.dim(2)?, ()))?;
         Ok((ctx, keep_probs.then_some(probs)))
     }
+}
+
+/// `[b, t, 3 * heads * d]` stacked projections -> Q, K, V, each `[b, heads, t, d]`: one
+/// copy gives all three contiguous.
+pub(super) fn separate_qkv(
+    qkv: &Tensor,
+    heads: usize,
+    d: usize,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, t, _) = qkv.dims3()?;
+    let qkv = qkv
+        .reshape((b, t, 3, heads, d))?
+        .permute((2, 0, 3, 1, 4))?
+        .contiguous()?;
+    Ok((qkv.get(0)?, qkv.get(1)?, qkv.get(2)?))
+}
+
+/// Softmax of `scores` `[b, heads, q, k]` with the padding bias, then the context
+/// `[b, heads, q, d]` from `v`; returns both (the probabilities in f32).
+///
+/// Softmax runs in f32 whatever the model dtype: half-precision exponentials of large
+/// logits overflow, and the padding bias must stay a finite number, not -inf.
+pub(super) fn softmax_context(
+    scores: Tensor,
+    mask_bias: &Tensor,
+    v: &Tensor,
+    cpu_softmax: bool,
+) -> Result<(Tensor, Tensor)> {
+    let in_dtype = scores.dtype();
+    let scores = scores.to_dtype(DType::F32)?;
+    let probs = if cpu_softmax {
+        cpu::masked_softmax(&scores.contiguous()?, &mask_bias.contiguous()?)?
+    } else {
+        candle_nn::ops::softmax_last_dim(&scores.broadcast_add(mask_bias)?)?
+    };
+    let ctx = probs.to_dtype(in_dtype)?.matmul(v)?;
+    Ok((ctx, probs))
 }

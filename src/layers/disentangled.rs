@@ -10,11 +10,11 @@
 //! softmax on the CPU kernel where the model is f32 on the CPU.
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
+use super::attention::{separate_qkv, softmax_context};
 use super::{Backend, Linear, Sequences};
-use crate::kernels::cpu;
 
 /// Relative-position settings of one attention layer.
 #[derive(Debug, Clone, Copy)]
@@ -134,13 +134,7 @@ impl DisentangledAttention {
                 seqs.batch()
             );
         }
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, t, 3, heads, d))?
-            .permute((2, 0, 3, 1, 4))?
-            .contiguous()?;
-        let (q, k, v) = (qkv.get(0)?, qkv.get(1)?, qkv.get(2)?);
+        let (q, k, v) = separate_qkv(&self.qkv.forward(x)?, heads, d)?;
         let mut scores = q.matmul(&k.t()?)?;
         if let Some(rel) = self.relative {
             let positions = relative_positions(t, rel);
@@ -165,15 +159,7 @@ impl DisentangledAttention {
                 scores = (scores + all.gather(&idx, 3)?.transpose(2, 3)?)?;
             }
         }
-        // Softmax in f32, as in `SelfAttention`.
-        let in_dtype = scores.dtype();
-        let scores = scores.to_dtype(DType::F32)?.contiguous()?;
-        let probs = if self.cpu_softmax {
-            cpu::masked_softmax(&scores, &seqs.mask_bias.contiguous()?)?
-        } else {
-            candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&seqs.mask_bias)?)?
-        };
-        let ctx = probs.to_dtype(in_dtype)?.matmul(&v)?;
+        let (ctx, probs) = softmax_context(scores, &seqs.mask_bias, &v, self.cpu_softmax)?;
         let ctx = ctx.transpose(1, 2)?.reshape((b, t, h))?;
         Ok((ctx, keep_probs.then_some(probs)))
     }

@@ -136,37 +136,7 @@ pub fn predict_in_batches(
 /// batch, to prove padding is cut away: same token ids, every layer and head's
 /// post-softmax probabilities within 1e-5 of PyTorch, rows summing to 1.
 pub fn assert_attention_matches_pytorch(engine: &bert_cli::engine::Engine) {
-    let reference = reference("minilm-sst2");
-    let cases = reference["attention"].as_array().unwrap();
-    let encoded: Vec<_> = cases
-        .iter()
-        .map(|c| engine.encode(c["text"].as_str().unwrap()).unwrap())
-        .collect();
-    let preds = engine
-        .predict(&encoded.iter().collect::<Vec<_>>(), true)
-        .unwrap();
-    for ((c, e), p) in cases.iter().zip(&encoded).zip(&preds) {
-        assert_eq!(e.ids, ids(&c["ids"]));
-        let got = p.attention.as_ref().unwrap();
-        let want = c["attention"].as_array().unwrap();
-        assert_eq!(got.len(), 6);
-        for (l, (gl, wl)) in got.iter().zip(want).enumerate() {
-            assert_eq!(gl.len(), 12);
-            for (h, (gh, wh)) in gl.iter().zip(wl.as_array().unwrap()).enumerate() {
-                assert_eq!(gh.len(), e.ids.len());
-                for (q, (grow, wrow)) in gh.iter().zip(wh.as_array().unwrap()).enumerate() {
-                    let d = max_diff(grow, &floats(wrow));
-                    assert!(
-                        d < 1e-5,
-                        "{:?} layer {l} head {h} row {q}: off by {d}",
-                        c["text"]
-                    );
-                    let sum: f32 = grow.iter().sum();
-                    assert!((sum - 1.0).abs() < 1e-5, "row sums to {sum}");
-                }
-            }
-        }
-    }
+    assert_reference_attention("minilm-sst2", engine);
 }
 
 /// The model families with a committed fixture (`tests/fixtures/families/<name>`) and
@@ -230,13 +200,19 @@ pub fn assert_family_matches_pytorch(
     worst
 }
 
-/// The family's attention cases in one padded batch: every layer and head within 1e-5
-/// of PyTorch over the real tokens, rows summing to 1. Returns the worst difference.
+/// A family's attention cases through `engine`; see `assert_reference_attention`.
 pub fn assert_family_attention_matches_pytorch(
     name: &str,
     engine: &bert_cli::engine::Engine,
 ) -> f32 {
-    let reference = reference(&format!("family-{name}"));
+    assert_reference_attention(&format!("family-{name}"), engine)
+}
+
+/// The attention cases of reference `name` through `engine` in one padded batch: same
+/// token ids, as many layers and heads as PyTorch, every probability within 1e-5 over
+/// the real tokens, rows summing to 1. Returns the worst difference.
+pub fn assert_reference_attention(name: &str, engine: &bert_cli::engine::Engine) -> f32 {
+    let reference = reference(name);
     let cases = reference["attention"].as_array().unwrap();
     let encoded: Vec<_> = cases
         .iter()
