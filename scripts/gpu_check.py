@@ -9,6 +9,9 @@ is exercised on machines without a GPU.
    PyTorch reference (872 SST-2 dev sentences plus edge cases) through the binary in f32
    (logits within 1e-3, identical labels) and in f16 and bf16 (label agreement >= 99.5%),
    and the attention dump in f32 against PyTorch's attention probabilities (within 1e-3).
+   Then every other family's committed random fixture (tests/fixtures/families/) against
+   its reference: f32 logits within 1e-3 and identical labels; f16 label agreement
+   reported.
 2. Parity on a bert-base-shaped model with random weights, made here with transformers:
    bert-cli's f32 logits against transformers' f32 logits on the same device.
 3. Throughput on that model, 128- and 512-token inputs at several batch sizes: bert-cli
@@ -136,6 +139,37 @@ def parity_reference(report, args):
     report.check(len(records) == len(items) and worst < 1e-3,
                  f"--dump-attention on {args.device}: {len(records)} inputs, worst probability diff {worst:.2e}")
     report.add()
+
+
+def parity_families(report, args):
+    """Each family's random fixture through the binary against its committed reference."""
+    report.add("## Parity of the other families (random fixtures, tests/fixtures/families/)")
+    report.add()
+    rows = []
+    for folder in sorted((ROOT / "tests/fixtures/families").iterdir()):
+        ref_path = ROOT / f"tests/fixtures/reference/family-{folder.name}.json"
+        if not ref_path.exists():
+            continue
+        ref = json.loads(ref_path.read_text())
+        cases = line_safe(ref["cases"])
+        row = [folder.name, ref.get("family", "?"), len(cases)]
+        for dtype in ["f32", "f16"]:
+            out, _ = bert_cli(args.binary, folder, args.device, dtype, ["--batch-size", "64"],
+                              [c["text"] for c in cases])
+            if len(out) != len(cases):
+                report.check(False, f"{folder.name} {dtype}: {len(out)} results for {len(cases)} inputs")
+                row += ["-", "-"]
+                continue
+            worst = max(max(abs(a - b) for a, b in zip(r["logits"], c["logits"])) for c, r in zip(cases, out))
+            agree = sum(int(r["label"] == ref_label(c, r)) for c, r in zip(cases, out))
+            row += [f"{worst:.2e}", f"{agree}/{len(cases)}"]
+            if dtype == "f32":
+                report.check(worst < 1e-3 and agree == len(cases),
+                             f"{folder.name} f32: logits within 1e-3 (worst {worst:.2e}), labels {agree}/{len(cases)}")
+        rows.append(row)
+    report.add()
+    report.table(["fixture", "model_type", "cases", "f32 worst diff", "f32 labels", "f16 worst diff",
+                  "f16 labels"], rows)
 
 
 def ref_label(case, record):
@@ -314,6 +348,7 @@ def main():
     report.add()
     t0 = time.perf_counter()
     parity_reference(report, args)
+    parity_families(report, args)
     if not args.skip_speed:
         speed(report, args)
     report.add(f"Took {time.perf_counter() - t0:.0f} s. Failures: {len(report.failures)}.")

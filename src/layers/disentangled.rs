@@ -140,23 +140,31 @@ impl DisentangledAttention {
             let positions = relative_positions(t, rel);
             let two_span = 2 * self.span as i64;
             let clamp = |p: i64| (p + self.span as i64).clamp(0, two_span - 1) as u32;
-            let index = |f: &dyn Fn(usize, usize) -> u32| -> Result<Tensor> {
-                let idx: Vec<u32> = (0..t * t).map(|n| f(n / t, n % t)).collect();
+            // Row n = i * t + j of each: c2p reads position r(i, j), p2c (per key j, then
+            // transposed) reads -r(j, i).
+            let c2p: Vec<u32> = positions.iter().map(|&p| clamp(p)).collect();
+            let p2c: Vec<u32> = positions.iter().map(|&p| clamp(-p)).collect();
+            // A text of t tokens reads only the table rows its distances reach (2t - 1
+            // of DeBERTa-v3's 512 for t up to 128): the products run for those alone.
+            let lo = c2p.iter().chain(&p2c).copied().min().unwrap_or(0);
+            let hi = c2p.iter().chain(&p2c).copied().max().unwrap_or(0);
+            let rows = (hi - lo + 1) as usize;
+            let index = |idx: &[u32]| -> Result<Tensor> {
+                let idx: Vec<u32> = idx.iter().map(|&p| p - lo).collect();
                 Ok(Tensor::from_vec(idx, (1, 1, t, t), x.device())?
                     .broadcast_as((b, heads, t, t))?
                     .contiguous()?)
             };
+            let used = |table: &Tensor| table.narrow(3, lo as usize, rows)?.contiguous();
             if let Some(pk) = &self.position_keys {
                 // c2p[i][j] = q_i · pk[r(i, j)]
-                let all = q.broadcast_matmul(pk)?;
-                let idx = index(&|i, j| clamp(positions[i * t + j]))?;
-                scores = (scores + all.gather(&idx, 3)?)?;
+                let all = q.broadcast_matmul(&used(pk)?)?;
+                scores = (scores + all.gather(&index(&c2p)?, 3)?)?;
             }
             if let Some(pq) = &self.position_queries {
-                // p2c[i][j] = k_j · pq[-r(j, i)], gathered per key then transposed.
-                let all = k.broadcast_matmul(pq)?;
-                let idx = index(&|j, i| clamp(-positions[j * t + i]))?;
-                scores = (scores + all.gather(&idx, 3)?.transpose(2, 3)?)?;
+                // p2c[i][j] = k_j · pq[-r(j, i)]
+                let all = k.broadcast_matmul(&used(pq)?)?;
+                scores = (scores + all.gather(&index(&p2c)?, 3)?.transpose(2, 3)?)?;
             }
         }
         let (ctx, probs) = softmax_context(scores, &seqs.mask_bias, &v, self.cpu_softmax)?;
