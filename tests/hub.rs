@@ -681,3 +681,69 @@ fn a_repo_with_only_pytorch_bin_is_fetched_and_then_works_offline() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
 }
+
+/// Other families download too: a RoBERTa repo without `tokenizer.json` is fetched with
+/// its `vocab.json` + `merges.txt` and classifies offline afterwards as PyTorch did; an
+/// XLM-R repo without `tokenizer.json` (SentencePiece only) is refused, naming the file.
+#[test]
+fn a_roberta_repo_downloads_with_its_bpe_files_and_sentencepiece_only_is_refused() {
+    let server = HubServer::start(&[
+        (
+            "acme/roberta",
+            RepoSpec {
+                dir: family_dir("roberta"),
+                files: vec![
+                    "config.json",
+                    "model.safetensors",
+                    "vocab.json",
+                    "merges.txt",
+                    "tokenizer_config.json",
+                ],
+                token: None,
+            },
+        ),
+        (
+            "acme/xlmr-spm",
+            RepoSpec {
+                dir: family_dir("xlm-roberta"),
+                files: vec!["config.json", "model.safetensors", "sentencepiece.bpe.model"],
+                token: None,
+            },
+        ),
+    ]);
+    let home = tempfile::tempdir().unwrap();
+    let reference = reference("family-roberta");
+    let case = &reference["cases"][0];
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(family_dir("roberta").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    let want = config["id2label"][case["label"].as_u64().unwrap().to_string()]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = |extra: &[&str]| {
+        bert_cli(home.path(), &server.endpoint())
+            .args(["classify", "--model", "acme/roberta", "--format", "tsv"])
+            .args(extra)
+            .arg(case["text"].as_str().unwrap())
+            .output()
+            .unwrap()
+    };
+    for extra in [&[][..], &["--offline"][..]] {
+        let out = run(extra);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert_eq!(stdout.split('\t').nth(1), Some(want.as_str()), "{stdout}");
+    }
+    let out = bert_cli(home.path(), &server.endpoint())
+        .args(["classify", "--model", "acme/xlmr-spm", "x"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("tokenizer.json") && stderr.contains("acme/xlmr-spm"),
+        "{stderr}"
+    );
+}
