@@ -706,7 +706,11 @@ fn a_roberta_repo_downloads_with_its_bpe_files_and_sentencepiece_only_is_refused
             "acme/xlmr-spm",
             RepoSpec {
                 dir: family_dir("xlm-roberta"),
-                files: vec!["config.json", "model.safetensors", "sentencepiece.bpe.model"],
+                files: vec![
+                    "config.json",
+                    "model.safetensors",
+                    "sentencepiece.bpe.model",
+                ],
                 token: None,
             },
         ),
