@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::device::DeviceSpec;
 use crate::models::DEFAULT_MODEL;
 
-/// Classify text with a BERT model, on CUDA, Metal or CPU.
+/// Classify text with a BERT-family model (BERT, DistilBERT, RoBERTa, XLM-R, CamemBERT,
+/// ELECTRA, DeBERTa-v2/v3), on CUDA, Metal or CPU.
 ///
 /// Exit status: 0 when every input was classified, 1 when there was no input,
 /// 2 on an error (including any input that could not be classified; the others
@@ -110,8 +111,8 @@ pub struct ClassifyArgs {
     #[arg(long)]
     pub all_scores: bool,
 
-    /// Truncate inputs to N tokens, [CLS] and [SEP] included. Default: the model's
-    /// max_position_embeddings (512 for BERT); larger values are refused.
+    /// Truncate inputs to N tokens, [CLS] and [SEP] included. Default: the most the model
+    /// reads (its position table; 512 for BERT and RoBERTa); larger values are refused.
     #[arg(long, value_name = "N")]
     pub max_length: Option<usize>,
 
