@@ -22,26 +22,35 @@ pub enum Positions {
 }
 
 impl Positions {
-    /// One position per token of the `[batch, seq]` ids, flattened.
-    fn ids(self, ids: &[u32], seq: usize) -> Vec<u32> {
-        match self {
-            Self::FromZero => (0..ids.len()).map(|r| (r % seq.max(1)) as u32).collect(),
-            Self::PastPadding { padding_idx } => ids
-                .chunks(seq.max(1))
-                .flat_map(|row| {
-                    let mut count = 0;
-                    row.iter().map(move |&id| {
-                        if id == padding_idx {
-                            padding_idx
-                        } else {
-                            count += 1;
-                            padding_idx + count
-                        }
-                    })
-                })
-                .collect(),
-        }
+    /// One position per token of the `[batch, seq]` ids, flattened (the ids are read
+    /// only where the numbering depends on them).
+    fn ids(self, ids: &Tensor) -> Result<Vec<u32>> {
+        let (batch, seq) = ids.dims2()?;
+        Ok(match self {
+            Self::FromZero => (0..batch * seq).map(|r| (r % seq) as u32).collect(),
+            Self::PastPadding { padding_idx } => {
+                let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+                past_padding(&ids, seq, padding_idx)
+            }
+        })
     }
+}
+
+/// RoBERTa's positions for `[.., seq]` ids, flattened.
+fn past_padding(ids: &[u32], seq: usize, padding_idx: u32) -> Vec<u32> {
+    ids.chunks(seq.max(1))
+        .flat_map(|row| {
+            let mut count = 0;
+            row.iter().map(move |&id| {
+                if id == padding_idx {
+                    padding_idx
+                } else {
+                    count += 1;
+                    padding_idx + count
+                }
+            })
+        })
+        .collect()
 }
 
 /// The lookup tables of an encoder's input, summed per token (the LayerNorm after them
@@ -84,7 +93,7 @@ impl Embeddings {
         let (batch, seq) = ids.dims2()?;
         let position_ids = match &self.position {
             Some((_, Positions::FromZero)) if !self.cpu => None,
-            Some((_, scheme)) => Some(scheme.ids(&ids.flatten_all()?.to_vec1::<u32>()?, seq)),
+            Some((_, scheme)) => Some(scheme.ids(ids)?),
             None => None,
         };
         if self.cpu {
@@ -124,11 +133,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn roberta_positions_skip_padding_ids_wherever_they_are() {
-        let scheme = Positions::PastPadding { padding_idx: 1 };
+    fn roberta_positions_skip_padding_ids_wherever_they_are() -> Result<()> {
         // <s> x <pad> y </s> <pad>: the literal pad inside the text keeps position 1 and
         // does not advance the count, like the batch padding after it.
-        assert_eq!(scheme.ids(&[0, 7, 1, 8, 2, 1], 6), [2, 3, 1, 4, 5, 1]);
-        assert_eq!(Positions::FromZero.ids(&[5, 6, 7, 8], 2), [0, 1, 0, 1]);
+        assert_eq!(past_padding(&[0, 7, 1, 8, 2, 1], 6, 1), [2, 3, 1, 4, 5, 1]);
+        let ids = Tensor::new(&[[5u32, 6], [7, 8]], &candle_core::Device::Cpu)?;
+        assert_eq!(Positions::FromZero.ids(&ids)?, [0, 1, 0, 1]);
+        let scheme = Positions::PastPadding { padding_idx: 1 };
+        assert_eq!(scheme.ids(&ids)?, [2, 3, 2, 3]);
+        Ok(())
     }
 }

@@ -5,7 +5,7 @@
 //! `pooler.dense` + `pooler_hidden_act` + `classifier` on `[CLS]`.
 
 use anyhow::Result;
-use candle_core::{Module, Tensor};
+use candle_core::Tensor;
 use candle_nn::VarBuilder;
 
 use super::config::Config;
@@ -77,15 +77,16 @@ pub fn load(
             let table = encoder
                 .pp("rel_embeddings")
                 .get((2 * r.span(), h), "weight")?;
+            // Normalised once here, with candle's ops: the table is a constant, and the
+            // CPU LayerNorm would overwrite the loaded tensor in place.
             let table = if r.norm_rel_ebd {
-                // Normalised once here with candle's LayerNorm: the table is a constant.
-                let norm = encoder.pp("LayerNorm");
-                candle_nn::LayerNorm::new(
-                    norm.get(h, "weight")?,
-                    norm.get(h, "bias")?,
+                LayerNorm::load(
+                    encoder.pp("LayerNorm"),
+                    h,
                     cfg.layer_norm_eps,
-                )
-                .forward(&table)?
+                    Backend::Candle,
+                )?
+                .forward_fresh(table)?
             } else {
                 table
             };

@@ -86,6 +86,9 @@ pub struct Layer {
 pub struct Encoder {
     layers: Vec<Layer>,
     backend: Backend,
+    /// The last layer may run for the first token alone: its attention is scaled
+    /// dot-product (DeBERTa's relative scores are computed for whole sequences).
+    first_token_last: bool,
 }
 
 impl Encoder {
@@ -137,8 +140,16 @@ impl Encoder {
                     output_norm: LayerNorm::load(vb.pp(names.output_norm), h, eps, backend)?,
                 })
             })
-            .collect::<Result<_>>()?;
-        Ok(Self { layers, backend })
+            .collect::<Result<Vec<Layer>>>()?;
+        let first_token_last = !layers.is_empty()
+            && layers
+                .iter()
+                .all(|l| matches!(l.attention, Attention::Scaled(_)));
+        Ok(Self {
+            layers,
+            backend,
+            first_token_last,
+        })
     }
 
     /// Runs the stack on the embeddings `x` (`[batch, seq, hidden]`, `mask` 1 for real
@@ -152,14 +163,8 @@ impl Encoder {
         keep_attention: bool,
     ) -> Result<(Tensor, Vec<Tensor>)> {
         // The heads read only the first token, so the last layer skips the other tokens
-        // unless their attention is wanted (scaled attention only: DeBERTa's relative
-        // scores are computed for whole sequences).
-        let first_only = !keep_attention
-            && !self.layers.is_empty()
-            && self
-                .layers
-                .iter()
-                .all(|l| matches!(l.attention, Attention::Scaled(_)));
+        // unless their attention is wanted.
+        let first_only = self.first_token_last && !keep_attention;
         let (mut x, seqs) = Sequences::lay_out(x, mask, self.backend, first_only)?;
         let mut attentions = Vec::new();
         let last = self.layers.len().saturating_sub(1);

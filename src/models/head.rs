@@ -67,7 +67,6 @@ impl FirstTokenHead {
     /// the hidden size to `width`, `out` maps `width` to the labels (as many as its
     /// weight has rows). Without `out` the policy decides: refuse, or seed both layers
     /// (the dense one only where the checkpoint lacks it).
-    #[allow(clippy::too_many_arguments)]
     pub fn load(
         dense: VarBuilder,
         out: VarBuilder,
