@@ -317,7 +317,7 @@ def bert_cli_labels(binary, model_dir, texts, threads, extra=()):
     env = dict(os.environ, RAYON_NUM_THREADS=str(threads))
     out = subprocess.run([str(binary), "classify", "--quiet", "--model", str(model_dir), "--format", "tsv", *extra],
                          input="\n".join(texts) + "\n", capture_output=True, text=True, env=env, check=True).stdout
-    return [line.split("\t")[1] for line in out.splitlines()]
+    return [line.split("\t")[1] for line in out.splitlines()[1:]]  # after the header
 
 
 def matmul_peak(threads):

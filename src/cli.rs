@@ -24,20 +24,56 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Classify each TEXT argument, or each line of standard input when none is given.
+    /// Classify each TEXT argument, or each record of --input or standard input: lines,
+    /// JSON Lines objects, or CSV/TSV rows.
     ///
-    /// Results come in input order, one per input, as soon as they are ready.
+    /// Results come in input order, one per input record, as soon as they are ready. JSONL
+    /// objects and CSV/TSV rows come back whole with the prediction added when the output
+    /// format matches the input's.
     ///
     /// Exit status: 0 when every input was classified, 1 when there was no input, 2 on an
-    /// error. An input that cannot be classified (say, a line that is not UTF-8) gets an
-    /// error row in its place, a warning on stderr and exit status 2; the others are kept.
+    /// error. A record that cannot be classified (not UTF-8, not JSON, no such field, wrong
+    /// number of columns) gets an error record in its place, a warning on stderr and exit
+    /// status 2; the others are kept.
     Classify(ClassifyArgs),
 
     /// Fetch everything MODEL needs into the Hugging Face cache, for later offline runs.
     Download(ModelRefArgs),
 
-    /// Show MODEL's architecture, labels and files (fetching them if needed).
-    Info(ModelRefArgs),
+    /// Show MODEL's architecture, labels and files. From the hub, only the config, the
+    /// tokenizer and the weights' header are fetched, not the weights.
+    Info(InfoArgs),
+
+    /// Print a shell completion script to standard output, e.g.
+    /// `bert-cli completions bash > ~/.local/share/bash-completion/completions/bert-cli`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
+    /// Print the man page (roff) to standard output, e.g. `bert-cli man | man -l -`.
+    Man,
+}
+
+/// Flags of `bert-cli info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub model: ModelRefArgs,
+
+    /// Output format: text for people, or one JSON object for scripts.
+    #[arg(short, long, value_enum, default_value_t = InfoFormat::Human)]
+    pub format: InfoFormat,
+}
+
+/// `info --format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InfoFormat {
+    /// Aligned text.
+    Human,
+    /// One JSON object.
+    Json,
 }
 
 /// A model named as an argument, for `download` and `info`.
@@ -72,13 +108,37 @@ pub struct HubArgs {
 /// Flags of `bert-cli classify`.
 #[derive(Debug, Args)]
 pub struct ClassifyArgs {
-    /// Texts to classify. Without any, lines are read from --input or standard input.
+    /// Texts to classify. Without any, records are read from --input or standard input.
     #[arg(value_name = "TEXT")]
     pub texts: Vec<String>,
 
-    /// Read one input per line from FILE ("-" for standard input) instead of arguments.
+    /// Read the input records from FILE ("-" for standard input) instead of arguments.
     #[arg(short, long, value_name = "FILE", conflicts_with = "texts")]
     pub input: Option<PathBuf>,
+
+    /// How the input is split into records. Default: from the --input file's extension
+    /// (.jsonl/.ndjson, .csv, .tsv/.tab), else lines.
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub input_format: Option<InputFormatArg>,
+
+    /// The text to classify: a JSONL field (a top-level key, or a JSON pointer such as
+    /// /meta/body), or a CSV/TSV column (header name, or number from 1). Default: "text"
+    /// (or a file's only column).
+    #[arg(long, visible_alias = "column", value_name = "NAME")]
+    pub field: Option<String>,
+
+    /// A JSONL field or CSV/TSV column copied into the outputs as the record's id.
+    #[arg(long, visible_alias = "id-column", value_name = "NAME")]
+    pub id_field: Option<String>,
+
+    /// The CSV/TSV input has no header row: its first row is data, columns are numbers.
+    #[arg(long)]
+    pub no_header: bool,
+
+    /// Records end at NUL bytes, not newlines (like xargs -0 and sort -z), so a record may
+    /// hold newlines. Plain-lines input only.
+    #[arg(short = '0', long)]
+    pub null_data: bool,
 
     #[command(flatten)]
     pub model: ModelArgs,
@@ -107,9 +167,28 @@ pub struct ClassifyArgs {
     #[arg(short, long, value_enum, default_value_t = FormatArg::Human)]
     pub format: FormatArg,
 
-    /// Also print every label's probability (and, in jsonl, the raw logits).
+    /// The JSONL key under which a JSONL input object gets its prediction (and, on a name
+    /// clash, the prefix of the columns added to a CSV/TSV row).
+    #[arg(long, value_name = "KEY", default_value = "prediction")]
+    pub output_key: String,
+
+    /// Also print every label's score, in label order (and, in jsonl, the raw logits).
     #[arg(long)]
     pub all_scores: bool,
+
+    /// Also list the K best labels with their scores, best first; 0 or "all" for every label.
+    #[arg(long, value_name = "K", value_parser = parse_top_k)]
+    pub top_k: Option<usize>,
+
+    /// List every label scoring above T. Default: 0.5 for multi-label (sigmoid) models,
+    /// none for others.
+    #[arg(long, value_name = "T", value_parser = parse_threshold)]
+    pub threshold: Option<f32>,
+
+    /// How logits become scores, as in transformers' pipeline. Default: sigmoid for
+    /// multi-label or single-output models, else softmax.
+    #[arg(long, value_enum, value_name = "FUNCTION")]
+    pub function_to_apply: Option<FunctionArg>,
 
     /// Truncate inputs to N tokens, [CLS] and [SEP] included. Default: the most the model
     /// reads (its position table; 512 for BERT and RoBERTa); larger values are refused.
@@ -138,9 +217,28 @@ pub struct ClassifyArgs {
     #[arg(long, value_name = "FILE")]
     pub dump_attention: Option<PathBuf>,
 
-    /// Print no warnings or progress bars.
+    /// Print no warnings or progress bar. (A progress bar is drawn on stderr only when it
+    /// is a terminal.)
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// `--top-k`: a count, or 0/"all" for every label (`usize::MAX`, capped at the labels).
+fn parse_top_k(s: &str) -> Result<usize, String> {
+    match s {
+        "all" | "0" => Ok(usize::MAX),
+        _ => s
+            .parse()
+            .map_err(|_| format!("{s:?} is not a number of labels (or \"all\")")),
+    }
+}
+
+/// `--threshold`: a finite number.
+fn parse_threshold(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(t) if t.is_finite() => Ok(t),
+        _ => Err(format!("{s:?} is not a finite number")),
+    }
 }
 
 /// Which model, and how to read its head.
@@ -189,10 +287,38 @@ pub enum QuantizeArg {
 /// `--format` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FormatArg {
-    /// Aligned columns: label, score, text.
+    /// Aligned columns: [id,] label, score, text.
     Human,
-    /// One JSON object per input: line, text, label, score (+ scores, logits).
+    /// One JSON object per input: a JSONL input object with "prediction" added, or
+    /// record, [id,] text, label, score, tokens, truncated.
     Jsonl,
-    /// Tab-separated: line, label, score, (+ a score per label), text.
+    /// Comma-separated with a header: a CSV/TSV input row with label, score, ..., error
+    /// appended, or record, [id,] label, score, ..., text.
+    Csv,
+    /// Tab-separated, like csv; tabs, newlines and backslashes in text escaped.
     Tsv,
+}
+
+/// `--input-format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum InputFormatArg {
+    /// One record per line (per NUL-terminated chunk with --null-data).
+    Lines,
+    /// One JSON object per line (a bare JSON string is taken as the text).
+    Jsonl,
+    /// Comma-separated values with RFC 4180 quoting; header row unless --no-header.
+    Csv,
+    /// Tab-separated values, no quoting; header row unless --no-header.
+    Tsv,
+}
+
+/// `--function-to-apply` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FunctionArg {
+    /// Probabilities that sum to 1 across labels.
+    Softmax,
+    /// An independent probability per label.
+    Sigmoid,
+    /// The raw logits.
+    None,
 }

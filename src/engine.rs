@@ -27,6 +27,8 @@ pub struct EngineOptions {
     pub dtype: Option<DType>,
     /// int8 encoder linear layers (`--quantize q8`); CPU and f32 only.
     pub quantize_q8: bool,
+    /// How logits become scores; `None` follows the config (as transformers' pipeline).
+    pub scoring: Option<Scoring>,
 }
 
 /// One classified input.
@@ -34,7 +36,7 @@ pub struct EngineOptions {
 pub struct Prediction {
     /// Raw classifier outputs.
     pub logits: Vec<f32>,
-    /// Softmax or sigmoid of the logits, per label.
+    /// Scores per label: softmax or sigmoid of the logits (or the logits themselves).
     pub probs: Vec<f32>,
     /// Index of the most probable label.
     pub top: usize,
@@ -49,7 +51,7 @@ pub struct Engine {
     device: Device,
     /// Label names by index.
     pub labels: Vec<String>,
-    /// Softmax or sigmoid.
+    /// Softmax, sigmoid or raw logits.
     pub scoring: Scoring,
     /// Repo id or folder the model came from.
     pub model_id: String,
@@ -132,7 +134,9 @@ impl Engine {
         };
         let tokenizer = TextTokenizer::load(tokenizer, max_length, cfg.vocab_size)?;
         Ok(Self {
-            scoring: cfg.scoring(model.num_labels()),
+            scoring: opts
+                .scoring
+                .unwrap_or_else(|| cfg.scoring(model.num_labels())),
             model,
             tokenizer,
             device,
@@ -184,6 +188,7 @@ impl Engine {
             let probs = match self.scoring {
                 Scoring::Softmax => softmax(&logits),
                 Scoring::Sigmoid => logits.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+                Scoring::None => logits.clone(),
             };
             let top = argmax(&probs);
             // Cut the padding away in tensor space, so only real tokens are copied out.

@@ -17,6 +17,8 @@ fn main() -> ExitCode {
         Command::Classify(args) => commands::classify::run(args),
         Command::Download(args) => commands::download::run(args),
         Command::Info(args) => commands::info::run(args),
+        Command::Completions { shell } => commands::shell::completions(shell),
+        Command::Man => commands::shell::man(),
     };
     match result {
         Ok(code) => ExitCode::from(code),

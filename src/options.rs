@@ -6,11 +6,24 @@ use std::io::{self, IsTerminal};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 
-use crate::cli::{ClassifyArgs, DTypeArg, FormatArg, HubArgs, QuantizeArg};
+use crate::cli::{ClassifyArgs, DTypeArg, FormatArg, FunctionArg, HubArgs, InputFormatArg, QuantizeArg};
 use crate::engine::EngineOptions;
 use crate::hub::HubOptions;
+use crate::input::{self, InputFormat, InputOptions, Records};
+use crate::models::config::Scoring;
 use crate::output::{FormatKind, FormatOptions};
-use crate::pipeline::{PipelineOptions, Source};
+use crate::pipeline::PipelineOptions;
+use crate::progress::Progress;
+
+/// Where the input records come from.
+pub struct Source {
+    /// The records.
+    pub records: Records,
+    /// The input file's size in bytes, when it is a regular file.
+    pub size: Option<u64>,
+    /// Typed at a terminal or given as arguments.
+    pub interactive: bool,
+}
 
 impl HubArgs {
     /// Hub settings; progress bars only on a terminal, warnings unless `quiet`.
@@ -38,6 +51,11 @@ impl ClassifyArgs {
                 DTypeArg::Bf16 => Some(DType::BF16),
             },
             quantize_q8: self.quantize == QuantizeArg::Q8,
+            scoring: self.function_to_apply.map(|f| match f {
+                FunctionArg::Softmax => Scoring::Softmax,
+                FunctionArg::Sigmoid => Scoring::Sigmoid,
+                FunctionArg::None => Scoring::None,
+            }),
         }
     }
 
@@ -52,46 +70,109 @@ impl ClassifyArgs {
         }
     }
 
-    /// The output format and what it needs besides the records.
-    pub fn format(&self, labels: &[String]) -> (FormatKind, FormatOptions) {
+    /// The output format and what it needs besides the records: the model's labels and
+    /// scoring, and the input's CSV/TSV columns (which come back out in CSV/TSV).
+    pub fn format(
+        &self,
+        labels: &[String],
+        scoring: Scoring,
+        columns: Option<&[String]>,
+    ) -> (FormatKind, FormatOptions) {
         let kind = match self.format {
             FormatArg::Human => FormatKind::Human,
             FormatArg::Jsonl => FormatKind::Jsonl,
+            FormatArg::Csv => FormatKind::Csv,
             FormatArg::Tsv => FormatKind::Tsv,
         };
+        let multi_label = scoring == Scoring::Sigmoid && labels.len() > 1;
         let opts = FormatOptions {
             labels: labels.to_vec(),
             all_scores: self.all_scores,
+            top_k: self.top_k.map(|k| k.min(labels.len())),
+            threshold: self.threshold.or(multi_label.then_some(0.5)),
+            output_key: self.output_key.clone(),
+            columns: columns
+                .filter(|_| matches!(kind, FormatKind::Csv | FormatKind::Tsv))
+                .map(<[String]>::to_vec),
+            ids: self.id_field.is_some(),
         };
         (kind, opts)
     }
 
-    /// Where the inputs come from: the TEXT arguments, `--input FILE`, or standard input
-    /// (with a hint on a terminal, where a user may not know it waits for lines). Takes
-    /// the arguments out of `self`. An input file that cannot be opened is an error
-    /// naming it.
+    /// How input records are read: the flags, the format defaulting to the --input file's
+    /// extension.
+    pub fn input_options(&self) -> InputOptions {
+        let format = match self.input_format {
+            Some(InputFormatArg::Lines) => InputFormat::Lines,
+            Some(InputFormatArg::Jsonl) => InputFormat::Jsonl,
+            Some(InputFormatArg::Csv) => InputFormat::Csv,
+            Some(InputFormatArg::Tsv) => InputFormat::Tsv,
+            None => self
+                .input
+                .as_deref()
+                .map_or(InputFormat::Lines, InputFormat::from_path),
+        };
+        InputOptions {
+            format,
+            field: self.field.clone(),
+            id_field: self.id_field.clone(),
+            header: !self.no_header,
+            null_data: self.null_data,
+        }
+    }
+
+    /// The input records: the TEXT arguments, `--input FILE`, or standard input (with a
+    /// hint on a terminal, where a user may not know it waits for lines). Takes the
+    /// arguments out of `self`. A file that cannot be opened, or a CSV/TSV column that
+    /// does not exist, is an error naming it.
     pub fn take_source(&mut self) -> Result<Source> {
-        Ok(match (&self.input, self.texts.is_empty()) {
-            (Some(p), _) if p.as_os_str() != "-" => Source::Lines {
-                reader: Box::new(
-                    std::fs::File::open(p)
-                        .with_context(|| format!("cannot open input file {}", p.display()))?,
-                ),
-                name: p.display().to_string(),
-            },
-            (None, false) => Source::Args(std::mem::take(&mut self.texts)),
+        let opts = self.input_options();
+        if !self.texts.is_empty() {
+            if self.field.is_some() || self.id_field.is_some() || self.input_format.is_some() || self.null_data {
+                anyhow::bail!("--input-format, --field, --id-field and --null-data describe --input records; TEXT arguments are classified as given");
+            }
+            return Ok(Source {
+                records: input::from_args(std::mem::take(&mut self.texts)),
+                size: None,
+                interactive: true,
+            });
+        }
+        match &self.input {
+            Some(p) if p.as_os_str() != "-" => {
+                let file = std::fs::File::open(p)
+                    .with_context(|| format!("cannot open input file {}", p.display()))?;
+                let size = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+                let name = p.display().to_string();
+                Ok(Source {
+                    records: input::open(Box::new(file), &name, &opts)?,
+                    size,
+                    interactive: false,
+                })
+            }
             _ => {
-                if io::stdin().is_terminal() && !self.quiet {
+                let interactive = io::stdin().is_terminal();
+                if interactive && !self.quiet {
                     eprintln!(
                         "bert-cli: reading one text per line from standard input (Ctrl-D to end)"
                     );
                 }
-                Source::Lines {
-                    reader: Box::new(io::stdin()),
-                    name: "stdin".into(),
-                }
+                Ok(Source {
+                    records: input::open(Box::new(io::stdin()), "stdin", &opts)?,
+                    size: None,
+                    interactive,
+                })
             }
-        })
+        }
+    }
+
+    /// A progress bar on stderr when it is a terminal, --quiet is not given and the input
+    /// is not typed or given as arguments (where each answer shows progress itself).
+    pub fn progress(&self, source: &Source) -> Progress {
+        if !self.quiet && !source.interactive && io::stderr().is_terminal() {
+            Progress::on_stderr(source.size)
+        } else {
+            Progress::hidden()
+        }
     }
 
     /// Threads for the model: sets the count once, before any pool exists. rayon's

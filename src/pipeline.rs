@@ -4,7 +4,6 @@
 //! of input. Within a window, inputs are sorted by length so each padded batch wastes
 //! little work on padding, then results are put back in input order.
 
-use std::io::{BufRead, BufReader, Read};
 use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
 use std::thread;
 
@@ -12,22 +11,11 @@ use anyhow::{Context, Result};
 use rayon::prelude::*;
 
 use crate::engine::{Engine, Prediction};
+use crate::input::{Item, Records};
 use crate::output::attention::AttentionDump;
 use crate::output::{Format, Record};
+use crate::progress::Progress;
 use crate::tokenize::Encoded;
-
-/// Where the texts come from.
-pub enum Source {
-    /// Texts given on the command line, one input each.
-    Args(Vec<String>),
-    /// One input per line of a stream; `name` (e.g. `stdin`) appears in error messages.
-    Lines {
-        /// The stream.
-        reader: Box<dyn Read + Send>,
-        /// What to call it in messages.
-        name: String,
-    },
-}
 
 /// Batching knobs.
 #[derive(Debug, Clone, Copy)]
@@ -79,86 +67,83 @@ pub struct Summary {
     pub inputs: usize,
     /// Inputs that could not be classified (each reported in the output).
     pub failed: usize,
+    /// Inputs longer than the model reads, cut to `max_length` tokens.
+    pub truncated: usize,
 }
 
-/// One input before tokenization.
-struct Item {
-    line: usize,
-    text: String,
-    /// Set when the line itself is unusable (e.g. not UTF-8); it still gets an output row.
-    error: Option<String>,
-}
+/// Per-record warnings shown on stderr before the rest are only counted, so a file of bad
+/// records does not bury the terminal (every one is still in the output).
+const MAX_WARNINGS: usize = 20;
 
-/// Classifies everything `source` yields; results go to `out` (and `dump`) in input order.
+/// Classifies every record of `records`; results go to `out` (and `dump`) in input order.
+/// Per-record errors are warned about on stderr unless `quiet` (after [`MAX_WARNINGS`],
+/// only counted).
 pub fn run(
     engine: &Engine,
-    source: Source,
+    records: Records,
     out: &mut dyn Format,
     mut dump: Option<&mut AttentionDump>,
     opts: PipelineOptions,
+    progress: &Progress,
+    quiet: bool,
 ) -> Result<Summary> {
     let window = opts.batch_size.max(1) * WINDOW_BATCHES;
     let mut summary = Summary::default();
-    let mut process = |items: Vec<Item>| -> Result<()> {
-        summary.inputs += items.len();
-        summary.failed += classify_window(engine, &items, out, dump.as_deref_mut(), opts)?;
-        out.flush().context("cannot write results")
-    };
-    match source {
-        Source::Args(texts) => {
-            let mut items = texts
-                .into_iter()
-                .enumerate()
-                .map(|(i, text)| Item {
-                    line: i + 1,
-                    text,
-                    error: None,
-                })
-                .peekable();
-            while items.peek().is_some() {
-                process(items.by_ref().take(window).collect())?;
+    let rx = spawn_reader(records, window * 2);
+    loop {
+        let first = match rx.recv() {
+            Ok(item) => item?,
+            Err(_) => break,
+        };
+        let mut items = vec![first];
+        while items.len() < window {
+            match rx.try_recv() {
+                Ok(item) => items.push(item?),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        Source::Lines { reader, name } => {
-            let rx = spawn_reader(reader, name, window * 2);
-            loop {
-                let first = match rx.recv() {
-                    Ok(item) => item?,
-                    Err(_) => break,
-                };
-                let mut items = vec![first];
-                while items.len() < window {
-                    match rx.try_recv() {
-                        Ok(item) => items.push(item?),
-                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        let results = classify_window(engine, &items, dump.is_some(), opts)?;
+        progress.suspend(|| -> Result<()> {
+            for (item, result) in items.iter().zip(&results) {
+                let outcome = match result {
+                    Ok((enc, p)) => {
+                        summary.truncated += usize::from(enc.truncated);
+                        Ok((enc, p))
                     }
+                    Err(e) => {
+                        summary.failed += 1;
+                        if !quiet && summary.failed <= MAX_WARNINGS {
+                            eprintln!("bert-cli: warning: {e}");
+                        }
+                        Err(e.as_str())
+                    }
+                };
+                let record = Record { item, outcome };
+                out.write(&record).context("cannot write results")?;
+                if let Some(d) = dump.as_deref_mut() {
+                    d.write(&record)?;
                 }
-                process(items)?;
             }
-        }
+            out.flush().context("cannot write results")
+        })?;
+        summary.inputs += items.len();
+        progress.update(summary.inputs, items.last().map_or(0, |i| i.end_byte));
+    }
+    if !quiet && summary.failed > MAX_WARNINGS {
+        eprintln!(
+            "bert-cli: warning: {} more inputs failed (not shown above; each has an error record in the output)",
+            summary.failed - MAX_WARNINGS
+        );
     }
     Ok(summary)
 }
 
-/// Reads lines on a thread into a bounded channel; a read error ends the stream with an error.
-fn spawn_reader(
-    reader: Box<dyn Read + Send>,
-    name: String,
-    capacity: usize,
-) -> Receiver<Result<Item>> {
+/// Reads records on a thread into a bounded channel, so parsing overlaps the model and
+/// memory stays bounded; a read error ends the stream with that error.
+fn spawn_reader(records: Records, capacity: usize) -> Receiver<Result<Item>> {
     let (tx, rx) = sync_channel(capacity);
     thread::spawn(move || {
-        let mut reader = BufReader::with_capacity(1 << 16, reader);
-        let mut buf = Vec::new();
-        for line in 1.. {
-            buf.clear();
-            let item = match reader.read_until(b'\n', &mut buf) {
-                Ok(0) => break,
-                Ok(_) => Ok(decode_line(&buf, line, &name)),
-                Err(e) => {
-                    Err(anyhow::Error::new(e).context(format!("cannot read {name} at line {line}")))
-                }
-            };
+        for item in records.items {
             let stop = item.is_err();
             if tx.send(item).is_err() || stop {
                 break;
@@ -166,27 +151,6 @@ fn spawn_reader(
         }
     });
     rx
-}
-
-/// Strips the line ending; invalid UTF-8 becomes an error naming the line and byte.
-fn decode_line(raw: &[u8], line: usize, name: &str) -> Item {
-    let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
-    let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-    match std::str::from_utf8(raw) {
-        Ok(s) => Item {
-            line,
-            text: s.to_string(),
-            error: None,
-        },
-        Err(e) => Item {
-            line,
-            text: String::from_utf8_lossy(raw).into_owned(),
-            error: Some(format!(
-                "{name} line {line}: not valid UTF-8 (bad byte at column {}); skipped",
-                e.valid_up_to() + 1
-            )),
-        },
-    }
 }
 
 /// Groups inputs into batches: shortest first, each batch within `batch_size` inputs and
@@ -213,14 +177,16 @@ fn plan_batches(lengths: &[usize], opts: PipelineOptions) -> Vec<Vec<usize>> {
     batches
 }
 
-/// Tokenizes and classifies one window of inputs; returns how many failed.
+/// A record's tokens and prediction, or why it has none.
+type Outcome = Result<(Encoded, Prediction), String>;
+
+/// Tokenizes and classifies one window of inputs, returning one outcome per input.
 fn classify_window(
     engine: &Engine,
     items: &[Item],
-    out: &mut dyn Format,
-    mut dump: Option<&mut AttentionDump>,
+    keep_attention: bool,
     opts: PipelineOptions,
-) -> Result<usize> {
+) -> Result<Vec<Outcome>> {
     // Tokenizing in parallel matters on a GPU, where one thread cannot keep up with it.
     let encoded: Vec<Result<Encoded, String>> = items
         .par_iter()
@@ -228,7 +194,7 @@ fn classify_window(
             Some(e) => Err(e.clone()),
             None => engine
                 .encode(&item.text)
-                .map_err(|e| format!("input {}: {e:#}", item.line)),
+                .map_err(|e| format!("input {}: {e:#}", item.number)),
         })
         .collect();
     let ok: Vec<(usize, &Encoded)> = encoded
@@ -240,38 +206,25 @@ fn classify_window(
     let mut predictions: Vec<Option<Prediction>> = vec![None; items.len()];
     for batch in plan_batches(&lengths, opts) {
         let inputs: Vec<&Encoded> = batch.iter().map(|&k| ok[k].1).collect();
-        let preds = engine.predict(&inputs, dump.is_some())?;
+        let preds = engine.predict(&inputs, keep_attention)?;
         for (&k, p) in batch.iter().zip(preds) {
             predictions[ok[k].0] = Some(p);
         }
     }
-    let mut failed = 0;
-    for ((item, enc), prediction) in items.iter().zip(&encoded).zip(&predictions) {
-        let outcome = match (enc, prediction) {
+    Ok(encoded
+        .into_iter()
+        .zip(predictions)
+        .map(|(enc, p)| match (enc, p) {
             (Ok(enc), Some(p)) => Ok((enc, p)),
-            (Err(e), _) => Err(e.as_str()),
-            (Ok(_), None) => Err("internal error: missing prediction"),
-        };
-        if let Err(e) = outcome {
-            failed += 1;
-            eprintln!("bert-cli: warning: {e}");
-        }
-        let record = Record {
-            line: item.line,
-            text: &item.text,
-            outcome,
-        };
-        out.write(&record).context("cannot write results")?;
-        if let Some(d) = dump.as_deref_mut() {
-            d.write(&record)?;
-        }
-    }
-    Ok(failed)
+            (Err(e), _) => Err(e),
+            (Ok(_), None) => Err("internal error: missing prediction".into()),
+        })
+        .collect())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{decode_line, plan_batches, PipelineOptions};
+    use super::{plan_batches, PipelineOptions};
 
     #[test]
     fn batches_are_sorted_and_respect_both_limits() {
@@ -309,17 +262,5 @@ mod tests {
             (0..lengths.len()).collect::<Vec<_>>(),
             "every input exactly once"
         );
-    }
-
-    #[test]
-    fn line_endings_are_stripped_and_bad_utf8_is_named() {
-        assert_eq!(decode_line(b"hi\r\n", 1, "stdin").text, "hi");
-        let bad = decode_line(b"ok\xffno\n", 7, "stdin");
-        let err = bad.error.unwrap();
-        assert!(
-            err.contains("stdin line 7") && err.contains("column 3"),
-            "{err}"
-        );
-        assert_eq!(bad.text, "ok\u{fffd}no");
     }
 }

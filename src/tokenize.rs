@@ -27,6 +27,8 @@ pub struct Encoded {
     pub tokens: Vec<String>,
     /// Character (not byte) offsets of each token in the text; `(0, 0)` for special tokens.
     pub offsets: Vec<(usize, usize)>,
+    /// Whether the text had more tokens than the model reads, and was cut.
+    pub truncated: bool,
 }
 
 /// Where the tokenizer comes from.
@@ -132,6 +134,7 @@ impl TextTokenizer {
             type_ids: enc.get_type_ids().to_vec(),
             tokens: enc.get_tokens().to_vec(),
             offsets: enc.get_offsets().to_vec(),
+            truncated: !enc.get_overflowing().is_empty(),
         })
     }
 }

@@ -113,7 +113,9 @@ fn stdin_jsonl_gives_one_record_per_line_in_order() {
     let recs = jsonl(&out);
     assert_eq!(recs.len(), 73);
     for (i, r) in recs.iter().enumerate() {
-        assert_eq!(r["line"], i + 1);
+        assert_eq!(r["record"], i + 1);
+        assert_eq!(r["truncated"], false);
+        assert!(r["tokens"].as_u64().unwrap() >= 2);
         let scores = r["scores"].as_object().unwrap();
         let sum: f64 = scores.values().map(|v| v.as_f64().unwrap()).sum();
         assert!((sum - 1.0).abs() < 1e-5);
@@ -130,23 +132,27 @@ fn stdin_jsonl_gives_one_record_per_line_in_order() {
 }
 
 #[test]
-fn tsv_has_fixed_columns_and_escapes_text() {
+fn tsv_has_a_header_fixed_columns_and_escapes_text() {
     let out = classify(
         &["--format", "tsv", "--all-scores"],
         b"a\tgreat film\nawful\n",
     );
     assert_eq!(out.status.code(), Some(0));
     let lines = stdout_lines(&out);
-    assert_eq!(lines.len(), 2);
-    let cols: Vec<&str> = lines[0].split('\t').collect();
+    assert_eq!(lines.len(), 3);
+    assert_eq!(
+        lines[0],
+        "record\tlabel\tscore\tscore_NEGATIVE\tscore_POSITIVE\ttext"
+    );
+    let cols: Vec<&str> = lines[1].split('\t').collect();
     assert_eq!(
         cols.len(),
         6,
-        "line, label, score, 2 scores, text: {cols:?}"
+        "record, label, score, 2 scores, text: {cols:?}"
     );
     assert_eq!(cols[0], "1");
     assert_eq!(cols[5], "a\\tgreat film");
-    assert_eq!(lines[1].split('\t').next(), Some("2"));
+    assert_eq!(lines[2].split('\t').next(), Some("2"));
 }
 
 #[test]
@@ -197,6 +203,11 @@ fn empty_input_exits_1_and_errors_exit_2() {
     let out = classify(&[], b"");
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.lines().count() == 1 && stderr.contains("no input") && stderr.contains("--input"),
+        "one line saying how to give input: {stderr}"
+    );
 
     let out = bert_cli()
         .args(["classify", "--model", "./no-such-model", "x"])
@@ -348,7 +359,7 @@ fn attention_dump_has_the_documented_schema_and_matches_pytorch() {
     assert_eq!(entries.len(), 2);
     let e = &entries[0];
     assert_eq!(e["text"], "the cat jumped");
-    assert_eq!(e["line"], 1);
+    assert_eq!(e["record"], 1);
     assert!(e["model"].as_str().unwrap().contains("minilm-sst2"));
     assert_eq!(
         e["tokens"],

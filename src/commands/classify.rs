@@ -25,7 +25,8 @@ pub fn run(args: ClassifyArgs) -> Result<u8> {
 
 /// `run`, on a worker of the thread pool.
 fn on_pool(mut args: ClassifyArgs) -> Result<u8> {
-    // Open the dump file before the slow work so a bad path fails at once.
+    // Open the dump file and the input (a CSV header naming no such column) before the
+    // slow work, so a bad path or flag fails at once.
     let mut dump = args
         .dump_attention
         .as_deref()
@@ -42,12 +43,38 @@ fn on_pool(mut args: ClassifyArgs) -> Result<u8> {
     if let Some(d) = dump.as_mut() {
         d.describe(&engine.model_id, &engine.labels);
     }
-    let (kind, format) = args.format(&engine.labels);
+    let (kind, format) = args.format(
+        &engine.labels,
+        engine.scoring,
+        source.records.columns.as_deref(),
+    );
     let stdout: Box<dyn Write> = Box::new(io::BufWriter::new(io::stdout().lock()));
     let mut out = output::writer(kind, stdout, format);
-    let summary = pipeline::run(&engine, source, out.as_mut(), dump.as_mut(), batching)?;
+    let progress = args.progress(&source);
+    let summary = pipeline::run(
+        &engine,
+        source.records,
+        out.as_mut(),
+        dump.as_mut(),
+        batching,
+        &progress,
+        args.quiet,
+    )?;
+    progress.finish();
     if let Some(d) = dump {
         d.finish()?;
+    }
+    if !args.quiet && summary.truncated > 0 {
+        eprintln!(
+            "bert-cli: warning: {} of {} inputs were longer than {} tokens and were cut to that length \
+             (jsonl output marks them \"truncated\"; --max-length sets the cut up to the model's limit)",
+            summary.truncated, summary.inputs, engine.max_length
+        );
+    }
+    if summary.inputs == 0 && !args.quiet {
+        eprintln!(
+            "bert-cli: no input: give texts as arguments, a file with --input FILE, or records on standard input (see bert-cli classify --help)"
+        );
     }
     Ok(if summary.failed > 0 {
         EXIT_ERROR

@@ -5,12 +5,13 @@ use std::io::{self, Write};
 use anyhow::Result;
 
 use super::{file_size, human_size, EXIT_OK};
-use bert_cli::cli::ModelRefArgs;
+use bert_cli::cli::InfoArgs;
 use bert_cli::hub;
 use bert_cli::models::config::Config;
 
 /// Resolves the model's files and describes them.
-pub fn run(args: ModelRefArgs) -> Result<u8> {
+pub fn run(args: InfoArgs) -> Result<u8> {
+    let args = args.model;
     let files = hub::resolve(&args.model, &args.hub.options(args.quiet))?;
     let cfg = Config::from_file(&files.config)?;
     let vb = bert_cli::weights::open_weights(

@@ -29,6 +29,8 @@ pub enum Scoring {
     Softmax,
     /// Independent labels (multi-label or a single logit): a sigmoid each.
     Sigmoid,
+    /// The raw logits (`--function-to-apply none`).
+    None,
 }
 
 /// The architecture families bert-cli runs, by `config.json`'s `model_type`.

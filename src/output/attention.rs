@@ -23,7 +23,9 @@ pub struct AttentionDump {
 #[derive(Serialize)]
 struct Entry<'a> {
     model: &'a str,
-    line: usize,
+    record: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
     text: &'a str,
     tokens: &'a [String],
     token_ids: &'a [u32],
@@ -77,8 +79,9 @@ impl AttentionDump {
         };
         let entry = Entry {
             model: &self.model,
-            line: r.line,
-            text: r.text,
+            record: r.item.number,
+            id: r.item.id.as_deref(),
+            text: &r.item.text,
             tokens: &enc.tokens,
             token_ids: &enc.ids,
             offsets: &enc.offsets,

@@ -1,4 +1,4 @@
-//! `--format human`: `LABEL  score  text`, labels padded to one width.
+//! `--format human`: `[id]  LABEL  score  [more labels]  text`, labels padded to one width.
 
 use std::io::{self, Write};
 
@@ -44,24 +44,33 @@ impl Format for Human {
         let w = self.width;
         match r.outcome {
             Ok((_, p)) => {
+                if let Some(id) = &r.item.id {
+                    write!(self.out, "{}  ", printable(id))?;
+                }
                 write!(
                     self.out,
                     "{:<w$}  {:.4}  ",
                     self.opts.labels[p.top], p.probs[p.top]
                 )?;
+                if let Some(top) = self.opts.top(p) {
+                    for (label, score) in top.into_iter().skip(1) {
+                        write!(self.out, "{label}={score:.4} ")?;
+                    }
+                    write!(self.out, " ")?;
+                }
+                if let Some(above) = self.opts.above(p) {
+                    let names: Vec<&str> = above.into_iter().map(|(l, _)| l).collect();
+                    write!(self.out, "[{}]  ", names.join(","))?;
+                }
                 if self.opts.all_scores {
                     for (label, prob) in self.opts.labels.iter().zip(&p.probs) {
                         write!(self.out, "{label}={prob:.4} ")?;
                     }
                     write!(self.out, " ")?;
                 }
-                writeln!(self.out, "{}", printable(r.text))
+                writeln!(self.out, "{}", printable(&r.item.text))
             }
-            Err(e) => writeln!(
-                self.out,
-                "{:<w$}  {:6}  input {}: {e}",
-                "ERROR", "-", r.line
-            ),
+            Err(e) => writeln!(self.out, "{:<w$}  {:6}  {}", "ERROR", "-", printable(e)),
         }
     }
 

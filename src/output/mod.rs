@@ -2,21 +2,20 @@
 //! attention dump file.
 
 pub mod attention;
+pub mod delimited;
 pub mod human;
 pub mod jsonl;
-pub mod tsv;
 
 use std::io::{self, Write};
 
 use crate::engine::Prediction;
+use crate::input::Item;
 use crate::tokenize::Encoded;
 
-/// The result for one input line (or argument), in input order.
+/// The result for one input record, in input order.
 pub struct Record<'a> {
-    /// 1-based position of the input: line number on stdin, argument number otherwise.
-    pub line: usize,
-    /// The input text (lossily decoded when it was not valid UTF-8).
-    pub text: &'a str,
+    /// The input: number, text, id, and the object or row it came in.
+    pub item: &'a Item,
     /// The prediction and the tokens it was made from, or why this input failed.
     pub outcome: Result<(&'a Encoded, &'a Prediction), &'a str>,
 }
@@ -30,12 +29,50 @@ pub trait Format {
 }
 
 /// What every format needs to know besides the records.
-#[derive(Clone)]
+#[derive(Clone, Debug, Default)]
 pub struct FormatOptions {
     /// Label names by index.
     pub labels: Vec<String>,
-    /// Also print every label's probability.
+    /// Also print every label's score, in label order (and the logits in JSONL).
     pub all_scores: bool,
+    /// The best K labels, best first (`--top-k`); `None` without the flag.
+    pub top_k: Option<usize>,
+    /// Every label scoring above this is listed (`--threshold`; multi-label models by
+    /// default); `None` lists nothing.
+    pub threshold: Option<f32>,
+    /// JSONL key (and CSV/TSV column prefix on a clash) under which a carried-through
+    /// input gets its prediction.
+    pub output_key: String,
+    /// The CSV/TSV input's column names, when the input rows are to come back out.
+    pub columns: Option<Vec<String>>,
+    /// Whether `--id-field`/`--id-column` was given, so compact outputs have an id.
+    pub ids: bool,
+}
+
+impl FormatOptions {
+    /// The best `--top-k` labels with their scores, best first (ties in label order).
+    pub fn top(&self, p: &Prediction) -> Option<Vec<(&str, f32)>> {
+        self.top_k.map(|k| self.ranked(p, k))
+    }
+
+    /// Labels scoring above the threshold, best first; `None` without a threshold.
+    pub fn above(&self, p: &Prediction) -> Option<Vec<(&str, f32)>> {
+        let t = self.threshold?;
+        let mut all = self.ranked(p, p.probs.len());
+        all.retain(|&(_, s)| s > t);
+        Some(all)
+    }
+
+    /// The `k` best labels, best first.
+    fn ranked(&self, p: &Prediction, k: usize) -> Vec<(&str, f32)> {
+        let mut order: Vec<usize> = (0..p.probs.len()).collect();
+        order.sort_by(|&a, &b| p.probs[b].total_cmp(&p.probs[a]).then(a.cmp(&b)));
+        order
+            .into_iter()
+            .take(k)
+            .map(|i| (self.labels[i].as_str(), p.probs[i]))
+            .collect()
+    }
 }
 
 /// The formats `--format` offers.
@@ -45,7 +82,9 @@ pub enum FormatKind {
     Human,
     /// One JSON object per line.
     Jsonl,
-    /// Tab-separated columns for `cut`, `awk` and spreadsheets.
+    /// Comma-separated values with a header.
+    Csv,
+    /// Tab-separated values with a header.
     Tsv,
 }
 
@@ -54,6 +93,33 @@ pub fn writer(kind: FormatKind, out: Box<dyn Write>, opts: FormatOptions) -> Box
     match kind {
         FormatKind::Human => Box::new(human::Human::new(out, opts)),
         FormatKind::Jsonl => Box::new(jsonl::Jsonl::new(out, opts)),
-        FormatKind::Tsv => Box::new(tsv::Tsv::new(out, opts)),
+        FormatKind::Csv => Box::new(delimited::Delimited::csv(out, opts)),
+        FormatKind::Tsv => Box::new(delimited::Delimited::tsv(out, opts)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_k_and_threshold_rank_labels() {
+        let p = Prediction {
+            logits: vec![0.0; 4],
+            probs: vec![0.2, 0.7, 0.2, 0.9],
+            top: 3,
+            attention: None,
+        };
+        let opts = FormatOptions {
+            labels: ["a", "b", "c", "d"].map(String::from).to_vec(),
+            top_k: Some(3),
+            threshold: Some(0.5),
+            ..FormatOptions::default()
+        };
+        assert_eq!(
+            opts.top(&p).unwrap(),
+            [("d", 0.9), ("b", 0.7), ("a", 0.2)]
+        );
+        assert_eq!(opts.above(&p).unwrap(), [("d", 0.9), ("b", 0.7)]);
     }
 }

@@ -1,0 +1,192 @@
+//! Input records: plain lines (or NUL-separated records), JSON Lines objects, or CSV/TSV
+//! rows, each turned into the text to classify plus what the outputs carry through (the
+//! input object or row, an id). Each reader is a plain iterator over [`Item`]s; the
+//! pipeline runs it on a thread of its own.
+//!
+//! A record that cannot be used (not UTF-8, not JSON, no such field, wrong number of
+//! columns) still becomes an [`Item`], with `error` set, so it gets an output row in its
+//! place and nothing else is lost. Only a failing read of the stream itself ends it.
+
+mod delimited;
+mod jsonl;
+mod lines;
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::Result;
+
+pub use jsonl::JsonObject;
+
+/// How the input is split into records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    /// One record per line (or per NUL-terminated chunk with `null_data`).
+    Lines,
+    /// One JSON object (or string) per line.
+    Jsonl,
+    /// Comma-separated values, RFC 4180 quoting.
+    Csv,
+    /// Tab-separated values, no quoting.
+    Tsv,
+}
+
+impl InputFormat {
+    /// The format a file's extension implies; plain lines for anything else.
+    pub fn from_path(path: &Path) -> Self {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        match ext.as_deref() {
+            Some("jsonl" | "ndjson") => Self::Jsonl,
+            Some("csv") => Self::Csv,
+            Some("tsv" | "tab") => Self::Tsv,
+            _ => Self::Lines,
+        }
+    }
+}
+
+/// Which part of each record is the text, and which is its id.
+#[derive(Debug, Clone)]
+pub struct InputOptions {
+    /// How records are split.
+    pub format: InputFormat,
+    /// JSONL field or CSV/TSV column (name, or 1-based number) holding the text.
+    pub field: Option<String>,
+    /// JSONL field or CSV/TSV column copied into the outputs as `id`.
+    pub id_field: Option<String>,
+    /// Whether the first CSV/TSV row names the columns.
+    pub header: bool,
+    /// Lines end at NUL bytes instead of newlines.
+    pub null_data: bool,
+}
+
+impl Default for InputOptions {
+    fn default() -> Self {
+        Self {
+            format: InputFormat::Lines,
+            field: None,
+            id_field: None,
+            header: true,
+            null_data: false,
+        }
+    }
+}
+
+/// What an input record carries besides its text, for outputs that give it back.
+#[derive(Debug, Clone, Default)]
+pub enum Carried {
+    /// Nothing (a line, an argument, a JSON string).
+    #[default]
+    None,
+    /// The JSONL input object, its values kept byte for byte.
+    Json(JsonObject),
+    /// The CSV/TSV row's fields, as many as the header has.
+    Row(Vec<String>),
+}
+
+/// One input record.
+#[derive(Debug, Clone, Default)]
+pub struct Item {
+    /// 1-based record number (argument, line, JSONL line or CSV row after the header).
+    pub number: usize,
+    /// The text to classify (lossily decoded when it was not valid UTF-8).
+    pub text: String,
+    /// The `--id-field` value, when one was asked for and found.
+    pub id: Option<String>,
+    /// The input object or row, for outputs that carry it through.
+    pub carried: Carried,
+    /// Why this record cannot be classified, naming the source, record and reason.
+    pub error: Option<String>,
+    /// Bytes of the source read up to the end of this record (for progress).
+    pub end_byte: u64,
+}
+
+/// A stream of records and what is known about them before the first one.
+pub struct Records {
+    /// CSV/TSV column names (the header row, or `1, 2, ...` without one), for outputs
+    /// that give the row back.
+    pub columns: Option<Vec<String>>,
+    /// The records, in order; an `Err` (the stream could not be read) ends them.
+    pub items: Box<dyn Iterator<Item = Result<Item>> + Send>,
+}
+
+/// Opens `reader` (called `name` in messages) as records of `opts.format`. CSV/TSV read
+/// their header here, so a column that does not exist fails before any model work.
+pub fn open(reader: Box<dyn Read + Send>, name: &str, opts: &InputOptions) -> Result<Records> {
+    match opts.format {
+        InputFormat::Lines => Ok(Records {
+            columns: None,
+            items: Box::new(lines::Lines::new(
+                reader,
+                name,
+                if opts.null_data { b'\0' } else { b'\n' },
+            )),
+        }),
+        InputFormat::Jsonl => Ok(Records {
+            columns: None,
+            items: Box::new(jsonl::JsonLines::new(reader, name, opts)?),
+        }),
+        InputFormat::Csv | InputFormat::Tsv => delimited::open(reader, name, opts),
+    }
+}
+
+/// Records from the command line's TEXT arguments.
+pub fn from_args(texts: Vec<String>) -> Records {
+    Records {
+        columns: None,
+        items: Box::new(texts.into_iter().enumerate().map(|(i, text)| {
+            Ok(Item {
+                number: i + 1,
+                text,
+                ..Item::default()
+            })
+        })),
+    }
+}
+
+/// Where a record is, for messages: `reviews.csv record 4 (line 7)`.
+fn place(name: &str, record: usize, line: usize) -> String {
+    if record == line {
+        format!("{name} line {line}")
+    } else {
+        format!("{name} record {record} (line {line})")
+    }
+}
+
+/// Bytes as text; invalid UTF-8 is an error naming where the first bad byte is.
+fn decode(raw: &[u8], place: impl FnOnce() -> String) -> Result<String, (String, String)> {
+    match std::str::from_utf8(raw) {
+        Ok(s) => Ok(s.to_string()),
+        Err(e) => Err((
+            String::from_utf8_lossy(raw).into_owned(),
+            format!(
+                "{}: not valid UTF-8 (bad byte at column {}); skipped",
+                place(),
+                e.valid_up_to() + 1
+            ),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn format_follows_the_extension() {
+        assert_eq!(
+            InputFormat::from_path(Path::new("a/b.JSONL")),
+            InputFormat::Jsonl
+        );
+        assert_eq!(InputFormat::from_path(Path::new("x.csv")), InputFormat::Csv);
+        assert_eq!(InputFormat::from_path(Path::new("x.tsv")), InputFormat::Tsv);
+        assert_eq!(
+            InputFormat::from_path(Path::new("x.txt")),
+            InputFormat::Lines
+        );
+        assert_eq!(InputFormat::from_path(Path::new("-")), InputFormat::Lines);
+    }
+}

@@ -1,0 +1,198 @@
+//! `--format csv` and `--format tsv`: a header row naming every column, then one row per
+//! input record.
+//!
+//! From a CSV/TSV input the row comes back as it was read, with the prediction's columns
+//! appended (`label`, `score`, ..., `error`; all prefixed `prediction_` if the input
+//! already has a column of one of those names). Otherwise the columns are `record`,
+//! [`id`,] `label`, `score`, ..., `text`, and a failed input has `ERROR` as its label and
+//! the message in the text column.
+
+use std::borrow::Cow;
+use std::io::{self, Write};
+
+use super::{Format, FormatOptions, Record};
+use crate::input::Carried;
+
+/// A CSV or TSV writer.
+pub struct Delimited {
+    out: Box<dyn Write>,
+    opts: FormatOptions,
+    sep: u8,
+    header_written: bool,
+    /// Names of the prediction's columns (after the input's, or between record and text).
+    added: Vec<String>,
+}
+
+impl Delimited {
+    /// Comma-separated, RFC 4180 quoting.
+    pub fn csv(out: Box<dyn Write>, opts: FormatOptions) -> Self {
+        Self::new(out, opts, b',')
+    }
+
+    /// Tab-separated; tabs, newlines, carriage returns and backslashes in text are written
+    /// as `\t`, `\n`, `\r`, `\\`.
+    pub fn tsv(out: Box<dyn Write>, opts: FormatOptions) -> Self {
+        Self::new(out, opts, b'\t')
+    }
+
+    fn new(out: Box<dyn Write>, opts: FormatOptions, sep: u8) -> Self {
+        let mut added = vec!["label".to_string(), "score".to_string()];
+        for i in 2..=opts.top_k.unwrap_or(0).min(opts.labels.len()) {
+            added.push(format!("label_{i}"));
+            added.push(format!("score_{i}"));
+        }
+        if opts.all_scores {
+            added.extend(opts.labels.iter().map(|l| format!("score_{l}")));
+        }
+        if opts.threshold.is_some() {
+            added.push("labels".into());
+        }
+        if let Some(columns) = &opts.columns {
+            added.push("error".into());
+            if added.iter().any(|a| columns.contains(a)) {
+                for a in &mut added {
+                    *a = format!("{}_{a}", opts.output_key);
+                }
+            }
+        }
+        Self {
+            out,
+            opts,
+            sep,
+            header_written: false,
+            added,
+        }
+    }
+
+    /// One field, quoted (CSV) or escaped (TSV) as needed.
+    fn field<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        if self.sep == b',' {
+            if s.contains([',', '"', '\n', '\r']) {
+                Cow::Owned(format!("\"{}\"", s.replace('"', "\"\"")))
+            } else {
+                Cow::Borrowed(s)
+            }
+        } else if s.contains(['\\', '\t', '\n', '\r']) {
+            Cow::Owned(tsv_escape(s))
+        } else {
+            Cow::Borrowed(s)
+        }
+    }
+
+    /// A carried TSV field is written as read (it holds no tab or newline) unless it came
+    /// from CSV with one inside, so a TSV file comes back byte for byte.
+    fn carried_field<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        if self.sep == b'\t' && !s.contains(['\t', '\n', '\r']) {
+            Cow::Borrowed(s)
+        } else {
+            self.field(s)
+        }
+    }
+
+    fn row(&mut self, fields: &[Cow<str>]) -> io::Result<()> {
+        for (i, f) in fields.iter().enumerate() {
+            if i > 0 {
+                self.out.write_all(&[self.sep])?;
+            }
+            self.out.write_all(f.as_bytes())?;
+        }
+        self.out.write_all(b"\n")
+    }
+
+    fn header(&mut self) -> io::Result<()> {
+        let names: Vec<String> = match &self.opts.columns {
+            Some(columns) => columns.iter().chain(&self.added).cloned().collect(),
+            None => {
+                let mut names = vec!["record".to_string()];
+                if self.opts.ids {
+                    names.push("id".into());
+                }
+                names.extend(self.added.iter().cloned());
+                names.push("text".into());
+                names
+            }
+        };
+        let fields: Vec<Cow<str>> = names.iter().map(|n| self.field(n)).collect();
+        self.row(&fields)
+    }
+
+    /// The prediction's columns, in `added` order (`error` excluded).
+    fn prediction(&self, r: &Record) -> Vec<String> {
+        let Ok((_, p)) = r.outcome else {
+            let mut v = vec!["ERROR".to_string()];
+            let carried = usize::from(self.opts.columns.is_some());
+            v.resize(self.added.len() - carried, String::new());
+            return v;
+        };
+        let mut v = vec![
+            self.opts.labels[p.top].clone(),
+            format!("{:.6}", p.probs[p.top]),
+        ];
+        if let Some(top) = self.opts.top(p) {
+            for (l, s) in top.into_iter().skip(1) {
+                v.push(l.to_string());
+                v.push(format!("{s:.6}"));
+            }
+        }
+        if self.opts.all_scores {
+            v.extend(p.probs.iter().map(|s| format!("{s:.6}")));
+        }
+        if let Some(above) = self.opts.above(p) {
+            let names: Vec<&str> = above.into_iter().map(|(l, _)| l).collect();
+            v.push(names.join(","));
+        }
+        v
+    }
+}
+
+/// Backslash escapes for the characters that would break a TSV row.
+fn tsv_escape(text: &str) -> String {
+    let mut s = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\\' => s.push_str("\\\\"),
+            '\t' => s.push_str("\\t"),
+            '\n' => s.push_str("\\n"),
+            '\r' => s.push_str("\\r"),
+            c => s.push(c),
+        }
+    }
+    s
+}
+
+impl Format for Delimited {
+    fn write(&mut self, r: &Record) -> io::Result<()> {
+        if !self.header_written {
+            self.header()?;
+            self.header_written = true;
+        }
+        let prediction = self.prediction(r);
+        let mut fields: Vec<Cow<str>> = Vec::new();
+        if let (Some(_), Carried::Row(row)) = (&self.opts.columns, &r.item.carried) {
+            fields.extend(row.iter().map(|f| self.carried_field(f)));
+            fields.extend(prediction.iter().map(|f| self.field(f)));
+            fields.push(self.field(r.outcome.err().unwrap_or("")));
+        } else {
+            let number = r.item.number.to_string();
+            fields.push(Cow::Owned(number));
+            if self.opts.ids {
+                fields.push(self.field(r.item.id.as_deref().unwrap_or("")));
+            }
+            fields.extend(prediction.iter().map(|f| self.field(f)));
+            fields.push(self.field(r.outcome.err().unwrap_or(&r.item.text)));
+        }
+        self.row(&fields)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tsv_escape_keeps_one_row_per_input() {
+        assert_eq!(super::tsv_escape("a\tb\nc\\d"), "a\\tb\\nc\\\\d");
+    }
+}
