@@ -6,7 +6,9 @@ use std::io::{self, IsTerminal};
 use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 
-use crate::cli::{ClassifyArgs, DTypeArg, FormatArg, FunctionArg, HubArgs, InputFormatArg, QuantizeArg};
+use crate::cli::{
+    ClassifyArgs, DTypeArg, FormatArg, FunctionArg, HubArgs, InputFormatArg, QuantizeArg,
+};
 use crate::engine::EngineOptions;
 use crate::hub::HubOptions;
 use crate::input::{self, InputFormat, InputOptions, Records};
@@ -128,7 +130,11 @@ impl ClassifyArgs {
     pub fn take_source(&mut self) -> Result<Source> {
         let opts = self.input_options();
         if !self.texts.is_empty() {
-            if self.field.is_some() || self.id_field.is_some() || self.input_format.is_some() || self.null_data {
+            if self.field.is_some()
+                || self.id_field.is_some()
+                || self.input_format.is_some()
+                || self.null_data
+            {
                 anyhow::bail!("--input-format, --field, --id-field and --null-data describe --input records; TEXT arguments are classified as given");
             }
             return Ok(Source {
@@ -141,7 +147,11 @@ impl ClassifyArgs {
             Some(p) if p.as_os_str() != "-" => {
                 let file = std::fs::File::open(p)
                     .with_context(|| format!("cannot open input file {}", p.display()))?;
-                let size = file.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+                let size = file
+                    .metadata()
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len());
                 let name = p.display().to_string();
                 Ok(Source {
                     records: input::open(Box::new(file), &name, &opts)?,

@@ -173,3 +173,67 @@ impl SimpleBackend for SafetensorsFiles {
         self.entries.contains_key(name)
     }
 }
+
+/// One tensor as a safetensors header lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TensorMeta {
+    /// Name in the checkpoint.
+    pub name: String,
+    /// Number format as the header spells it (`F32`, `F16`, ...).
+    pub dtype: String,
+    /// Dimensions.
+    pub shape: Vec<usize>,
+}
+
+/// The JSON header's length from a safetensors file's first 8 bytes, checked against the
+/// file's size (`total`).
+pub fn safetensors_header_len(first: &[u8], total: u64) -> Result<u64> {
+    let bytes: [u8; 8] = first
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| {
+            format!("not a safetensors file: {total} bytes, too short for a header")
+        })?;
+    let n = u64::from_le_bytes(bytes);
+    if n > total.saturating_sub(8) || n > 100 << 20 {
+        bail!("not a safetensors file: header length {n} does not fit in {total} bytes");
+    }
+    Ok(n)
+}
+
+/// The tensors a safetensors JSON header lists, in name order.
+pub fn safetensors_tensors(header: &[u8]) -> Result<Vec<TensorMeta>> {
+    let header: HashMap<String, serde_json::Value> =
+        serde_json::from_slice(header).context("the safetensors header is not valid JSON")?;
+    let mut tensors = header
+        .into_iter()
+        .filter(|(name, _)| name != "__metadata__")
+        .map(|(name, info)| {
+            let info: TensorInfo = serde_json::from_value(info)
+                .with_context(|| format!("tensor {name}: bad header entry"))?;
+            Ok(TensorMeta {
+                name,
+                dtype: info.dtype,
+                shape: info.shape,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(tensors)
+}
+
+/// The tensors of a local safetensors file, reading only its header.
+pub fn local_safetensors_tensors(path: &Path) -> Result<Vec<TensorMeta>> {
+    let read = || -> Result<Vec<TensorMeta>> {
+        let file = File::open(path)?;
+        let total = file.metadata()?.len();
+        let mut first = [0u8; 8];
+        file.read_exact_at(&mut first, 0)
+            .context("too short for a header")?;
+        let n = safetensors_header_len(&first, total)?;
+        let mut header = vec![0u8; n as usize];
+        file.read_exact_at(&mut header, 8)?;
+        safetensors_tensors(&header)
+    };
+    read().with_context(|| format!("cannot read the header of {}", path.display()))
+}

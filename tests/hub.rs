@@ -752,3 +752,52 @@ fn a_roberta_repo_downloads_with_its_bpe_files_and_sentencepiece_only_is_refused
         "{stderr}"
     );
 }
+
+#[test]
+fn info_reads_the_weights_header_by_range_requests_without_downloading_them() {
+    let server = HubServer::start(&[("acme/minilm-sst2", fixture_repo())]);
+    let home = tempfile::tempdir().unwrap();
+    let hub_cache = home.path().join("hub-cache");
+    let info = |format: &str| {
+        bert_cli(home.path(), &server.endpoint())
+            .env("HF_HUB_CACHE", &hub_cache)
+            .args(["info", "--format", format, "acme/minilm-sst2"])
+            .output()
+            .unwrap()
+    };
+    let out = info("human");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for want in [
+        "6 layers",
+        "trained classifier",
+        "NEGATIVE, POSITIVE",
+        "22.7M",
+        "model.safetensors (on the hub, not downloaded",
+        "90.9 MB",
+    ] {
+        assert!(stdout.contains(want), "info lacks {want:?}:\n{stdout}");
+    }
+    // Nothing near the weights' size reached the cache: only config and tokenizer.
+    let blobs = repo_cache(&hub_cache, "acme/minilm-sst2").join("blobs");
+    let biggest = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .max()
+        .unwrap();
+    assert!(biggest < 2_000_000, "a {biggest}-byte file was downloaded");
+
+    let out = info("json");
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(v["layers"], 6);
+    assert_eq!(v["head"], "trained");
+    assert_eq!(v["weights"][0]["file"], "model.safetensors");
+    assert_eq!(v["weights"][0]["downloaded"], false);
+    let size = std::fs::metadata(minilm_sst2().join("model.safetensors"))
+        .unwrap()
+        .len();
+    assert_eq!(v["weights"][0]["size"], size);
+    assert!(v["parameters"].as_u64().unwrap() > 22_000_000);
+}

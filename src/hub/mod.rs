@@ -262,3 +262,175 @@ fn shards(index: &Path) -> Result<Vec<String>> {
     }
     Ok(files)
 }
+
+/// A model described without downloading its weights (`bert-cli info`).
+#[derive(Debug, Clone)]
+pub struct Peek {
+    /// Repo id or folder.
+    pub id: String,
+    /// `config.json`.
+    pub config: PathBuf,
+    /// The tokenizer's files.
+    pub tokenizer: Vec<PathBuf>,
+    /// The repo's folder in the cache (hub models only).
+    pub cache_dir: Option<PathBuf>,
+    /// The weights files.
+    pub weights: Vec<WeightsFile>,
+}
+
+/// One weights file, local or still on the hub.
+#[derive(Debug, Clone)]
+pub struct WeightsFile {
+    /// Its name in the repo or folder.
+    pub name: String,
+    /// Where it is on disk, if it is.
+    pub local: Option<PathBuf>,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The tensors its safetensors header lists; `None` for `pytorch_model.bin`.
+    pub tensors: Option<Vec<crate::weights::TensorMeta>>,
+}
+
+/// Config and tokenizer of `model` (fetched if needed) and the weights' headers: from the
+/// files when they are local or cached, else by HTTP range requests for the header bytes.
+pub fn peek(model: &str, opts: &HubOptions) -> Result<Peek> {
+    let path = Path::new(model);
+    if path.is_dir() {
+        let files = from_folder(path)?;
+        let tokenizer = files.all()[1 + files.weights.len()..]
+            .iter()
+            .map(|p| p.to_path_buf())
+            .collect();
+        let weights = files
+            .weights
+            .iter()
+            .map(|p| {
+                local_weights(
+                    p,
+                    p.file_name()
+                        .map_or_else(String::new, |n| n.to_string_lossy().into_owned()),
+                )
+            })
+            .collect::<Result<_>>()?;
+        return Ok(Peek {
+            id: files.id,
+            config: files.config,
+            tokenizer,
+            cache_dir: None,
+            weights,
+        });
+    }
+    if model.starts_with(['.', '/', '~']) || model.matches('/').count() > 1 || path.exists() {
+        bail!("model folder {model} does not exist (or is not a folder); give a folder in Hugging Face layout or a repo id such as owner/name");
+    }
+    let remote = Remote::new(
+        model,
+        &opts.revision,
+        &RemoteOptions {
+            offline: opts.offline || env::offline(),
+            progress: opts.progress,
+        },
+    )?;
+    let config = required(&remote, "config.json")?;
+    let tokenizer = match first_of(&remote, &TOKENIZER_FILES) {
+        Ok((name, p)) if name == "vocab.json" => vec![p, required(&remote, "merges.txt")?],
+        Ok((_, p)) => vec![p],
+        Err(e) => return Err(e.context(no_tokenizer(model, None))),
+    };
+    let weights = remote_weights(&remote)?;
+    Ok(Peek {
+        id: model.to_string(),
+        config,
+        tokenizer,
+        cache_dir: Some(remote.cache_dir().to_path_buf()),
+        weights,
+    })
+}
+
+/// A weights file on disk: its size, and its header's tensors if it is safetensors.
+fn local_weights(path: &Path, name: String) -> Result<WeightsFile> {
+    let size = std::fs::metadata(path)
+        .with_context(|| format!("cannot read {}", path.display()))?
+        .len();
+    let tensors = if name.ends_with(".safetensors") {
+        Some(crate::weights::local_safetensors_tensors(path)?)
+    } else {
+        None
+    };
+    Ok(WeightsFile {
+        name,
+        local: Some(path.to_path_buf()),
+        size,
+        tensors,
+    })
+}
+
+/// The first weights candidate the repo has, cached or read remotely by its header.
+fn remote_weights(remote: &Remote) -> Result<Vec<WeightsFile>> {
+    let mut first_miss = None;
+    for name in WEIGHT_FILES {
+        let found = if let Some(p) = remote.cached_file(name) {
+            if name.ends_with(".json") {
+                remote_shards(remote, &p)
+            } else {
+                local_weights(&p, name.to_string()).map(|w| vec![w])
+            }
+        } else if name.ends_with(".json") {
+            match remote.fetch(name) {
+                Ok(index) => remote_shards(remote, &index),
+                Err(Miss::Fatal(e)) => return Err(e),
+                Err(Miss::Absent(e)) => {
+                    first_miss.get_or_insert(e);
+                    continue;
+                }
+            }
+        } else {
+            match remote_header(remote, name) {
+                Ok(w) => Ok(vec![w]),
+                Err(Miss::Fatal(e)) => return Err(e),
+                Err(Miss::Absent(e)) => {
+                    first_miss.get_or_insert(e);
+                    continue;
+                }
+            }
+        };
+        return found;
+    }
+    let e = first_miss.unwrap_or_else(|| anyhow!("no weights"));
+    Err(e.context(format!("none of {} could be had", WEIGHT_FILES.join(", "))))
+}
+
+/// Each shard of an index, cached or by its header.
+fn remote_shards(remote: &Remote, index: &Path) -> Result<Vec<WeightsFile>> {
+    shards(index)?
+        .into_iter()
+        .map(|s| match remote.cached_file(&s) {
+            Some(p) => local_weights(&p, s),
+            None => remote_header(remote, &s).map_err(|m| match m {
+                Miss::Absent(e) | Miss::Fatal(e) => e,
+            }),
+        })
+        .collect()
+}
+
+/// A remote file's size and, for safetensors, its header: two small range requests.
+fn remote_header(remote: &Remote, name: &str) -> Result<WeightsFile, Miss> {
+    let (first, total) = remote.read_range(name, 0, 7)?;
+    let tensors = if name.ends_with(".safetensors") {
+        let bad = |e: anyhow::Error| Miss::Fatal(e.context(format!("{name} of the hub repo")));
+        let n = crate::weights::safetensors_header_len(&first, total).map_err(bad)?;
+        let header = match n {
+            0 => Vec::new(),
+            n => remote.read_range(name, 8, 8 + n - 1)?.0,
+        };
+        Some(crate::weights::safetensors_tensors(&header).map_err(bad)?)
+    } else {
+        None
+    };
+    Ok(WeightsFile {
+        name: name.to_string(),
+        local: None,
+        size: total,
+        tensors,
+    })
+}

@@ -2,6 +2,7 @@
 //! they are downloaded through hf-hub into it. Every failure names the repo and the file.
 
 use std::cell::{Cell, RefCell};
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Error};
@@ -159,6 +160,75 @@ impl Remote {
         }
         api.download_with_progress(file, Bar::new(self.progress))
             .map_err(|e| self.classify(file, e))
+    }
+
+    /// The cached copy of `file`, without touching the network.
+    pub fn cached_file(&self, file: &str) -> Option<PathBuf> {
+        self.cached(file)
+    }
+
+    /// Bytes `start..=end` of `file` and the file's whole size, by an HTTP range request
+    /// (the way the hub's own clients read a safetensors header without the weights).
+    pub fn read_range(&self, file: &str, start: u64, end: u64) -> Result<(Vec<u8>, u64), Miss> {
+        if self.api.is_none() {
+            return Err(Miss::Absent(anyhow!(
+                "offline, and {file} of {} (revision {}) is not in the cache at {}; \
+                 run `bert-cli info {}` while online first",
+                self.id,
+                self.revision,
+                self.repo_dir.display(),
+                self.id
+            )));
+        }
+        if let Some(reason) = self.unreachable.borrow().as_ref() {
+            return Err(Miss::Absent(anyhow!(
+                "{file} of {} is not in the cache and {} is unreachable ({reason})",
+                self.id,
+                self.endpoint
+            )));
+        }
+        let url = format!(
+            "{}/{}/resolve/{}/{file}",
+            self.endpoint,
+            self.id,
+            self.revision.replace('/', "%2F")
+        );
+        let mut request = ureq::get(&url).set("Range", &format!("bytes={start}-{end}"));
+        if let Some(token) = env::token() {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        let response = request
+            .call()
+            .map_err(|e| self.classify(file, ApiError::RequestError(Box::new(e))))?;
+        let total = response
+            .header("content-range")
+            .and_then(|r| r.rsplit('/').next())
+            .and_then(|n| n.parse().ok());
+        let whole = response.status() == 200;
+        let mut body = Vec::new();
+        let want = end.saturating_sub(start) + 1;
+        std::io::Read::take(response.into_reader(), want)
+            .read_to_end(&mut body)
+            .map_err(|e| {
+                Miss::Fatal(anyhow!(
+                    "cannot read {file} of {} from {}: {e}",
+                    self.id,
+                    self.endpoint
+                ))
+            })?;
+        let total = match (total, whole) {
+            (Some(n), _) => n,
+            // A server that ignores ranges sends the whole file from byte 0.
+            (None, true) if start == 0 => body.len() as u64,
+            _ => {
+                return Err(Miss::Fatal(anyhow!(
+                    "{} did not answer a range request for {file} of {} with its size",
+                    self.endpoint,
+                    self.id
+                )))
+            }
+        };
+        Ok((body, total))
     }
 
     /// Turns an hf-hub error into a message that says what happened and what to do.

@@ -195,8 +195,10 @@ impl Iterator for Rows {
                     }
                     Err(e) => {
                         self.done = true;
-                        return Some(Err(anyhow::Error::new(e)
-                            .context(format!("cannot read {} after record {}", self.name, self.number))));
+                        return Some(Err(anyhow::Error::new(e).context(format!(
+                            "cannot read {} after record {}",
+                            self.name, self.number
+                        ))));
                     }
                 }
             }
@@ -254,13 +256,14 @@ impl Iterator for Rows {
 mod tests {
     use super::*;
 
-    fn read(data: &'static str, format: InputFormat, opts: InputOptions) -> (Vec<String>, Vec<Item>) {
+    fn read(
+        data: &'static str,
+        format: InputFormat,
+        opts: InputOptions,
+    ) -> (Vec<String>, Vec<Item>) {
         let opts = InputOptions { format, ..opts };
         let r = open(Box::new(data.as_bytes()), "in.csv", &opts).unwrap();
-        (
-            r.columns.unwrap(),
-            r.items.map(|i| i.unwrap()).collect(),
-        )
+        (r.columns.unwrap(), r.items.map(|i| i.unwrap()).collect())
     }
 
     #[test]
@@ -290,9 +293,15 @@ mod tests {
         );
         assert_eq!(items.len(), 3);
         let e = items[1].error.as_deref().unwrap();
-        assert!(e.contains("in.csv record 2 (line 3): 3 fields, but the header has 2"), "{e}");
+        assert!(
+            e.contains("in.csv record 2 (line 3): 3 fields, but the header has 2"),
+            "{e}"
+        );
         let e = items[2].error.as_deref().unwrap();
-        assert!(e.contains("never closed") && e.contains("lines 4 to 6"), "{e}");
+        assert!(
+            e.contains("never closed") && e.contains("lines 4 to 6"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -321,7 +330,11 @@ mod tests {
         let err = open(Box::new(&b"id,text\n1,x\n"[..]), "in.csv", &opts)
             .err()
             .unwrap();
-        assert!(err.to_string().contains("no such column (columns: id, text)"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("no such column (columns: id, text)"),
+            "{err}"
+        );
         let opts = InputOptions {
             format: InputFormat::Csv,
             ..InputOptions::default()

@@ -175,11 +175,7 @@ impl JsonLines {
             }
         };
         let text = pick(&self.field, "text")?;
-        let id = self
-            .id_field
-            .as_ref()
-            .map(|f| pick(f, "id"))
-            .transpose()?;
+        let id = self.id_field.as_ref().map(|f| pick(f, "id")).transpose()?;
         Ok((text, id, Carried::Json(obj)))
     }
 }
@@ -281,7 +277,11 @@ mod tests {
             panic!("object carried")
         };
         assert_eq!(obj.get("n").unwrap().get(), "1.50", "value bytes kept");
-        let deep = read("{\"m\": {\"t\": \"deep\"}, \"id\": 12}", Some("/m/t"), Some("id"));
+        let deep = read(
+            "{\"m\": {\"t\": \"deep\"}, \"id\": 12}",
+            Some("/m/t"),
+            Some("id"),
+        );
         assert_eq!(deep[0].text, "deep");
         assert_eq!(deep[0].id.as_deref(), Some("12"));
     }

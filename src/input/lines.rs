@@ -103,7 +103,7 @@ mod tests {
             err.contains("stdin line 2") && err.contains("column 3"),
             "{err}"
         );
-        assert_eq!(items[2].end_byte, 17);
+        assert_eq!(items[2].end_byte, 14);
     }
 
     #[test]

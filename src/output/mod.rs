@@ -116,10 +116,7 @@ mod tests {
             threshold: Some(0.5),
             ..FormatOptions::default()
         };
-        assert_eq!(
-            opts.top(&p).unwrap(),
-            [("d", 0.9), ("b", 0.7), ("a", 0.2)]
-        );
+        assert_eq!(opts.top(&p).unwrap(), [("d", 0.9), ("b", 0.7), ("a", 0.2)]);
         assert_eq!(opts.above(&p).unwrap(), [("d", 0.9), ("b", 0.7)]);
     }
 }
