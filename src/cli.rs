@@ -35,7 +35,7 @@ pub enum Command {
     /// error. A record that cannot be classified (not UTF-8, not JSON, no such field, wrong
     /// number of columns) gets an error record in its place, a warning on stderr and exit
     /// status 2; the others are kept.
-    Classify(ClassifyArgs),
+    Classify(Box<ClassifyArgs>),
 
     /// Fetch everything MODEL needs into the Hugging Face cache, for later offline runs.
     Download(ModelRefArgs),

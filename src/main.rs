@@ -14,7 +14,7 @@ use commands::{EXIT_ERROR, EXIT_OK};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Classify(args) => commands::classify::run(args),
+        Command::Classify(args) => commands::classify::run(*args),
         Command::Download(args) => commands::download::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Completions { shell } => commands::shell::completions(shell),
