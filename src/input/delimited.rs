@@ -103,12 +103,18 @@ pub fn open(reader: Box<dyn Read + Send>, name: &str, opts: &InputOptions) -> Re
     })
 }
 
-/// Column names from the header row; every one must be UTF-8.
+/// Column names from the header row; every one must be UTF-8. A byte-order mark (as
+/// spreadsheet programs write) is not part of the first name.
 fn header_names(first: &ByteRecord, name: &str) -> Result<Vec<String>> {
     first
         .iter()
         .enumerate()
         .map(|(i, f)| {
+            let f = if i == 0 {
+                f.strip_prefix("\u{feff}".as_bytes()).unwrap_or(f)
+            } else {
+                f
+            };
             std::str::from_utf8(f)
                 .map(str::to_string)
                 .map_err(|_| anyhow::anyhow!("{name}: header column {} is not valid UTF-8", i + 1))
@@ -269,7 +275,7 @@ mod tests {
     #[test]
     fn quoted_commas_doubled_quotes_and_newlines() {
         let (cols, items) = read(
-            "id,review,stars\n1,\"good, really\",5\n2,\"she said \"\"no\"\"\",1\n3,\"two\nlines\",3\n",
+            "\u{feff}id,review,stars\n1,\"good, really\",5\n2,\"she said \"\"no\"\"\",1\n3,\"two\nlines\",3\n",
             InputFormat::Csv,
             InputOptions {
                 field: Some("review".into()),
@@ -277,7 +283,7 @@ mod tests {
                 ..InputOptions::default()
             },
         );
-        assert_eq!(cols, ["id", "review", "stars"]);
+        assert_eq!(cols, ["id", "review", "stars"], "the byte-order mark is dropped");
         let texts: Vec<&str> = items.iter().map(|i| i.text.as_str()).collect();
         assert_eq!(texts, ["good, really", "she said \"no\"", "two\nlines"]);
         assert_eq!(items[2].id.as_deref(), Some("3"));

@@ -221,6 +221,11 @@ impl Iterator for JsonLines {
         };
         let raw = buf.strip_suffix(b"\n").unwrap_or(&buf);
         let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        // A byte-order mark before the first object is not part of it.
+        let raw = match line {
+            1 => raw.strip_prefix("\u{feff}".as_bytes()).unwrap_or(raw),
+            _ => raw,
+        };
         match decode(raw, at) {
             Err((text, e)) => {
                 item.text = text;
@@ -265,7 +270,7 @@ mod tests {
     #[test]
     fn objects_strings_pointers_and_ids() {
         let items = read(
-            "{\"id\": 7, \"body\": \"two\\nlines \\u00e9\", \"n\": 1.50}\n\n\"just text\"\n{\"m\": {\"t\": \"deep\"}, \"body\": \"x\", \"id\": \"a\"}\n",
+            "\u{feff}{\"id\": 7, \"body\": \"two\\nlines \\u00e9\", \"n\": 1.50}\n\n\"just text\"\n{\"m\": {\"t\": \"deep\"}, \"body\": \"x\", \"id\": \"a\"}\n",
             Some("body"),
             None,
         );
