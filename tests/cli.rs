@@ -4,39 +4,16 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
 
-fn bert_cli() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_bert-cli"));
-    c.env_remove("BERT_CLI_MODEL").env("HF_HUB_OFFLINE", "1");
-    c
-}
-
 /// `classify` on the fixture with `args`, feeding `stdin`.
 fn classify(args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = bert_cli()
-        .arg("classify")
-        .arg("--model")
-        .arg(minilm_sst2())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let data = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&data);
-    });
-    let out = child.wait_with_output().unwrap();
-    writer.join().unwrap();
-    out
+    classify_with(&minilm_sst2(), args, stdin)
 }
 
 fn stdout_lines(out: &Output) -> Vec<String> {

@@ -124,17 +124,7 @@ pub fn resolve(model: &str, opts: &HubOptions) -> Result<ModelFiles> {
     if path.is_dir() {
         return from_folder(path);
     }
-    if model.starts_with(['.', '/', '~']) || model.matches('/').count() > 1 || path.exists() {
-        bail!("model folder {model} does not exist (or is not a folder); give a folder in Hugging Face layout or a repo id such as owner/name");
-    }
-    let remote = Remote::new(
-        model,
-        &opts.revision,
-        &RemoteOptions {
-            offline: opts.offline || env::offline(),
-            progress: opts.progress,
-        },
-    )?;
+    let remote = remote_for(model, opts)?;
     let files = from_hub(model, &remote)?;
     if let Some(reason) = remote.fell_back_to_cache() {
         if opts.warn {
@@ -182,6 +172,24 @@ fn from_folder(dir: &Path) -> Result<ModelFiles> {
         tokenizer,
         cache_dir: None,
     })
+}
+
+/// The hub repo `model` names; a path-like name that is not a folder is an error.
+fn remote_for(model: &str, opts: &HubOptions) -> Result<Remote> {
+    if model.starts_with(['.', '/', '~'])
+        || model.matches('/').count() > 1
+        || Path::new(model).exists()
+    {
+        bail!("model folder {model} does not exist (or is not a folder); give a folder in Hugging Face layout or a repo id such as owner/name");
+    }
+    Remote::new(
+        model,
+        &opts.revision,
+        &RemoteOptions {
+            offline: opts.offline || env::offline(),
+            progress: opts.progress,
+        },
+    )
 }
 
 /// The first of `candidates` the repo has.
@@ -320,17 +328,7 @@ pub fn peek(model: &str, opts: &HubOptions) -> Result<Peek> {
             weights,
         });
     }
-    if model.starts_with(['.', '/', '~']) || model.matches('/').count() > 1 || path.exists() {
-        bail!("model folder {model} does not exist (or is not a folder); give a folder in Hugging Face layout or a repo id such as owner/name");
-    }
-    let remote = Remote::new(
-        model,
-        &opts.revision,
-        &RemoteOptions {
-            offline: opts.offline || env::offline(),
-            progress: opts.progress,
-        },
-    )?;
+    let remote = remote_for(model, opts)?;
     let config = required(&remote, "config.json")?;
     let tokenizer = match first_of(&remote, &TOKENIZER_FILES) {
         Ok((name, p)) if name == "vocab.json" => vec![p, required(&remote, "merges.txt")?],

@@ -141,10 +141,18 @@ impl Remote {
                 self.revision
             )));
         }
+        let api = self.online(file, "download")?;
+        api.download_with_progress(file, Bar::new(self.progress))
+            .map_err(|e| self.classify(file, e))
+    }
+
+    /// The hub client, unless offline or the network already failed; `command` is what
+    /// to run online first to have `file` cached.
+    fn online(&self, file: &str, command: &str) -> Result<&ApiRepo, Miss> {
         let Some(api) = &self.api else {
             return Err(Miss::Absent(anyhow!(
                 "offline, and {file} of {} (revision {}) is not in the cache at {}; \
-                 run `bert-cli download {}` while online first",
+                 run `bert-cli {command} {}` while online first",
                 self.id,
                 self.revision,
                 self.repo_dir.display(),
@@ -158,8 +166,7 @@ impl Remote {
                 self.endpoint
             )));
         }
-        api.download_with_progress(file, Bar::new(self.progress))
-            .map_err(|e| self.classify(file, e))
+        Ok(api)
     }
 
     /// The cached copy of `file`, without touching the network.
@@ -170,23 +177,7 @@ impl Remote {
     /// Bytes `start..=end` of `file` and the file's whole size, by an HTTP range request
     /// (the way the hub's own clients read a safetensors header without the weights).
     pub fn read_range(&self, file: &str, start: u64, end: u64) -> Result<(Vec<u8>, u64), Miss> {
-        if self.api.is_none() {
-            return Err(Miss::Absent(anyhow!(
-                "offline, and {file} of {} (revision {}) is not in the cache at {}; \
-                 run `bert-cli info {}` while online first",
-                self.id,
-                self.revision,
-                self.repo_dir.display(),
-                self.id
-            )));
-        }
-        if let Some(reason) = self.unreachable.borrow().as_ref() {
-            return Err(Miss::Absent(anyhow!(
-                "{file} of {} is not in the cache and {} is unreachable ({reason})",
-                self.id,
-                self.endpoint
-            )));
-        }
+        self.online(file, "info")?;
         let url = format!(
             "{}/{}/resolve/{}/{file}",
             self.endpoint,

@@ -283,7 +283,11 @@ mod tests {
                 ..InputOptions::default()
             },
         );
-        assert_eq!(cols, ["id", "review", "stars"], "the byte-order mark is dropped");
+        assert_eq!(
+            cols,
+            ["id", "review", "stars"],
+            "the byte-order mark is dropped"
+        );
         let texts: Vec<&str> = items.iter().map(|i| i.text.as_str()).collect();
         assert_eq!(texts, ["good, really", "she said \"no\"", "two\nlines"]);
         assert_eq!(items[2].id.as_deref(), Some("3"));

@@ -3,14 +3,14 @@
 //! document is one record. Blank lines are not records.
 
 use std::fmt;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 
 use anyhow::{bail, Result};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::{decode, place, Carried, InputOptions, Item};
+use super::{decode, place, read_chunk, Carried, InputOptions, Item};
 
 /// A JSON object as read: keys in input order, each value's bytes exactly as they were,
 /// so it can be written back equal to the input (numbers keep every digit).
@@ -189,20 +189,12 @@ impl Iterator for JsonLines {
             if self.done {
                 return None;
             }
-            buf.clear();
-            let n = match self.reader.read_until(b'\n', &mut buf) {
-                Ok(0) => {
+            let next = self.line + 1;
+            let n = match read_chunk(&mut self.reader, b'\n', &mut buf, &self.name, "line", next) {
+                Some(Ok(n)) => n,
+                end => {
                     self.done = true;
-                    return None;
-                }
-                Ok(n) => n,
-                Err(e) => {
-                    self.done = true;
-                    return Some(Err(anyhow::Error::new(e).context(format!(
-                        "cannot read {} at line {}",
-                        self.name,
-                        self.line + 1
-                    ))));
+                    return end.map(|e| e.map(|_| Item::default()));
                 }
             };
             self.line += 1;

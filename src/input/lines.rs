@@ -1,10 +1,10 @@
 //! One record per line, or per NUL-terminated chunk (`-0`, as `xargs -0` and `sort -z`).
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufReader, Read};
 
 use anyhow::Result;
 
-use super::{decode, place, Item};
+use super::{decode, place, read_chunk, Item};
 
 /// Splits a stream at `sep`; a final chunk without one is a record too, an empty one is not.
 pub struct Lines {
@@ -38,20 +38,13 @@ impl Iterator for Lines {
             return None;
         }
         let mut buf = Vec::new();
-        let n = match self.reader.read_until(self.sep, &mut buf) {
-            Ok(0) => {
+        let what = if self.sep == b'\n' { "line" } else { "record" };
+        let next = self.number + 1;
+        let n = match read_chunk(&mut self.reader, self.sep, &mut buf, &self.name, what, next) {
+            Some(Ok(n)) => n,
+            end => {
                 self.done = true;
-                return None;
-            }
-            Ok(n) => n,
-            Err(e) => {
-                self.done = true;
-                let what = if self.sep == b'\n' { "line" } else { "record" };
-                return Some(Err(anyhow::Error::new(e).context(format!(
-                    "cannot read {} at {what} {}",
-                    self.name,
-                    self.number + 1
-                ))));
+                return end.map(|e| e.map(|_| Item::default()));
             }
         };
         self.number += 1;

@@ -146,6 +146,27 @@ pub fn from_args(texts: Vec<String>) -> Records {
     }
 }
 
+/// Reads up to and including `sep` into `buf` (cleared first): `None` at the end of the
+/// stream, else the byte count, or the read error naming `name` and the `what` (line or
+/// record) numbered `number`.
+fn read_chunk(
+    reader: &mut impl std::io::BufRead,
+    sep: u8,
+    buf: &mut Vec<u8>,
+    name: &str,
+    what: &str,
+    number: usize,
+) -> Option<Result<usize>> {
+    buf.clear();
+    match reader.read_until(sep, buf) {
+        Ok(0) => None,
+        Ok(n) => Some(Ok(n)),
+        Err(e) => Some(Err(
+            anyhow::Error::new(e).context(format!("cannot read {name} at {what} {number}"))
+        )),
+    }
+}
+
 /// Where a record is, for messages: `reviews.csv record 4 (line 7)`.
 fn place(name: &str, record: usize, line: usize) -> String {
     if record == line {

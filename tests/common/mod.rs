@@ -1,8 +1,9 @@
 //! Shared test helpers: the real-weights fixture and the committed PyTorch references.
 #![allow(dead_code)]
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 use serde_json::Value;
@@ -247,4 +248,34 @@ pub fn assert_reference_attention(name: &str, engine: &bert_cli::engine::Engine)
         }
     }
     worst
+}
+
+/// The built binary, offline, with no model from the environment.
+pub fn bert_cli() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bert-cli"));
+    c.env_remove("BERT_CLI_MODEL").env("HF_HUB_OFFLINE", "1");
+    c
+}
+
+/// `bert-cli classify --model MODEL ARGS`, fed `stdin` from a thread of its own (so a
+/// large input cannot deadlock against unread output).
+pub fn classify_with(model: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = bert_cli()
+        .arg("classify")
+        .arg("--model")
+        .arg(model)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
 }
