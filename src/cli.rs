@@ -54,6 +54,31 @@ pub enum Command {
 
     /// Print the man page (roff) to standard output, e.g. `bert-cli man | man -l -`.
     Man,
+
+    /// Turn a JSON attention dump (from --dump-attention FILE.json) into the self-contained
+    /// HTML page, e.g. `bert-cli view attn.json -o attn.html`.
+    View(ViewArgs),
+}
+
+/// Flags of `bert-cli view`.
+#[derive(Debug, Args)]
+pub struct ViewArgs {
+    /// The JSON attention dump.
+    #[arg(value_name = "DUMP")]
+    pub input: PathBuf,
+
+    /// The page to write. Default: DUMP with its extension changed to .html.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
+/// `--attention-format` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AttentionFormatArg {
+    /// A JSON array, one object per input.
+    Json,
+    /// One self-contained HTML page: head view, model view, rollout.
+    Html,
 }
 
 /// Flags of `bert-cli info`.
@@ -213,9 +238,32 @@ pub struct ClassifyArgs {
     pub threads: Option<u64>,
 
     /// Write every input's tokens and attention probabilities (per layer, per head,
-    /// token by token) to FILE as JSON; see the README for the schema.
+    /// token by token) to FILE: JSON (schema in the README), or with a .html name one
+    /// self-contained page that draws them. The file appears only when complete.
     #[arg(long, value_name = "FILE")]
     pub dump_attention: Option<PathBuf>,
+
+    /// Format of --dump-attention. Default: html for .html/.htm names, else json.
+    #[arg(long, value_enum, value_name = "FORMAT", requires = "dump_attention")]
+    pub attention_format: Option<AttentionFormatArg>,
+
+    /// Keep only these layers (numbered from 0) in the attention dump.
+    #[arg(
+        long,
+        value_name = "L,...",
+        value_delimiter = ',',
+        requires = "dump_attention"
+    )]
+    pub attention_layers: Option<Vec<usize>>,
+
+    /// Keep only these heads (numbered from 0) of each kept layer in the attention dump.
+    #[arg(
+        long,
+        value_name = "H,...",
+        value_delimiter = ',',
+        requires = "dump_attention"
+    )]
+    pub attention_heads: Option<Vec<usize>>,
 
     /// Print no warnings or progress bar. (A progress bar is drawn on stderr only when it
     /// is a terminal.)

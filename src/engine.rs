@@ -63,6 +63,10 @@ pub struct Engine {
     pub quantized: bool,
     /// How the layers compute.
     pub backend: Backend,
+    /// Encoder layers.
+    pub num_layers: usize,
+    /// Attention heads per layer.
+    pub num_heads: usize,
 }
 
 /// f32 on the CPU, where half precision has no fast kernels and only loses accuracy;
@@ -146,6 +150,8 @@ impl Engine {
             dtype,
             quantized: opts.quantize_q8,
             backend,
+            num_layers: cfg.num_layers,
+            num_heads: cfg.num_heads,
         })
     }
 

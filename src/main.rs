@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         Command::Info(args) => commands::info::run(args),
         Command::Completions { shell } => commands::shell::completions(shell),
         Command::Man => commands::shell::man(),
+        Command::View(args) => commands::view::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -7,12 +7,14 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 
 use crate::cli::{
-    ClassifyArgs, DTypeArg, FormatArg, FunctionArg, HubArgs, InputFormatArg, QuantizeArg,
+    AttentionFormatArg, ClassifyArgs, DTypeArg, FormatArg, FunctionArg, HubArgs, InputFormatArg,
+    QuantizeArg,
 };
 use crate::engine::EngineOptions;
 use crate::hub::HubOptions;
 use crate::input::{self, InputFormat, InputOptions, Records};
 use crate::models::config::Scoring;
+use crate::output::attention::{DumpFormat, DumpOptions};
 use crate::output::{FormatKind, FormatOptions};
 use crate::pipeline::PipelineOptions;
 use crate::progress::Progress;
@@ -99,6 +101,25 @@ impl ClassifyArgs {
             ids: self.id_field.is_some(),
         };
         (kind, opts)
+    }
+
+    /// What the attention dump keeps, and its format (from the file name unless given).
+    pub fn dump_options(&self) -> Option<(&std::path::Path, DumpOptions)> {
+        let path = self.dump_attention.as_deref()?;
+        let format = match self.attention_format {
+            Some(AttentionFormatArg::Json) => DumpFormat::Json,
+            Some(AttentionFormatArg::Html) => DumpFormat::Html,
+            None => DumpFormat::from_path(path),
+        };
+        Some((
+            path,
+            DumpOptions {
+                format,
+                layers: self.attention_layers.clone(),
+                heads: self.attention_heads.clone(),
+                warn: !self.quiet,
+            },
+        ))
     }
 
     /// How input records are read: the flags, the format defaulting to the --input file's

@@ -28,9 +28,8 @@ fn on_pool(mut args: ClassifyArgs) -> Result<u8> {
     // Open the dump file and the input (a CSV header naming no such column) before the
     // slow work, so a bad path or flag fails at once.
     let mut dump = args
-        .dump_attention
-        .as_deref()
-        .map(AttentionDump::create)
+        .dump_options()
+        .map(|(path, opts)| AttentionDump::create(path, opts))
         .transpose()?;
     let source = args.take_source()?;
 
@@ -41,7 +40,12 @@ fn on_pool(mut args: ClassifyArgs) -> Result<u8> {
     warn_about(&engine, args.quiet);
 
     if let Some(d) = dump.as_mut() {
-        d.describe(&engine.model_id, &engine.labels);
+        d.describe(
+            &engine.model_id,
+            &engine.labels,
+            engine.num_layers,
+            engine.num_heads,
+        )?;
     }
     let (kind, format) = args.format(
         &engine.labels,

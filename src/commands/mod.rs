@@ -4,6 +4,7 @@ pub mod classify;
 pub mod download;
 pub mod info;
 pub mod shell;
+pub mod view;
 
 /// Every input classified (or the command did what it was asked).
 pub const EXIT_OK: u8 = 0;

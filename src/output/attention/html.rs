@@ -1,0 +1,233 @@
+//! The self-contained HTML page: style, data and the viewer script all inline (no request
+//! to any network or file; a Content-Security-Policy forbids them too), written as inputs
+//! arrive: the opening, one `<script>` per input, then the viewer.
+
+use anyhow::Result;
+use base64::Engine as _;
+use serde_json::json;
+
+use super::Model;
+use crate::engine::Prediction;
+use crate::output::Record;
+use crate::tokenize::Encoded;
+
+const VIEW_JS: &str = include_str!("view.js");
+const VIEW_CSS: &str = include_str!("view.css");
+
+/// Attention bytes are `round(p * SCALE)`: 1/255 steps, a quarter of the size of 4 digits.
+const SCALE: f32 = 255.0;
+
+/// Everything before the first input.
+pub fn opening(model: &str) -> String {
+    let title = escape_html(model);
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n\
+         <meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:\">\n\
+         <title>bert-cli attention: {title}</title>\n<style>\n{VIEW_CSS}</style></head><body>\n\
+         <h1>Attention in {title}</h1>\n\
+         <p class=\"note\">Written by bert-cli. Attention probabilities are stored to 1/255; the rollout and \
+         the label probabilities to 6 digits.</p>\n\
+         <div id=\"controls\"></div>\n<h2>Prediction</h2><div id=\"prediction\"></div>\n\
+         <h2>Head view</h2><p class=\"note\">Each line joins a token (left) to a token it attends to (right), \
+         drawn when the weight is at least 0.05, darker for more; one colour per head. Hover over a token on the \
+         left to see only its lines.</p><div id=\"headview\"></div>\n\
+         <h2>Model view</h2><p class=\"note\">Every layer and head; a click opens it in the head view.</p>\
+         <div id=\"modelview\"></div>\n\
+         <h2>Attention rollout</h2><p class=\"note\">Head-averaged attention with the residual connection \
+         (0.5 A + 0.5 I), multiplied through the layers up to the chosen one (Abnar and Zuidema, 2020).</p>\
+         <div id=\"rollout\"></div>\n\
+         <script>window.BERT_CLI_DATA = [];</script>\n"
+    )
+}
+
+/// The viewer script and the end of the page.
+pub fn closing() -> String {
+    format!("<script>\n{VIEW_JS}</script>\n</body></html>\n")
+}
+
+/// `(0.5 A_l + 0.5 I) ... (0.5 A_1 + 0.5 I)` with `A` the head-averaged attention: row
+/// `[l][0]` says how much of the first token's state after layer `l` flows from each token.
+/// Returns the first row after every layer, `[layer][token]`.
+pub fn rollout(attention: &[Vec<Vec<Vec<f32>>>]) -> Vec<Vec<f32>> {
+    let n = attention
+        .first()
+        .and_then(|l| l.first())
+        .map_or(0, Vec::len);
+    // rows[i] is row i of the running product; only row 0 is kept, but it needs all rows
+    // of the previous product, so keep the whole matrix (n is at most a few hundred).
+    let mut r: Vec<Vec<f64>> = (0..n)
+        .map(|i| (0..n).map(|j| f64::from(u8::from(i == j))).collect())
+        .collect();
+    let mut out = Vec::with_capacity(attention.len());
+    for layer in attention {
+        let heads = layer.len().max(1) as f64;
+        let a: Vec<Vec<f64>> = (0..n)
+            .map(|i| {
+                (0..n)
+                    .map(|j| {
+                        let mean = layer.iter().map(|h| f64::from(h[i][j])).sum::<f64>() / heads;
+                        0.5 * mean + 0.5 * f64::from(u8::from(i == j))
+                    })
+                    .collect()
+            })
+            .collect();
+        r = (0..n)
+            .map(|i| {
+                (0..n)
+                    .map(|j| (0..n).map(|k| a[i][k] * r[k][j]).sum())
+                    .collect()
+            })
+            .collect();
+        out.push(
+            r.first()
+                .map_or_else(Vec::new, |row| row.iter().map(|&x| x as f32).collect()),
+        );
+    }
+    out
+}
+
+/// Rounds to 6 decimals for the page (JSON numbers stay short).
+fn round6(x: f32) -> f64 {
+    (f64::from(x) * 1e6).round() / 1e6
+}
+
+/// One input as the page shows it.
+pub struct PageEntry<'a> {
+    /// Input number.
+    pub record: usize,
+    /// `--id-field` value.
+    pub id: Option<&'a str>,
+    /// The input text.
+    pub text: &'a str,
+    /// Its tokens.
+    pub tokens: &'a [String],
+    /// Predicted label.
+    pub label: &'a str,
+    /// Every label, by index.
+    pub labels: &'a [String],
+    /// Every label's score.
+    pub probs: &'a [f32],
+    /// Model layer and head numbers of `attention`'s rows.
+    pub layers: &'a [usize],
+    /// Heads kept in each layer.
+    pub heads: &'a [usize],
+    /// `[kept layer][kept head][query][key]`.
+    pub attention: Vec<Vec<&'a Vec<Vec<f32>>>>,
+    /// Rollout after each kept layer, when every layer was there to compute it.
+    pub rollout: Option<Vec<Vec<f32>>>,
+}
+
+/// The page entry for a classified input (attention of every layer and head at hand).
+pub(super) fn entry(
+    model: &Model,
+    r: &Record,
+    enc: &Encoded,
+    p: &Prediction,
+    attention: &[Vec<Vec<Vec<f32>>>],
+) -> Result<Vec<u8>> {
+    let all = rollout(attention);
+    page_entry(&PageEntry {
+        record: r.item.number,
+        id: r.item.id.as_deref(),
+        text: &r.item.text,
+        tokens: &enc.tokens,
+        label: &model.labels[p.top],
+        labels: &model.labels,
+        probs: &p.probs,
+        layers: &model.layers,
+        heads: &model.heads,
+        attention: model
+            .layers
+            .iter()
+            .map(|&l| model.heads.iter().map(|&h| &attention[l][h]).collect())
+            .collect(),
+        rollout: Some(model.layers.iter().map(|&l| all[l].clone()).collect()),
+    })
+}
+
+/// One input as a `<script>` that adds it to the page's data.
+pub fn page_entry(e: &PageEntry) -> Result<Vec<u8>> {
+    let n = e.tokens.len();
+    let mut bytes = Vec::with_capacity(e.layers.len() * e.heads.len() * n * n);
+    for layer in &e.attention {
+        for head in layer {
+            if head.len() != n || head.iter().any(|row| row.len() != n) {
+                anyhow::bail!(
+                    "record {}: attention is not {n} x {n} for its {n} tokens",
+                    e.record
+                );
+            }
+            for row in head.iter() {
+                bytes.extend(
+                    row.iter()
+                        .map(|&v| (v.clamp(0.0, 1.0) * SCALE).round() as u8),
+                );
+            }
+        }
+    }
+    let rollout: Option<Vec<Vec<f64>>> = e.rollout.as_ref().map(|r| {
+        r.iter()
+            .map(|row| row.iter().map(|&x| round6(x)).collect())
+            .collect()
+    });
+    let data = json!({
+        "record": e.record,
+        "id": e.id,
+        "text": e.text,
+        "tokens": e.tokens,
+        "label": e.label,
+        "labels": e.labels,
+        "probs": e.probs.iter().map(|&x| round6(x)).collect::<Vec<_>>(),
+        "layers": e.layers,
+        "heads": e.heads,
+        "scale": SCALE,
+        "attention": base64::engine::general_purpose::STANDARD.encode(&bytes),
+        "rollout": rollout,
+    });
+    Ok(format!(
+        "<script>BERT_CLI_DATA.push({});</script>\n",
+        script_safe(&data.to_string())
+    )
+    .into_bytes())
+}
+
+/// JSON that cannot end its `<script>` element early: every `<` written as `\u003c`
+/// (inside JSON it can only occur in strings, where the escape means the same).
+fn script_safe(json: &str) -> String {
+    json.replace('<', "\\u003c")
+        .replace('\u{2028}', "\\u2028")
+        .replace('\u{2029}', "\\u2029")
+}
+
+/// Text for an HTML element or attribute.
+fn escape_html(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rollout_of_identity_attention_stays_on_each_token() {
+        let eye = vec![vec![1.0, 0.0], vec![0.0, 1.0]];
+        let r = rollout(&[vec![eye.clone(), eye]]);
+        assert_eq!(r, vec![vec![1.0, 0.0]]);
+        // Uniform attention moves half of the state each layer.
+        let half = vec![vec![0.5, 0.5], vec![0.5, 0.5]];
+        let r = rollout(&[vec![half.clone()], vec![half]]);
+        assert_eq!(r[0], vec![0.75, 0.25]);
+        assert_eq!(r[1], vec![0.625, 0.375]);
+    }
+
+    #[test]
+    fn script_text_cannot_close_its_element() {
+        assert_eq!(
+            script_safe(r#"{"t":"</script>"}"#),
+            r#"{"t":"\u003c/script>"}"#
+        );
+    }
+}

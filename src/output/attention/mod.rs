@@ -1,0 +1,264 @@
+//! `--dump-attention FILE`: per input, the tokens and every head's attention, as JSON
+//! (`json.rs`) or as one self-contained HTML page that draws it (`html.rs`).
+//!
+//! The file is written under a temporary name in the same folder and renamed into place
+//! only when complete, so a failed or interrupted run leaves no half-written dump and an
+//! existing file at the path untouched.
+
+mod html;
+mod json;
+pub mod view;
+
+pub use html::{page_entry, rollout, PageEntry};
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use super::Record;
+
+/// Dumps estimated past this many bytes get one warning, before they are written.
+const WARN_BYTES: u64 = 100_000_000;
+
+/// JSON or HTML.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DumpFormat {
+    /// A JSON array, one object per input (the schema in the README).
+    Json,
+    /// One self-contained page with a head view, a model view and attention rollout.
+    Html,
+}
+
+impl DumpFormat {
+    /// HTML for `.html`/`.htm` paths, JSON otherwise.
+    pub fn from_path(path: &Path) -> Self {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some(e) if e.eq_ignore_ascii_case("html") || e.eq_ignore_ascii_case("htm") => {
+                Self::Html
+            }
+            _ => Self::Json,
+        }
+    }
+}
+
+/// What goes into the dump.
+#[derive(Debug, Clone)]
+pub struct DumpOptions {
+    /// The file's format.
+    pub format: DumpFormat,
+    /// Layers to keep (all when `None`).
+    pub layers: Option<Vec<usize>>,
+    /// Heads to keep in each kept layer (all when `None`).
+    pub heads: Option<Vec<usize>>,
+    /// Warn on stderr when the dump grows large.
+    pub warn: bool,
+}
+
+/// The model facts every entry repeats.
+#[derive(Debug, Clone, Default)]
+struct Model {
+    name: String,
+    labels: Vec<String>,
+    layers: Vec<usize>,
+    heads: Vec<usize>,
+    /// Whether layers or heads were filtered (then the JSON says which were kept).
+    filtered: bool,
+}
+
+/// A dump being written.
+pub struct AttentionDump {
+    file: Option<AtomicFile>,
+    opts: DumpOptions,
+    model: Model,
+    written: usize,
+    warned: bool,
+}
+
+impl AttentionDump {
+    /// Creates the temporary file now, before any slow work, so a bad path fails at once.
+    pub fn create(path: &Path, opts: DumpOptions) -> Result<Self> {
+        let file = AtomicFile::create(path)?;
+        Ok(Self {
+            file: Some(file),
+            opts,
+            model: Model::default(),
+            written: 0,
+            warned: false,
+        })
+    }
+
+    /// Names the model, its labels and its shape; checks `--attention-layers/-heads`
+    /// against it and writes the file's opening.
+    pub fn describe(
+        &mut self,
+        model: &str,
+        labels: &[String],
+        num_layers: usize,
+        num_heads: usize,
+    ) -> Result<()> {
+        let keep = |given: &Option<Vec<usize>>, n: usize, what: &str| -> Result<Vec<usize>> {
+            match given {
+                None => Ok((0..n).collect()),
+                Some(v) => {
+                    if let Some(bad) = v.iter().find(|&&i| i >= n) {
+                        bail!("--attention-{what}s {bad}: the model has {n} {what}s, numbered 0 to {}", n - 1);
+                    }
+                    Ok(v.clone())
+                }
+            }
+        };
+        self.model = Model {
+            name: model.to_string(),
+            labels: labels.to_vec(),
+            layers: keep(&self.opts.layers, num_layers, "layer")?,
+            heads: keep(&self.opts.heads, num_heads, "head")?,
+            filtered: self.opts.layers.is_some() || self.opts.heads.is_some(),
+        };
+        let opening = match self.opts.format {
+            DumpFormat::Json => b"[".to_vec(),
+            DumpFormat::Html => html::opening(&self.model.name).into_bytes(),
+        };
+        self.file_mut()?.write(&opening)
+    }
+
+    fn file_mut(&mut self) -> Result<&mut AtomicFile> {
+        self.file
+            .as_mut()
+            .context("internal error: attention dump already finished")
+    }
+
+    /// Appends one input; failed inputs have no attention and are skipped.
+    pub fn write(&mut self, r: &Record) -> Result<()> {
+        let Ok((enc, p)) = r.outcome else {
+            return Ok(());
+        };
+        let Some(attention) = p.attention.as_deref() else {
+            return Ok(());
+        };
+        let n = enc.ids.len() as u64;
+        let cells = (self.model.layers.len() * self.model.heads.len()) as u64 * n * n;
+        let (bytes, estimate) = match self.opts.format {
+            DumpFormat::Json => {
+                let e = json::entry(&self.model, r, enc, p, attention)?;
+                (e, cells * 11)
+            }
+            DumpFormat::Html => {
+                let e = html::entry(&self.model, r, enc, p, attention)?;
+                (e, cells * 4 / 3)
+            }
+        };
+        let sep: &[u8] = match (self.opts.format, self.written) {
+            (DumpFormat::Json, 0) => b"\n",
+            (DumpFormat::Json, _) => b",\n",
+            (DumpFormat::Html, _) => b"",
+        };
+        let so_far = self.file_mut()?.written;
+        if self.opts.warn && !self.warned && so_far + estimate > WARN_BYTES {
+            self.warned = true;
+            let path = self.file_mut()?.path.display().to_string();
+            eprintln!(
+                "bert-cli: warning: the attention dump {path} will pass {} MB; --attention-layers and --attention-heads keep less{}",
+                WARN_BYTES / 1_000_000,
+                if self.opts.format == DumpFormat::Json {
+                    ", and an .html dump is about 8x smaller"
+                } else {
+                    ""
+                }
+            );
+        }
+        let file = self.file_mut()?;
+        file.write(sep)?;
+        file.write(&bytes)?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Closes the array (or page), then moves the file into place.
+    pub fn finish(mut self) -> Result<()> {
+        let closing = match self.opts.format {
+            DumpFormat::Json => b"\n]\n".to_vec(),
+            DumpFormat::Html => html::closing().into_bytes(),
+        };
+        let mut file = self
+            .file
+            .take()
+            .context("internal error: attention dump already finished")?;
+        file.write(&closing)?;
+        file.commit()
+    }
+}
+
+/// A file written under a temporary name beside `path` and renamed into place by
+/// `commit`; dropped uncommitted, the temporary file is removed.
+pub struct AtomicFile {
+    out: Option<BufWriter<File>>,
+    tmp: PathBuf,
+    path: PathBuf,
+    written: u64,
+}
+
+impl AtomicFile {
+    /// Creates the temporary file (failing at once on a bad folder or permissions).
+    pub fn create(path: &Path) -> Result<Self> {
+        let name = path
+            .file_name()
+            .with_context(|| format!("{} is not a file name", path.display()))?;
+        let tmp = path.with_file_name(format!(
+            ".{}.tmp-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let file = File::create(&tmp)
+            .with_context(|| format!("cannot create {} (for {})", tmp.display(), path.display()))?;
+        Ok(Self {
+            out: Some(BufWriter::with_capacity(1 << 20, file)),
+            tmp,
+            path: path.to_path_buf(),
+            written: 0,
+        })
+    }
+
+    /// Appends bytes.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        let out = self
+            .out
+            .as_mut()
+            .context("internal error: file already committed")?;
+        out.write_all(bytes)
+            .with_context(|| format!("cannot write {}", self.tmp.display()))?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Flushes, syncs and renames the file into place.
+    pub fn commit(mut self) -> Result<()> {
+        let out = self
+            .out
+            .take()
+            .context("internal error: file already committed")?;
+        let file = out
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("cannot write {}", self.tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("cannot write {}", self.tmp.display()))?;
+        std::fs::rename(&self.tmp, &self.path).with_context(|| {
+            let _ = std::fs::remove_file(&self.tmp);
+            format!(
+                "cannot move {} into place at {}",
+                self.tmp.display(),
+                self.path.display()
+            )
+        })
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if self.out.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! `bert-cli view DUMP.json -o PAGE.html`: a JSON attention dump turned into the page,
+//! one entry at a time (a dump may be hundreds of megabytes).
+
+use std::fmt;
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::de::{Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+
+use super::html::{self, PageEntry};
+use super::AtomicFile;
+
+/// The fields of a JSON dump entry the page needs.
+#[derive(Deserialize)]
+struct DumpEntry {
+    model: String,
+    #[serde(alias = "line")]
+    record: usize,
+    #[serde(default)]
+    id: Option<String>,
+    text: String,
+    tokens: Vec<String>,
+    #[serde(default)]
+    layers: Option<Vec<usize>>,
+    #[serde(default)]
+    heads: Option<Vec<usize>>,
+    attention: Vec<Vec<Vec<Vec<f32>>>>,
+    prediction: DumpPrediction,
+}
+
+#[derive(Deserialize)]
+struct DumpPrediction {
+    label: String,
+    labels: Vec<String>,
+    probs: Vec<f32>,
+}
+
+/// Writes the page for the dump at `input` to `output`; returns how many inputs it shows.
+pub fn json_to_html(input: &Path, output: &Path) -> Result<usize> {
+    let file = File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
+    let mut out = AtomicFile::create(output)?;
+    let mut count = 0;
+    let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(1 << 20, file));
+    let mut each = |e: DumpEntry| -> Result<()> {
+        if count == 0 {
+            out.write(html::opening(&e.model).as_bytes())?;
+        }
+        count += 1;
+        let layers = e
+            .layers
+            .clone()
+            .unwrap_or_else(|| (0..e.attention.len()).collect());
+        let heads = e
+            .heads
+            .clone()
+            .unwrap_or_else(|| (0..e.attention.first().map_or(0, Vec::len)).collect());
+        // Rollout multiplies through every layer, so a dump that kept only some has none.
+        let rollout = e.layers.is_none() && e.heads.is_none();
+        let page = PageEntry {
+            record: e.record,
+            id: e.id.as_deref(),
+            text: &e.text,
+            tokens: &e.tokens,
+            label: &e.prediction.label,
+            labels: &e.prediction.labels,
+            probs: &e.prediction.probs,
+            layers: &layers,
+            heads: &heads,
+            attention: e.attention.iter().map(|l| l.iter().collect()).collect(),
+            rollout: rollout.then(|| html::rollout(&e.attention)),
+        };
+        out.write(&html::page_entry(&page)?)
+    };
+    de.deserialize_seq(Entries(&mut each))
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("{} is not a bert-cli JSON attention dump", input.display()))?;
+    if count == 0 {
+        out.write(html::opening("an empty dump").as_bytes())?;
+    }
+    out.write(html::closing().as_bytes())?;
+    out.commit()?;
+    Ok(count)
+}
+
+/// Visits the dump's array, handing each entry to the callback as soon as it is read.
+struct Entries<'f>(&'f mut dyn FnMut(DumpEntry) -> Result<()>);
+
+impl<'de> Visitor<'de> for Entries<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON array of attention entries")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(entry) = seq.next_element::<DumpEntry>()? {
+            (self.0)(entry).map_err(|e| serde::de::Error::custom(format!("{e:#}")))?;
+        }
+        Ok(())
+    }
+}
