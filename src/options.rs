@@ -183,9 +183,14 @@ impl ClassifyArgs {
             _ => {
                 let interactive = io::stdin().is_terminal();
                 if interactive && !self.quiet {
-                    eprintln!(
-                        "bert-cli: reading one text per line from standard input (Ctrl-D to end)"
-                    );
+                    let what = match (opts.format, opts.null_data) {
+                        (InputFormat::Lines, false) => "one text per line",
+                        (InputFormat::Lines, true) => "NUL-terminated texts",
+                        (InputFormat::Jsonl, _) => "one JSON object per line",
+                        (InputFormat::Csv, _) => "CSV rows",
+                        (InputFormat::Tsv, _) => "TSV rows",
+                    };
+                    eprintln!("bert-cli: reading {what} from standard input (Ctrl-D to end)");
                 }
                 Ok(Source {
                     records: input::open(Box::new(io::stdin()), "stdin", &opts)?,
