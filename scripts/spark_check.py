@@ -77,8 +77,13 @@ def run_job(work, name, env, extra=()):
     return df, json.loads(stats.read_text())["seconds"], p.stderr
 
 
+CHECKS = []
+
+
 def check(name, ok, detail=""):
-    print(f"{'PASS' if ok else 'FAIL'}  {name}{': ' + detail if detail else ''}")
+    line = f"{'PASS' if ok else 'FAIL'}  {name}{': ' + detail if detail else ''}"
+    print(line)
+    CHECKS.append(line)
     return ok
 
 
@@ -175,7 +180,8 @@ def main():
     text = "\n".join(lines)
     print(text)
     if args.report:
-        args.report.write_text(text + "\n")
+        checks = "\n".join(f"- {c}" for c in CHECKS)
+        args.report.write_text(f"# scripts/spark-check\n\n{checks}\n\n{text}\n")
     shutil.rmtree(work, ignore_errors=True)
     sys.exit(0 if ok else 1)
 
