@@ -241,9 +241,24 @@ fn label_names(
                 given.len()
             );
         }
+        if let Some(blank) = given.iter().position(|l| l.trim().is_empty()) {
+            bail!("--labels: label {} is blank", blank + 1);
+        }
+        for (i, l) in given.iter().enumerate() {
+            if given[..i].contains(l) {
+                bail!("--labels names {l:?} twice; every label needs its own name");
+            }
+        }
         return Ok(given.to_vec());
     }
-    if config.len() == num_labels && !(labels_are_generic(config) && model_id == DEFAULT_MODEL) {
+    if config.len() != num_labels {
+        bail!(
+            "config.json names {} labels (id2label/num_labels) but the classifier in the checkpoint has {num_labels} outputs; \
+             the config does not belong to these weights (--labels names them if only the config is wrong)",
+            config.len()
+        );
+    }
+    if !(labels_are_generic(config) && model_id == DEFAULT_MODEL) {
         return Ok(config.to_vec());
     }
     if model_id == DEFAULT_MODEL && num_labels == DEFAULT_MODEL_LABELS.len() {
@@ -293,6 +308,20 @@ mod tests {
         assert_eq!(label_names("x", &generic, None, 2).unwrap(), generic);
         let err = label_names("x", &generic, Some(&strings(&["a"])), 2).unwrap_err();
         assert!(err.to_string().contains("1 labels"), "{err}");
+        let err = label_names("x", &generic, Some(&strings(&["a", "a"])), 2).unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
+        let err = label_names("x", &generic, Some(&strings(&["a", " "])), 2).unwrap_err();
+        assert!(err.to_string().contains("label 2 is blank"), "{err}");
+        let three = strings(&["a", "b", "c"]);
+        let err = label_names("x", &three, None, 2).unwrap_err();
+        assert!(
+            err.to_string().contains("names 3 labels") && err.to_string().contains("has 2 outputs"),
+            "{err}"
+        );
+        assert!(
+            label_names("x", &generic[..1], None, 2).is_err(),
+            "a 2-row head under 1 label"
+        );
     }
 
     #[test]

@@ -214,8 +214,15 @@ fn classify_window(
     Ok(encoded
         .into_iter()
         .zip(predictions)
-        .map(|(enc, p)| match (enc, p) {
-            (Ok(enc), Some(p)) => Ok((enc, p)),
+        .zip(items)
+        .map(|((enc, p), item)| match (enc, p) {
+            (Ok(enc), Some(p)) if p.logits.iter().all(|x| x.is_finite()) => Ok((enc, p)),
+            (Ok(_), Some(p)) => Err(format!(
+                "input {}: the model produced non-finite values (logits {:?}), not an answer; \
+                 likely NaN or infinite weights in the checkpoint, or an overflow in half precision (try --dtype f32)",
+                item.number,
+                p.logits
+            )),
             (Err(e), _) => Err(e),
             (Ok(_), None) => Err("internal error: missing prediction".into()),
         })

@@ -133,6 +133,15 @@ impl SafetensorsFiles {
             .bt());
         };
         let (path, file) = &self.files[e.file];
+        // Weights are floating point; an integer tensor where one is expected is a damaged
+        // or foreign file, never something to cast silently.
+        if dtype.is_float() && !e.dtype.is_float() {
+            return Err(candle_core::Error::Msg(format!(
+                "tensor {name} in {} is stored as {:?}, not floating point: the file is damaged or not this model's weights",
+                path.display(),
+                e.dtype
+            )));
+        }
         let mut raw = vec![0u8; e.len];
         file.read_exact_at(&mut raw, e.offset).map_err(|err| {
             candle_core::Error::Msg(format!(

@@ -264,6 +264,22 @@ impl Config {
                 raw.num_attention_heads
             );
         }
+        if let Some(eps) = raw.layer_norm_eps {
+            if !(eps > 0.0 && eps.is_finite()) {
+                bail!("layer_norm_eps {eps} cannot be right: it must be a small positive number (BERT uses 1e-12)");
+            }
+        }
+        for (name, value) in [
+            ("num_hidden_layers", raw.num_hidden_layers),
+            ("hidden_size", raw.hidden_size),
+            ("intermediate_size", raw.intermediate_size),
+            ("vocab_size", raw.vocab_size),
+            ("max_position_embeddings", raw.max_position_embeddings),
+        ] {
+            if value == 0 {
+                bail!("{name} 0 cannot be right");
+            }
+        }
         if raw.conv_kernel_size.unwrap_or(0) > 0 {
             bail!(
                 "conv_kernel_size {} (DeBERTa's convolution layer) is not supported",

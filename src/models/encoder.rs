@@ -141,6 +141,17 @@ impl Encoder {
                 })
             })
             .collect::<Result<Vec<Layer>>>()?;
+        // A config that names fewer layers than the checkpoint has would silently run a
+        // truncated model.
+        let extra = vb.pp(cfg.num_layers).pp(names.attention_output);
+        if extra.contains_tensor("weight") {
+            anyhow::bail!(
+                "config.json says num_hidden_layers {} but the checkpoint has more layers (it has layer {}); \
+                 the config does not belong to these weights",
+                cfg.num_layers,
+                cfg.num_layers
+            );
+        }
         let first_token_last = !layers.is_empty()
             && layers
                 .iter()

@@ -66,13 +66,16 @@ impl Delimited {
 
     /// One field, quoted (CSV) or escaped (TSV) as needed.
     fn field<'a>(&self, s: &'a str) -> Cow<'a, str> {
+        // Control characters other than the ones each format handles are shown as escapes,
+        // as in the human format, so no output carries raw NUL or terminal escape bytes.
         if self.sep == b',' {
+            let s = escape_controls(s);
             if s.contains([',', '"', '\n', '\r']) {
                 Cow::Owned(format!("\"{}\"", s.replace('"', "\"\"")))
             } else {
-                Cow::Borrowed(s)
+                s
             }
-        } else if s.contains(['\\', '\t', '\n', '\r']) {
+        } else if s.contains(|c: char| c == '\\' || c.is_control()) {
             Cow::Owned(tsv_escape(s))
         } else {
             Cow::Borrowed(s)
@@ -80,9 +83,10 @@ impl Delimited {
     }
 
     /// A carried TSV field is written as read (it holds no tab or newline) unless it came
-    /// from CSV with one inside, so a TSV file comes back byte for byte.
+    /// from CSV with one inside (or holds other control characters), so a TSV file comes
+    /// back byte for byte.
     fn carried_field<'a>(&self, s: &'a str) -> Cow<'a, str> {
-        if self.sep == b'\t' && !s.contains(['\t', '\n', '\r']) {
+        if self.sep == b'\t' && !s.contains(|c: char| c.is_control()) {
             Cow::Borrowed(s)
         } else {
             self.field(s)
@@ -145,7 +149,26 @@ impl Delimited {
     }
 }
 
-/// Backslash escapes for the characters that would break a TSV row.
+/// Control characters other than newline and carriage return (which CSV quotes) and tab
+/// as `\u{1b}` escapes.
+fn escape_controls(text: &str) -> Cow<'_, str> {
+    let special = |c: char| c.is_control() && !matches!(c, '\t' | '\n' | '\r');
+    if !text.contains(special) {
+        return Cow::Borrowed(text);
+    }
+    let mut s = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if special(c) {
+            s.extend(c.escape_default());
+        } else {
+            s.push(c);
+        }
+    }
+    Cow::Owned(s)
+}
+
+/// Backslash escapes for the characters that would break a TSV row, and every other
+/// control character as `\u{..}`.
 fn tsv_escape(text: &str) -> String {
     let mut s = String::with_capacity(text.len() + 8);
     for c in text.chars() {
@@ -154,6 +177,7 @@ fn tsv_escape(text: &str) -> String {
             '\t' => s.push_str("\\t"),
             '\n' => s.push_str("\\n"),
             '\r' => s.push_str("\\r"),
+            c if c.is_control() => s.extend(c.escape_default()),
             c => s.push(c),
         }
     }
@@ -194,5 +218,15 @@ mod tests {
     #[test]
     fn tsv_escape_keeps_one_row_per_input() {
         assert_eq!(super::tsv_escape("a\tb\nc\\d"), "a\\tb\\nc\\\\d");
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_output_raw() {
+        assert_eq!(
+            super::escape_controls("a\u{0}b\u{1b}[31m\n"),
+            "a\\u{0}b\\u{1b}[31m\n"
+        );
+        assert_eq!(super::escape_controls("plain"), "plain");
+        assert_eq!(super::tsv_escape("a\u{0}\\\u{1b}"), "a\\u{0}\\\\\\u{1b}");
     }
 }

@@ -1,0 +1,186 @@
+//! Checkpoints and configs that cannot be right are refused, naming both sides, before any
+//! input is read; a model that produces NaN gives error records, never a NaN as an answer.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+use serde_json::Value;
+
+/// A copy of the model folder `src` (big files linked, not copied) with `edit` applied to
+/// its config.json and `patch` to its safetensors bytes.
+fn variant(
+    src: &Path,
+    dir: &Path,
+    mut edit: impl FnMut(&mut Value),
+    mut patch: impl FnMut(&mut Vec<u8>),
+) -> PathBuf {
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        let to = dir.join(&name);
+        match name.to_str().unwrap() {
+            "config.json" => {
+                let mut cfg: Value =
+                    serde_json::from_str(&std::fs::read_to_string(entry.path()).unwrap()).unwrap();
+                edit(&mut cfg);
+                std::fs::write(&to, serde_json::to_string(&cfg).unwrap()).unwrap();
+            }
+            "model.safetensors" => {
+                let mut bytes = std::fs::read(entry.path()).unwrap();
+                patch(&mut bytes);
+                std::fs::write(&to, bytes).unwrap();
+            }
+            _ => std::os::unix::fs::symlink(entry.path(), &to).unwrap(),
+        }
+    }
+    dir.to_path_buf()
+}
+
+/// The header of a safetensors file and where its data start.
+fn header(bytes: &[u8]) -> (Value, usize) {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    (serde_json::from_slice(&bytes[8..8 + n]).unwrap(), 8 + n)
+}
+
+fn run(model: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = classify_with(model, args, b"");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn impossible_config_values_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = variant(
+        &family_dir("roberta"),
+        dir.path(),
+        |c| c["layer_norm_eps"] = (-1.0).into(),
+        |_| {},
+    );
+    let (code, stdout, stderr) = run(&m, &["a fine film"]);
+    assert_eq!(code, Some(2));
+    assert!(stdout.is_empty(), "nothing printed as an answer: {stdout}");
+    assert!(stderr.contains("layer_norm_eps -1"), "{stderr}");
+}
+
+#[test]
+fn config_and_checkpoint_that_disagree_are_named() {
+    // Fewer layers in the config than in the checkpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let m = variant(
+        &minilm_sst2(),
+        dir.path(),
+        |c| c["num_hidden_layers"] = 3.into(),
+        |_| {},
+    );
+    let (code, _, stderr) = run(&m, &["a fine film"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("num_hidden_layers 3") && stderr.contains("layer 3"),
+        "{stderr}"
+    );
+
+    // Three label names over a two-row classifier.
+    let dir = tempfile::tempdir().unwrap();
+    let m = variant(
+        &minilm_sst2(),
+        dir.path(),
+        |c| {
+            c["id2label"] = serde_json::json!({"0": "neg", "1": "pos", "2": "meh"});
+            c["label2id"] = serde_json::json!({"neg": 0, "pos": 1, "meh": 2});
+        },
+        |_| {},
+    );
+    let (code, _, stderr) = run(&m, &["a fine film"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("names 3 labels") && stderr.contains("has 2 outputs"),
+        "{stderr}"
+    );
+
+    // --labels that repeat or are blank.
+    for labels in ["A,A", ","] {
+        let (code, _, stderr) = run(&minilm_sst2(), &["--labels", labels, "x"]);
+        assert_eq!(code, Some(2), "--labels {labels}");
+        assert!(stderr.contains("--labels"), "{stderr}");
+    }
+}
+
+#[test]
+fn integer_weights_are_refused_not_cast() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = variant(
+        &family_dir("roberta"),
+        dir.path(),
+        |_| {},
+        |bytes| {
+            // Re-label one F32 tensor as U32: same size, same shape, integer type.
+            let (h, _) = header(bytes);
+            let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+            let text = String::from_utf8(bytes[8..8 + n].to_vec()).unwrap();
+            let name = "classifier.out_proj.bias";
+            assert_eq!(h[name]["dtype"], "F32");
+            let at = text.find(&format!("\"{name}\"")).unwrap();
+            let dtype = at + text[at..].find("\"F32\"").unwrap();
+            bytes[8 + dtype..8 + dtype + 5].copy_from_slice(b"\"U32\"");
+        },
+    );
+    let (code, _, stderr) = run(&m, &["a fine film"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("classifier.out_proj.bias") && stderr.contains("U32"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn nan_results_are_error_records_not_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = variant(
+        &family_dir("roberta"),
+        dir.path(),
+        |_| {},
+        |bytes| {
+            let (h, data) = header(bytes);
+            let start = h["classifier.out_proj.bias"]["data_offsets"][0]
+                .as_u64()
+                .unwrap() as usize;
+            bytes[data + start..data + start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+        },
+    );
+    let (code, stdout, stderr) = run(&m, &["-f", "jsonl", "a fine film", "another"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let recs: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(recs.len(), 2, "one record per input");
+    for r in &recs {
+        assert!(r.get("label").is_none(), "a NaN printed as an answer: {r}");
+        assert!(r["error"].as_str().unwrap().contains("non-finite"), "{r}");
+    }
+    assert!(!stdout.contains("NaN\t") && !stdout.contains(": NaN"));
+}
+
+#[test]
+fn csv_and_tsv_never_pass_control_bytes_through() {
+    let text = "bad\u{0}bytes \u{1b}[31mred\u{7f} end";
+    for format in ["tsv", "csv"] {
+        let (code, stdout, _) = run(&minilm_sst2(), &["-f", format, text]);
+        assert_eq!(code, Some(0));
+        let raw: Vec<char> = stdout
+            .chars()
+            .filter(|c| c.is_control() && !matches!(c, '\t' | '\n'))
+            .collect();
+        assert!(
+            raw.is_empty(),
+            "{format} passed {raw:?} through: {stdout:?}"
+        );
+        assert!(stdout.contains("\\u{1b}[31mred"), "{stdout}");
+    }
+}
