@@ -136,11 +136,7 @@ pub(super) fn entry(
         probs: &p.probs,
         layers: &model.layers,
         heads: &model.heads,
-        attention: model
-            .layers
-            .iter()
-            .map(|&l| model.heads.iter().map(|&h| &attention[l][h]).collect())
-            .collect(),
+        attention: model.kept(attention),
         rollout: Some(model.layers.iter().map(|&l| all[l].clone()).collect()),
     })
 }

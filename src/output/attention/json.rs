@@ -47,11 +47,7 @@ pub(super) fn entry(
     p: &Prediction,
     attention: &[Vec<Vec<Vec<f32>>>],
 ) -> Result<Vec<u8>> {
-    let kept: Vec<Vec<&Vec<Vec<f32>>>> = model
-        .layers
-        .iter()
-        .map(|&l| model.heads.iter().map(|&h| &attention[l][h]).collect())
-        .collect();
+    let kept = model.kept(attention);
     let entry = Entry {
         model: &model.name,
         record: r.item.number,

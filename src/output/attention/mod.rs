@@ -67,6 +67,16 @@ struct Model {
     filtered: bool,
 }
 
+impl Model {
+    /// The kept layers' kept heads of `attention` (`[layer][head][query][key]`).
+    fn kept<'a>(&self, attention: &'a [Vec<Vec<Vec<f32>>>]) -> Vec<Vec<&'a Vec<Vec<f32>>>> {
+        self.layers
+            .iter()
+            .map(|&l| self.heads.iter().map(|&h| &attention[l][h]).collect())
+            .collect()
+    }
+}
+
 /// A dump being written.
 pub struct AttentionDump {
     file: Option<AtomicFile>,
