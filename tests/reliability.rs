@@ -169,10 +169,12 @@ fn nan_results_are_error_records_not_answers() {
 
 #[test]
 fn csv_and_tsv_never_pass_control_bytes_through() {
-    let text = "bad\u{0}bytes \u{1b}[31mred\u{7f} end";
+    // On standard input: an argument cannot hold a NUL byte.
+    let text = "bad\u{0}bytes \u{1b}[31mred\u{7f} end\n";
     for format in ["tsv", "csv"] {
-        let (code, stdout, _) = run(&minilm_sst2(), &["-f", format, text]);
-        assert_eq!(code, Some(0));
+        let out = classify_with(&minilm_sst2(), &["-f", format], text.as_bytes());
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0));
         let raw: Vec<char> = stdout
             .chars()
             .filter(|c| c.is_control() && !matches!(c, '\t' | '\n'))
