@@ -77,10 +77,7 @@ impl SafetensorsFiles {
         let file_len = file.metadata()?.len();
         let mut len_bytes = [0u8; 8];
         file.read_exact_at(&mut len_bytes, 0)?;
-        let header_len = u64::from_le_bytes(len_bytes);
-        if header_len > file_len.saturating_sub(8) || header_len > 100 << 20 {
-            bail!("not a safetensors file: header length {header_len} does not fit in {file_len} bytes");
-        }
+        let header_len = safetensors_header_len(&len_bytes, file_len)?;
         let mut header = vec![0u8; header_len as usize];
         file.read_exact_at(&mut header, 8)?;
         let header: HashMap<String, serde_json::Value> =

@@ -32,22 +32,26 @@ impl ModelFiles {
     pub fn all(&self) -> Vec<&Path> {
         let mut files = vec![self.config.as_path()];
         files.extend(self.weights.iter().map(PathBuf::as_path));
-        match &self.tokenizer {
-            TokenizerPaths::Json(p) => files.push(p),
-            TokenizerPaths::Vocab(v, c) => {
-                files.push(v);
-                files.extend(c.as_deref());
-            }
-            TokenizerPaths::Bpe {
+        files.extend(self.tokenizer.files());
+        files
+    }
+}
+
+impl TokenizerPaths {
+    /// The files, in the order they are read.
+    pub fn files(&self) -> Vec<&Path> {
+        match self {
+            Self::Json(p) => vec![p],
+            Self::Vocab(v, c) => std::iter::once(v.as_path()).chain(c.as_deref()).collect(),
+            Self::Bpe {
                 vocab,
                 merges,
                 config,
-            } => {
-                files.extend([vocab.as_path(), merges.as_path()]);
-                files.extend(config.as_deref());
-            }
+            } => [vocab.as_path(), merges.as_path()]
+                .into_iter()
+                .chain(config.as_deref())
+                .collect(),
         }
-        files
     }
 }
 
@@ -228,7 +232,19 @@ fn from_hub(id: &str, remote: &Remote) -> Result<ModelFiles> {
     } else {
         vec![path]
     };
-    let tokenizer = match first_of(remote, &TOKENIZER_FILES) {
+    let tokenizer = hub_tokenizer(id, remote)?;
+    Ok(ModelFiles {
+        id: id.to_string(),
+        config,
+        weights,
+        tokenizer,
+        cache_dir: Some(remote.cache_dir().to_path_buf()),
+    })
+}
+
+/// The tokenizer files of a hub repo: `tokenizer.json`, else WordPiece or BPE files.
+fn hub_tokenizer(id: &str, remote: &Remote) -> Result<TokenizerPaths> {
+    Ok(match first_of(remote, &TOKENIZER_FILES) {
         Ok((name, p)) if name == "tokenizer.json" => TokenizerPaths::Json(p),
         Ok((name, p)) if name == "vocab.txt" => {
             TokenizerPaths::Vocab(p, remote.fetch("tokenizer_config.json").ok())
@@ -239,13 +255,6 @@ fn from_hub(id: &str, remote: &Remote) -> Result<ModelFiles> {
             config: remote.fetch("tokenizer_config.json").ok(),
         },
         Err(e) => return Err(e.context(no_tokenizer(id, None))),
-    };
-    Ok(ModelFiles {
-        id: id.to_string(),
-        config,
-        weights,
-        tokenizer,
-        cache_dir: Some(remote.cache_dir().to_path_buf()),
     })
 }
 
@@ -305,9 +314,11 @@ pub fn peek(model: &str, opts: &HubOptions) -> Result<Peek> {
     let path = Path::new(model);
     if path.is_dir() {
         let files = from_folder(path)?;
-        let tokenizer = files.all()[1 + files.weights.len()..]
-            .iter()
-            .map(|p| p.to_path_buf())
+        let tokenizer = files
+            .tokenizer
+            .files()
+            .into_iter()
+            .map(Path::to_path_buf)
             .collect();
         let weights = files
             .weights
@@ -330,11 +341,11 @@ pub fn peek(model: &str, opts: &HubOptions) -> Result<Peek> {
     }
     let remote = remote_for(model, opts)?;
     let config = required(&remote, "config.json")?;
-    let tokenizer = match first_of(&remote, &TOKENIZER_FILES) {
-        Ok((name, p)) if name == "vocab.json" => vec![p, required(&remote, "merges.txt")?],
-        Ok((_, p)) => vec![p],
-        Err(e) => return Err(e.context(no_tokenizer(model, None))),
-    };
+    let tokenizer = hub_tokenizer(model, &remote)?
+        .files()
+        .into_iter()
+        .map(Path::to_path_buf)
+        .collect();
     let weights = remote_weights(&remote)?;
     Ok(Peek {
         id: model.to_string(),

@@ -192,9 +192,13 @@ impl Iterator for JsonLines {
             let next = self.line + 1;
             let n = match read_chunk(&mut self.reader, b'\n', &mut buf, &self.name, "line", next) {
                 Some(Ok(n)) => n,
-                end => {
+                Some(Err(e)) => {
                     self.done = true;
-                    return end.map(|e| e.map(|_| Item::default()));
+                    return Some(Err(e));
+                }
+                None => {
+                    self.done = true;
+                    return None;
                 }
             };
             self.line += 1;

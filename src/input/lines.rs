@@ -42,9 +42,13 @@ impl Iterator for Lines {
         let next = self.number + 1;
         let n = match read_chunk(&mut self.reader, self.sep, &mut buf, &self.name, what, next) {
             Some(Ok(n)) => n,
-            end => {
+            Some(Err(e)) => {
                 self.done = true;
-                return end.map(|e| e.map(|_| Item::default()));
+                return Some(Err(e));
+            }
+            None => {
+                self.done = true;
+                return None;
             }
         };
         self.number += 1;
