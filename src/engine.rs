@@ -8,7 +8,7 @@ use crate::layers::Backend;
 use crate::models::config::{labels_are_generic, Config, Scoring};
 use crate::models::head::HeadPolicy;
 use crate::models::{Batch, Classifier, DEFAULT_MODEL};
-use crate::tokenize::{Encoded, TextTokenizer, TokenizerFiles};
+use crate::tokenize::{Encoded, PairTruncation, TextTokenizer, TokenizerFiles};
 use crate::weights::open_weights;
 
 /// The names the default model's generic `LABEL_n` stand for.
@@ -63,6 +63,8 @@ pub struct Engine {
     pub quantized: bool,
     /// How the layers compute.
     pub backend: Backend,
+    /// The scoring a sentence-transformers cross-encoder's config names, if any.
+    pub cross_encoder_scoring: Option<Scoring>,
     /// Encoder layers.
     pub num_layers: usize,
     /// Attention heads per layer.
@@ -150,9 +152,15 @@ impl Engine {
             dtype,
             quantized: opts.quantize_q8,
             backend,
+            cross_encoder_scoring: cfg.cross_encoder_scoring,
             num_layers: cfg.num_layers,
             num_heads: cfg.num_heads,
         })
+    }
+
+    /// Where the model runs.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Whether the head was loaded (true) or seeded because the user allowed it (false).
@@ -163,6 +171,21 @@ impl Engine {
     /// Tokenizes one text.
     pub fn encode(&self, text: &str) -> Result<Encoded> {
         self.tokenizer.encode(text)
+    }
+
+    /// Tokenizes a pair of texts, cut to the model's length by `strategy`.
+    pub fn encode_pair(&self, a: &str, b: &str, strategy: PairTruncation) -> Result<Encoded> {
+        self.tokenizer.encode_pair(a, b, strategy)
+    }
+
+    /// A long text's overlapping windows (`stride` tokens of overlap).
+    pub fn windows(&self, text: &str, stride: usize) -> Result<Vec<Encoded>> {
+        self.tokenizer.windows(text, stride)
+    }
+
+    /// Text tokens in one window: `max_length` less the special tokens.
+    pub fn window_tokens(&self) -> usize {
+        self.tokenizer.window_tokens()
     }
 
     /// Classifies already tokenized inputs as one padded batch.
@@ -267,14 +290,16 @@ fn label_names(
     Ok((0..num_labels).map(|i| format!("LABEL_{i}")).collect())
 }
 
-fn softmax(xs: &[f32]) -> Vec<f32> {
+/// Probabilities from logits, stable for large ones.
+pub fn softmax(xs: &[f32]) -> Vec<f32> {
     let max = xs.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let exps: Vec<f32> = xs.iter().map(|&x| (x - max).exp()).collect();
     let sum: f32 = exps.iter().sum();
     exps.iter().map(|e| e / sum).collect()
 }
 
-fn argmax(xs: &[f32]) -> usize {
+/// Index of the largest value (the first, on ties).
+pub fn argmax(xs: &[f32]) -> usize {
     xs.iter()
         .enumerate()
         .fold((0, f32::NEG_INFINITY), |best, (i, &x)| {

@@ -18,5 +18,6 @@ pub mod options;
 pub mod output;
 pub mod pipeline;
 pub mod progress;
+pub mod task;
 pub mod tokenize;
 pub mod weights;

@@ -15,6 +15,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Classify(args) => commands::classify::run(*args),
+        Command::ZeroShot(args) => commands::zero_shot::run(*args),
+        Command::Rerank(args) => commands::rerank::run(*args),
         Command::Download(args) => commands::download::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Completions { shell } => commands::shell::completions(shell),

@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 
 use crate::cli::{
-    AttentionFormatArg, ClassifyArgs, DTypeArg, FormatArg, FunctionArg, HubArgs, InputFormatArg,
-    QuantizeArg,
+    AggregateArg, AttentionFormatArg, ClassifyArgs, DTypeArg, FormatArg, FunctionArg, HubArgs,
+    InputArgs, InputFormatArg, LongTextArg, OutputArgs, QuantizeArg, RankArgs, RunArgs,
 };
 use crate::engine::EngineOptions;
 use crate::hub::HubOptions;
@@ -18,6 +18,7 @@ use crate::output::attention::{DumpFormat, DumpOptions};
 use crate::output::{FormatKind, FormatOptions};
 use crate::pipeline::PipelineOptions;
 use crate::progress::Progress;
+use crate::task::{Aggregate, LongText};
 
 /// Where the input records come from.
 pub struct Source {
@@ -41,13 +42,13 @@ impl HubArgs {
     }
 }
 
-impl ClassifyArgs {
-    /// How the checkpoint is loaded.
-    pub fn engine_options(&self) -> EngineOptions {
+impl RunArgs {
+    /// How the checkpoint is loaded, with `labels` naming the model's labels.
+    pub fn engine_options(&self, labels: Option<Vec<String>>) -> EngineOptions {
         EngineOptions {
             max_length: self.max_length,
-            labels: self.model.labels.clone(),
-            allow_untrained_head: self.model.allow_untrained_head,
+            labels,
+            allow_untrained_head: self.allow_untrained_head,
             dtype: match self.dtype {
                 DTypeArg::Auto => None,
                 DTypeArg::F32 => Some(DType::F32),
@@ -55,11 +56,7 @@ impl ClassifyArgs {
                 DTypeArg::Bf16 => Some(DType::BF16),
             },
             quantize_q8: self.quantize == QuantizeArg::Q8,
-            scoring: self.function_to_apply.map(|f| match f {
-                FunctionArg::Softmax => Scoring::Softmax,
-                FunctionArg::Sigmoid => Scoring::Sigmoid,
-                FunctionArg::None => Scoring::None,
-            }),
+            scoring: None,
         }
     }
 
@@ -74,37 +71,100 @@ impl ClassifyArgs {
         }
     }
 
-    /// The output format and what it needs besides the records: the model's labels and
-    /// scoring, and the input's CSV/TSV columns (which come back out in CSV/TSV).
+    /// Threads for the model: sets the count once, before any pool exists. rayon's
+    /// global pool and candle's own workers both read RAYON_NUM_THREADS, so one setting
+    /// covers all and none oversubscribe.
+    pub fn apply_threads(&self) {
+        if let Some(n) = self.threads {
+            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+            std::env::remove_var("CANDLE_NUM_THREADS");
+        }
+    }
+}
+
+impl ClassifyArgs {
+    /// How logits become scores: the flag, else the config's.
+    pub fn scoring(&self) -> Option<Scoring> {
+        self.function_to_apply.map(|f| match f {
+            FunctionArg::Softmax => Scoring::Softmax,
+            FunctionArg::Sigmoid => Scoring::Sigmoid,
+            FunctionArg::None => Scoring::None,
+        })
+    }
+
+    /// What to do with long texts; the aggregate defaults to max for multi-label models.
+    pub fn long_text(&self, scoring: Scoring) -> LongText {
+        match self.long_text {
+            LongTextArg::Truncate => LongText::Truncate,
+            LongTextArg::Chunk => LongText::Chunk {
+                stride: self.stride,
+                aggregate: match self.aggregate {
+                    Some(AggregateArg::Mean) => Aggregate::Mean,
+                    Some(AggregateArg::Max) => Aggregate::Max,
+                    None if scoring == Scoring::Sigmoid => Aggregate::Max,
+                    None => Aggregate::Mean,
+                },
+            },
+        }
+    }
+
+    /// Flags that only mean something together, checked before any work.
+    pub fn check(&self) -> Result<()> {
+        if self.long_text == LongTextArg::Truncate && (self.stride != 0 || self.aggregate.is_some()) {
+            anyhow::bail!("--stride and --aggregate describe --long-text chunk");
+        }
+        if self.long_text == LongTextArg::Chunk
+            && (self.pair || self.pair_field.is_some() || self.text_pair.is_some())
+        {
+            anyhow::bail!("--long-text chunk splits single texts; pairs are truncated (longest_first), so drop --long-text or the pair flags");
+        }
+        if self.pair && self.text_pair.is_some() {
+            anyhow::bail!("--pair reads pairs from input lines; --text-pair gives the second text of the TEXT arguments: use one");
+        }
+        Ok(())
+    }
+}
+
+impl OutputArgs {
+    /// The output format and what it needs besides the records: the label names, whether
+    /// scores are independent (multi-label), how to rank, and the input's CSV/TSV columns
+    /// (which come back out in CSV/TSV).
     pub fn format(
         &self,
         labels: &[String],
-        scoring: Scoring,
+        multi_label: bool,
+        rank: &RankArgs,
+        ids: bool,
         columns: Option<&[String]>,
     ) -> (FormatKind, FormatOptions) {
-        let kind = match self.format {
-            FormatArg::Human => FormatKind::Human,
-            FormatArg::Jsonl => FormatKind::Jsonl,
-            FormatArg::Csv => FormatKind::Csv,
-            FormatArg::Tsv => FormatKind::Tsv,
-        };
-        let multi_label = scoring == Scoring::Sigmoid && labels.len() > 1;
+        let kind = self.kind();
         let opts = FormatOptions {
             labels: labels.to_vec(),
-            all_scores: self.all_scores,
-            top_k: self.top_k.map(|k| k.min(labels.len())),
-            threshold: self.threshold.or(multi_label.then_some(0.5)),
+            all_scores: rank.all_scores,
+            top_k: rank.top_k.map(|k| k.min(labels.len())),
+            threshold: rank.threshold.or(multi_label.then_some(0.5)),
             output_key: self.output_key.clone(),
             columns: columns
                 .filter(|_| matches!(kind, FormatKind::Csv | FormatKind::Tsv))
                 .map(<[String]>::to_vec),
-            ids: self.id_field.is_some(),
+            ids,
+            pairs: false,
         };
         (kind, opts)
     }
 
+    /// `--format`.
+    pub fn kind(&self) -> FormatKind {
+        match self.format {
+            FormatArg::Human => FormatKind::Human,
+            FormatArg::Jsonl => FormatKind::Jsonl,
+            FormatArg::Csv => FormatKind::Csv,
+            FormatArg::Tsv => FormatKind::Tsv,
+        }
+    }
+
     /// What the attention dump keeps, and its format (from the file name unless given).
-    pub fn dump_options(&self) -> Option<(&std::path::Path, DumpOptions)> {
+    pub fn dump_options(&self, quiet: bool) -> Option<(&std::path::Path, DumpOptions)> {
         let path = self.dump_attention.as_deref()?;
         let format = match self.attention_format {
             Some(AttentionFormatArg::Json) => DumpFormat::Json,
@@ -117,14 +177,16 @@ impl ClassifyArgs {
                 format,
                 layers: self.attention_layers.clone(),
                 heads: self.attention_heads.clone(),
-                warn: !self.quiet,
+                warn: !quiet,
             },
         ))
     }
+}
 
+impl InputArgs {
     /// How input records are read: the flags, the format defaulting to the --input file's
-    /// extension.
-    pub fn input_options(&self) -> InputOptions {
+    /// extension; `pair_tab` and `pair_field` read pairs.
+    pub fn input_options(&self, pair_tab: bool, pair_field: Option<String>) -> InputOptions {
         let format = match self.input_format {
             Some(InputFormatArg::Lines) => InputFormat::Lines,
             Some(InputFormatArg::Jsonl) => InputFormat::Jsonl,
@@ -139,27 +201,35 @@ impl ClassifyArgs {
             format,
             field: self.field.clone(),
             id_field: self.id_field.clone(),
+            pair_field,
+            pair_tab,
             header: !self.no_header,
             null_data: self.null_data,
         }
     }
 
-    /// The input records: the TEXT arguments, `--input FILE`, or standard input (with a
-    /// hint on a terminal, where a user may not know it waits for lines). Takes the
-    /// arguments out of `self`. A file that cannot be opened, or a CSV/TSV column that
-    /// does not exist, is an error naming it.
-    pub fn take_source(&mut self) -> Result<Source> {
-        let opts = self.input_options();
+    /// The input records: the TEXT arguments (each paired with `text_pair` when given),
+    /// `--input FILE`, or standard input (with a hint on a terminal, where a user may not
+    /// know it waits for lines). Takes the arguments out of `self`. A file that cannot be
+    /// opened, or a CSV/TSV column that does not exist, is an error naming it.
+    pub fn take_source(
+        &mut self,
+        opts: &InputOptions,
+        text_pair: Option<String>,
+        quiet: bool,
+    ) -> Result<Source> {
         if !self.texts.is_empty() {
             if self.field.is_some()
                 || self.id_field.is_some()
                 || self.input_format.is_some()
                 || self.null_data
+                || opts.pair_tab
+                || opts.pair_field.is_some()
             {
-                anyhow::bail!("--input-format, --field, --id-field and --null-data describe --input records; TEXT arguments are classified as given");
+                anyhow::bail!("--input-format, --field, --id-field, --null-data, --pair and --pair-field describe --input records; TEXT arguments are classified as given (--text-pair gives them a second text)");
             }
             return Ok(Source {
-                records: input::from_args(std::mem::take(&mut self.texts)),
+                records: input::from_args(std::mem::take(&mut self.texts), text_pair),
                 size: None,
                 interactive: true,
             });
@@ -175,49 +245,42 @@ impl ClassifyArgs {
                     .map(|m| m.len());
                 let name = p.display().to_string();
                 Ok(Source {
-                    records: input::open(Box::new(file), &name, &opts)?,
+                    records: input::open(Box::new(file), &name, opts)?,
                     size,
                     interactive: false,
                 })
             }
             _ => {
                 let interactive = io::stdin().is_terminal();
-                if interactive && !self.quiet {
-                    let what = match (opts.format, opts.null_data) {
-                        (InputFormat::Lines, false) => "one text per line",
-                        (InputFormat::Lines, true) => "NUL-terminated texts",
-                        (InputFormat::Jsonl, _) => "one JSON object per line",
-                        (InputFormat::Csv, _) => "CSV rows",
-                        (InputFormat::Tsv, _) => "TSV rows",
+                if interactive && !quiet {
+                    let what = match (opts.format, opts.null_data, opts.pair_tab) {
+                        (InputFormat::Lines, false, false) => "one text per line",
+                        (InputFormat::Lines, false, true) => "one TEXT<TAB>TEXT_PAIR per line",
+                        (InputFormat::Lines, true, _) => "NUL-terminated texts",
+                        (InputFormat::Jsonl, _, _) => "one JSON object per line",
+                        (InputFormat::Csv, _, _) => "CSV rows",
+                        (InputFormat::Tsv, _, _) => "TSV rows",
                     };
                     eprintln!("bert-cli: reading {what} from standard input (Ctrl-D to end)");
                 }
                 Ok(Source {
-                    records: input::open(Box::new(io::stdin()), "stdin", &opts)?,
+                    records: input::open(Box::new(io::stdin()), "stdin", opts)?,
                     size: None,
                     interactive,
                 })
             }
         }
     }
+}
 
-    /// A progress bar on stderr when it is a terminal, --quiet is not given and the input
+impl Source {
+    /// A progress bar on stderr when it is a terminal, `quiet` is not set and the input
     /// is not typed or given as arguments (where each answer shows progress itself).
-    pub fn progress(&self, source: &Source) -> Progress {
-        if !self.quiet && !source.interactive && io::stderr().is_terminal() {
-            Progress::on_stderr(source.size)
+    pub fn progress(&self, quiet: bool) -> Progress {
+        if !quiet && !self.interactive && io::stderr().is_terminal() {
+            Progress::on_stderr(self.size)
         } else {
             Progress::hidden()
-        }
-    }
-
-    /// Threads for the model: sets the count once, before any pool exists. rayon's
-    /// global pool and candle's own workers both read RAYON_NUM_THREADS, so one setting
-    /// covers all and none oversubscribe.
-    pub fn apply_threads(&self) {
-        if let Some(n) = self.threads {
-            std::env::set_var("RAYON_NUM_THREADS", n.to_string());
-            std::env::remove_var("CANDLE_NUM_THREADS");
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::input::{Item, Records};
 use crate::output::attention::AttentionDump;
 use crate::output::{Format, Record};
 use crate::progress::Progress;
-use crate::tokenize::Encoded;
+use crate::task::{Answer, Part, Planned, Task};
 
 /// Batching knobs.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +69,8 @@ pub struct Summary {
     pub failed: usize,
     /// Inputs longer than the model reads, cut to `max_length` tokens.
     pub truncated: usize,
+    /// Model inputs run (windows of long texts and zero-shot pairs each count).
+    pub model_inputs: usize,
 }
 
 /// Per-record warnings shown on stderr before the rest are only counted, so a file of bad
@@ -80,6 +82,7 @@ const MAX_WARNINGS: usize = 20;
 /// only counted).
 pub fn run(
     engine: &Engine,
+    task: &Task,
     records: Records,
     out: &mut dyn Format,
     mut dump: Option<&mut AttentionDump>,
@@ -102,13 +105,14 @@ pub fn run(
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        let results = classify_window(engine, &items, dump.is_some(), opts)?;
+        let results = classify_window(engine, task, &items, dump.is_some(), opts)?;
         progress.suspend(|| -> Result<()> {
             for (item, result) in items.iter().zip(&results) {
                 let outcome = match result {
-                    Ok((enc, p)) => {
-                        summary.truncated += usize::from(enc.truncated);
-                        Ok((enc, p))
+                    Ok(answer) => {
+                        summary.truncated += usize::from(answer.truncated());
+                        summary.model_inputs += answer.parts.len();
+                        Ok(answer)
                     }
                     Err(e) => {
                         summary.failed += 1;
@@ -177,56 +181,110 @@ fn plan_batches(lengths: &[usize], opts: PipelineOptions) -> Vec<Vec<usize>> {
     batches
 }
 
-/// A record's tokens and prediction, or why it has none.
-type Outcome = Result<(Encoded, Prediction), String>;
+/// A record's answer, or why it has none.
+type Outcome = Result<Answer, String>;
 
-/// Tokenizes and classifies one window of inputs, returning one outcome per input.
+/// Tokenizes and classifies one window of records, returning one outcome per record.
+/// Every record's model inputs (one, a window per chunk, a pair per candidate label) go
+/// into one pool, sorted by length and batched together.
 fn classify_window(
     engine: &Engine,
+    task: &Task,
     items: &[Item],
     keep_attention: bool,
     opts: PipelineOptions,
 ) -> Result<Vec<Outcome>> {
     // Tokenizing in parallel matters on a GPU, where one thread cannot keep up with it.
-    let encoded: Vec<Result<Encoded, String>> = items
+    let planned: Vec<Result<Planned, String>> = items
         .par_iter()
         .map(|item| match &item.error {
             Some(e) => Err(e.clone()),
-            None => engine
-                .encode(&item.text)
+            None => task
+                .plan(engine, item)
                 .map_err(|e| format!("input {}: {e:#}", item.number)),
         })
         .collect();
-    let ok: Vec<(usize, &Encoded)> = encoded
+    // (record, part) of every model input, and its length.
+    let pool: Vec<(usize, usize)> = planned
         .iter()
         .enumerate()
-        .filter_map(|(i, e)| e.as_ref().ok().map(|e| (i, e)))
+        .filter_map(|(i, p)| p.as_ref().ok().map(|p| (i, p.inputs.len())))
+        .flat_map(|(i, n)| (0..n).map(move |j| (i, j)))
         .collect();
-    let lengths: Vec<usize> = ok.iter().map(|(_, e)| e.ids.len()).collect();
-    let mut predictions: Vec<Option<Prediction>> = vec![None; items.len()];
+    let input = |&(i, j): &(usize, usize)| match &planned[i] {
+        Ok(p) => Some(&p.inputs[j]),
+        Err(_) => None,
+    };
+    let lengths: Vec<usize> = pool
+        .iter()
+        .map(|k| input(k).map_or(0, |e| e.ids.len()))
+        .collect();
+    let mut predictions: Vec<Vec<Option<Prediction>>> = planned
+        .iter()
+        .map(|p| p.as_ref().map_or(Vec::new(), |p| vec![None; p.inputs.len()]))
+        .collect();
     for batch in plan_batches(&lengths, opts) {
-        let inputs: Vec<&Encoded> = batch.iter().map(|&k| ok[k].1).collect();
+        let inputs: Vec<_> = batch.iter().filter_map(|&k| input(&pool[k])).collect();
         let preds = engine.predict(&inputs, keep_attention)?;
         for (&k, p) in batch.iter().zip(preds) {
-            predictions[ok[k].0] = Some(p);
+            let (i, j) = pool[k];
+            predictions[i][j] = Some(p);
         }
     }
-    Ok(encoded
+    Ok(planned
         .into_iter()
         .zip(predictions)
         .zip(items)
-        .map(|((enc, p), item)| match (enc, p) {
-            (Ok(enc), Some(p)) if p.logits.iter().all(|x| x.is_finite()) => Ok((enc, p)),
-            (Ok(_), Some(p)) => Err(format!(
-                "input {}: the model produced non-finite values (logits {:?}), not an answer; \
-                 likely NaN or infinite weights in the checkpoint, or an overflow in half precision (try --dtype f32)",
-                item.number,
-                p.logits
-            )),
-            (Err(e), _) => Err(e),
-            (Ok(_), None) => Err("internal error: missing prediction".into()),
-        })
+        .map(|((planned, preds), item)| answer(task, item, planned?, preds))
         .collect())
+}
+
+/// Puts a record's parts together, refusing non-finite results.
+fn answer(
+    task: &Task,
+    item: &Item,
+    planned: Planned,
+    preds: Vec<Option<Prediction>>,
+) -> Outcome {
+    let preds: Vec<Prediction> = preds
+        .into_iter()
+        .collect::<Option<_>>()
+        .ok_or("internal error: missing prediction")?;
+    if let Some(p) = preds
+        .iter()
+        .find(|p| !p.logits.iter().all(|x| x.is_finite()))
+    {
+        return Err(format!(
+            "input {}: the model produced non-finite values (logits {:?}), not an answer; \
+             likely NaN or infinite weights in the checkpoint, or an overflow in half precision (try --dtype f32)",
+            item.number, p.logits
+        ));
+    }
+    let prediction = task
+        .combine(&preds)
+        .map_err(|e| format!("input {}: {e:#}", item.number))?;
+    let chunked = matches!(
+        task,
+        Task::Classify(crate::task::LongText::Chunk { .. })
+    );
+    let parts = planned
+        .inputs
+        .into_iter()
+        .zip(planned.texts)
+        .zip(planned.pairs)
+        .zip(preds)
+        .map(|(((input, text), text_pair), prediction)| Part {
+            input,
+            prediction,
+            text,
+            text_pair,
+        })
+        .collect();
+    Ok(Answer {
+        parts,
+        prediction,
+        chunked,
+    })
 }
 
 #[cfg(test)]

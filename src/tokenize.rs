@@ -14,22 +14,40 @@ use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::processors::roberta::RobertaProcessing;
-use tokenizers::{AddedToken, Tokenizer, TruncationParams, TruncationStrategy};
+use tokenizers::utils::truncation::{truncate_encodings, TruncationDirection};
+use tokenizers::{AddedToken, Encoding, Tokenizer, TruncationParams, TruncationStrategy};
 
-/// One tokenized input, truncated to the model's limit.
-#[derive(Debug, Clone)]
+/// One tokenized input (a text, a pair of texts, or one window of a long text), as the
+/// model reads it.
+#[derive(Debug, Clone, Default)]
 pub struct Encoded {
-    /// Token ids, `[CLS]` first and `[SEP]` last.
+    /// Token ids, the family's special tokens included (`[CLS] ... [SEP]`, `<s> ... </s>`).
     pub ids: Vec<u32>,
-    /// Segment ids (all 0 for a single text).
+    /// Segment ids (1 on the second text of a BERT-style pair, else 0).
     pub type_ids: Vec<u32>,
     /// The tokens as strings, for people reading an attention dump.
     pub tokens: Vec<String>,
-    /// Character (not byte) offsets of each token in the text; `(0, 0)` for special tokens.
+    /// Character (not byte) offsets of each token in its text; `(0, 0)` for special tokens.
     pub offsets: Vec<(usize, usize)>,
-    /// Whether the text had more tokens than the model reads, and was cut.
+    /// Whether the input had more tokens than the model reads, and was cut.
     pub truncated: bool,
+    /// Index of the second text's first token, for a pair (bertviz's `sentence_b_start`).
+    pub pair_start: Option<usize>,
 }
+
+/// How a pair too long for the model is cut, as transformers names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairTruncation {
+    /// A token at a time from the longer text (transformers' default, `truncation=True`).
+    LongestFirst,
+    /// From the first text only (the zero-shot pipeline, so the hypothesis stays whole).
+    OnlyFirst,
+}
+
+/// Texts longer than this many bytes are tokenized a piece at a time, cut at a single
+/// space between two words, where every supported pre-tokenizer splits anyway: memory then
+/// follows the piece, not the text, and a truncated text is only read as far as needed.
+pub const PIECE_BYTES: usize = 64 * 1024;
 
 /// Where the tokenizer comes from.
 pub enum TokenizerFiles<'a> {
@@ -56,8 +74,12 @@ pub enum TokenizerFiles<'a> {
 
 /// A tokenizer that truncates to a fixed length and never pads (batches pad themselves).
 pub struct TextTokenizer {
+    /// Without truncation or padding: truncation is done here, per call, as the caller's
+    /// job needs (one text, a pair, or overlapping windows).
     inner: Tokenizer,
     vocab_size: usize,
+    max_length: usize,
+    piece_bytes: usize,
 }
 
 #[derive(Deserialize, Default)]
@@ -100,22 +122,137 @@ impl TextTokenizer {
             bail!("--max-length must be at least 2 ([CLS] and [SEP]), got {max_length}");
         }
         inner
-            .with_truncation(Some(TruncationParams {
-                max_length,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-                ..Default::default()
-            }))
-            .map_err(|e| anyhow!("cannot set truncation to {max_length}: {e}"))?;
+            .with_truncation(None)
+            .map_err(|e| anyhow!("cannot turn off the tokenizer's own truncation: {e}"))?;
         inner.with_padding(None);
-        Ok(Self { inner, vocab_size })
+        let this = Self {
+            inner,
+            vocab_size,
+            max_length,
+            piece_bytes: PIECE_BYTES,
+        };
+        if max_length <= this.added(true) {
+            bail!(
+                "--max-length {max_length} leaves no room for text besides the {} special tokens",
+                this.added(true)
+            );
+        }
+        Ok(this)
     }
 
-    /// Tokenizes one text; an id outside the model's vocabulary is an error, not a crash.
+    /// The same tokenizer cutting long texts into pieces of about `bytes` (tests use tiny
+    /// pieces to prove that pieces give the same tokens as the whole text).
+    pub fn with_piece_bytes(mut self, bytes: usize) -> Self {
+        self.piece_bytes = bytes.max(1);
+        self
+    }
+
+    /// Special tokens the family adds around one text, or around a pair.
+    fn added(&self, pair: bool) -> usize {
+        use tokenizers::PostProcessor;
+        self.inner
+            .get_post_processor()
+            .map_or(0, |p| p.added_tokens(pair))
+    }
+
+    /// Content tokens of one window: the length less the special tokens.
+    pub fn window_tokens(&self) -> usize {
+        self.max_length - self.added(false)
+    }
+
+    /// Tokenizes one text, cut to the model's length (`longest_first`, as transformers).
     pub fn encode(&self, text: &str) -> Result<Encoded> {
+        let room = self.window_tokens();
+        let (content, complete) = self.content(text, Some(room))?;
+        let (enc, _) = truncate(content, None, room, PairTruncation::LongestFirst)?;
+        self.finish(enc, None, !complete)
+    }
+
+    /// Tokenizes a pair as the family's template joins them (`[CLS] a [SEP] b [SEP]` with
+    /// token types for BERT, `<s> a </s></s> b </s>` for RoBERTa), cut to the model's
+    /// length by `strategy`.
+    pub fn encode_pair(&self, a: &str, b: &str, strategy: PairTruncation) -> Result<Encoded> {
+        let room = self.max_length - self.added(true);
+        // Neither text can keep more than `room` tokens, so neither is read further, except
+        // that `longest_first` gives an odd last token to the longer text: when both are
+        // over, which one is longer takes reading both whole (rare: two huge texts).
+        let (mut first, mut complete_a) = self.content(a, Some(room))?;
+        let (mut second, mut complete_b) = match strategy {
+            PairTruncation::LongestFirst => self.content(b, Some(room))?,
+            PairTruncation::OnlyFirst => self.content(b, None)?,
+        };
+        if !complete_a && !complete_b {
+            (first, complete_a) = self.content(a, None)?;
+            (second, complete_b) = self.content(b, None)?;
+        }
+        let (first, second) = truncate(first, Some(second), room, strategy)?;
+        self.finish(first, second, !(complete_a && complete_b))
+    }
+
+    /// Every window of a long text, as transformers' tokenizer returns them with
+    /// `return_overflowing_tokens=True, stride=stride`: windows of the model's length
+    /// whose content overlaps the previous one's by `stride` tokens; one window for a text
+    /// that fits.
+    pub fn windows(&self, text: &str, stride: usize) -> Result<Vec<Encoded>> {
+        let room = self.window_tokens();
+        if stride >= room {
+            bail!(
+                "--stride {stride} must be less than the {room} text tokens of a window (--max-length {} less {} special tokens)",
+                self.max_length,
+                self.added(false)
+            );
+        }
+        let (mut content, _) = self.content(text, None)?;
+        content.truncate(room, stride, TruncationDirection::Right);
+        let rest = content.take_overflowing();
+        std::iter::once(content)
+            .chain(rest)
+            .map(|w| self.finish(w, None, false))
+            .collect()
+    }
+
+    /// A text's tokens without special tokens. With `need`, stops once more than `need`
+    /// tokens are certain; the flag says whether the whole text was read.
+    fn content(&self, text: &str, need: Option<usize>) -> Result<(Encoding, bool)> {
+        let raw = |s: &str| {
+            self.inner
+                .encode_char_offsets(s, false)
+                .map_err(|e| anyhow!("tokenizer failed: {e}"))
+        };
+        if text.len() <= self.piece_bytes {
+            return Ok((raw(text)?, true));
+        }
+        let mut all = Encoding::default();
+        let (mut start, mut chars) = (0, 0);
+        while start < text.len() {
+            let end = piece_end(text, start, self.piece_bytes);
+            let piece = &text[start..end];
+            let mut enc = raw(piece)?;
+            for o in enc.get_offsets_mut() {
+                *o = (o.0 + chars, o.1 + chars);
+            }
+            all.merge_with(enc, false);
+            chars += piece.chars().count();
+            start = end;
+            if need.is_some_and(|n| all.len() > n) {
+                return Ok((all, start >= text.len()));
+            }
+        }
+        Ok((all, true))
+    }
+
+    /// Adds the special tokens and checks every id against the model's vocabulary (an id
+    /// outside it is an error, not a crash).
+    fn finish(&self, first: Encoding, second: Option<Encoding>, cut: bool) -> Result<Encoded> {
+        let truncated = cut
+            || !first.get_overflowing().is_empty()
+            || second
+                .as_ref()
+                .is_some_and(|s| !s.get_overflowing().is_empty());
+        let pair = second.is_some();
         let enc = self
             .inner
-            .encode_char_offsets(text, true)
+            .post_process(strip(first), second.map(strip), true)
             .map_err(|e| anyhow!("tokenizer failed: {e}"))?;
         if let Some((i, id)) = enc
             .get_ids()
@@ -129,14 +266,81 @@ impl TextTokenizer {
                 self.vocab_size
             );
         }
+        let pair_start = pair
+            .then(|| enc.get_sequence_ids().iter().position(|s| *s == Some(1)))
+            .flatten();
         Ok(Encoded {
             ids: enc.get_ids().to_vec(),
             type_ids: enc.get_type_ids().to_vec(),
             tokens: enc.get_tokens().to_vec(),
             offsets: enc.get_offsets().to_vec(),
-            truncated: !enc.get_overflowing().is_empty(),
+            truncated,
+            pair_start,
         })
     }
+}
+
+/// Drops what truncation cut off (the tokens, not the fact).
+fn strip(mut e: Encoding) -> Encoding {
+    e.take_overflowing();
+    e
+}
+
+/// Cuts one text or a pair to `room` content tokens, as the tokenizers crate does for
+/// transformers.
+fn truncate(
+    first: Encoding,
+    second: Option<Encoding>,
+    room: usize,
+    strategy: PairTruncation,
+) -> Result<(Encoding, Option<Encoding>)> {
+    let params = TruncationParams {
+        max_length: room,
+        strategy: match strategy {
+            PairTruncation::LongestFirst => TruncationStrategy::LongestFirst,
+            PairTruncation::OnlyFirst => TruncationStrategy::OnlyFirst,
+        },
+        stride: 0,
+        ..Default::default()
+    };
+    truncate_encodings(first, second, &params).map_err(|e| {
+        if strategy == PairTruncation::OnlyFirst {
+            anyhow!("the second text alone is longer than the model reads ({room} tokens with the first), so the first cannot be cut to fit: {e}")
+        } else {
+            anyhow!("cannot truncate: {e}")
+        }
+    })
+}
+
+/// Where a piece of a long text starting at `start` ends: at the first single space between
+/// two non-space characters at least `bytes` on, else at the end of the text. Every
+/// supported pre-tokenizer splits there (WordPiece and Metaspace at the space, byte-level
+/// BPE just before it, keeping it with the next word) and no normalizer looks across it.
+fn piece_end(text: &str, start: usize, bytes: usize) -> usize {
+    let b = text.as_bytes();
+    let mut i = start + bytes;
+    while i + 1 < b.len() {
+        if b[i] == b' '
+            && !(b[i - 1] as char).is_ascii_whitespace()
+            && !(b[i + 1] as char).is_ascii_whitespace()
+            && !is_unicode_space_before(text, i)
+            && !is_unicode_space_at(text, i + 1)
+        {
+            return i;
+        }
+        i += 1;
+    }
+    b.len()
+}
+
+/// Whether the character ending at byte `i` is whitespace (`i` is a char boundary).
+fn is_unicode_space_before(text: &str, i: usize) -> bool {
+    text[..i].chars().next_back().is_some_and(char::is_whitespace)
+}
+
+/// Whether the character starting at byte `i` is whitespace (`i` is a char boundary).
+fn is_unicode_space_at(text: &str, i: usize) -> bool {
+    text[i..].chars().next().is_some_and(char::is_whitespace)
 }
 
 /// Rebuilds BERT's tokenizer from `vocab.txt`, as `BertTokenizerFast` would.

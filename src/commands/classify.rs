@@ -1,18 +1,22 @@
-//! `bert-cli classify`: inputs through the model to the chosen format, in order.
+//! `bert-cli classify`, and the job every model command shares: records through the
+//! model to the chosen format, in order.
 
 use std::io::{self, Write};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 use super::{EXIT_ERROR, EXIT_NO_INPUT, EXIT_OK};
-use bert_cli::cli::ClassifyArgs;
-use bert_cli::engine::Engine;
-use bert_cli::output::{self, attention::AttentionDump};
+use bert_cli::cli::{ClassifyArgs, OutputArgs, RunArgs};
+use bert_cli::engine::{Engine, EngineOptions};
+use bert_cli::models::config::Scoring;
+use bert_cli::options::Source;
+use bert_cli::output::{self, attention::AttentionDump, Format};
+use bert_cli::task::{LongText, Task};
 use bert_cli::{device, hub, pipeline};
 
-/// Runs the job on a worker of its own thread pool.
-pub fn run(args: ClassifyArgs) -> Result<u8> {
-    args.apply_threads();
+/// Runs `job` on a worker of its own thread pool
+/// (`RunArgs::apply_threads` first: the pool takes its size from it.)
+pub fn on_pool<T: Send>(job: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     device::keep_freed_memory();
     // The whole job runs on a worker of the pool: a parallel op started from a worker
     // splits in place, while one started from outside is handed over and waited for, a
@@ -20,25 +24,94 @@ pub fn run(args: ClassifyArgs) -> Result<u8> {
     let pool = rayon::ThreadPoolBuilder::new()
         .build()
         .context("cannot start the worker threads")?;
-    pool.install(move || on_pool(args))
+    pool.install(job)
 }
 
-/// `run`, on a worker of the thread pool.
-fn on_pool(mut args: ClassifyArgs) -> Result<u8> {
-    // Open the dump file and the input (a CSV header naming no such column) before the
-    // slow work, so a bad path or flag fails at once.
-    let mut dump = args
-        .dump_options()
+/// `bert-cli classify`.
+pub fn run(mut args: ClassifyArgs) -> Result<u8> {
+    args.check()?;
+    let quiet = args.run.quiet;
+    let dump = open_dump(&args.output, quiet)?;
+    let opts = args
+        .input
+        .input_options(args.pair, args.pair_field.clone());
+    let source = args
+        .input
+        .take_source(&opts, args.text_pair.clone(), quiet)?;
+    args.run.apply_threads();
+    on_pool(move || {
+        let options = EngineOptions {
+            scoring: args.scoring(),
+            ..args.run.engine_options(args.labels.clone())
+        };
+        let engine = load(&args.model, &args.run, &options)?;
+        let task = Task::Classify(args.long_text(engine.scoring));
+        if let Task::Classify(LongText::Chunk { stride, .. }) = task {
+            if stride >= engine.window_tokens() {
+                bail!(
+                    "--stride {stride} must be less than the {} text tokens of a window (--max-length {} less the special tokens)",
+                    engine.window_tokens(),
+                    engine.max_length
+                );
+            }
+        }
+        let multi_label = engine.scoring == Scoring::Sigmoid && engine.labels.len() > 1;
+        let (kind, mut format) = args.output.format(
+            &engine.labels,
+            multi_label,
+            &args.rank,
+            args.input.id_field.is_some(),
+            source.records.columns.as_deref(),
+        );
+        format.pairs = args.pair || args.pair_field.is_some() || args.text_pair.is_some();
+        let out = output::writer(kind, stdout(), format);
+        finish(&engine, &task, source, out, dump, &args.run)
+    })
+}
+
+/// The dump file, created before the slow work so a bad path fails at once.
+pub fn open_dump(output: &OutputArgs, quiet: bool) -> Result<Option<AttentionDump>> {
+    output
+        .dump_options(quiet)
         .map(|(path, opts)| AttentionDump::create(path, opts))
-        .transpose()?;
-    let source = args.take_source()?;
+        .transpose()
+}
 
-    let device = device::open(args.device)?;
-    let batching = args.pipeline_options(&device);
-    let files = hub::resolve(&args.model.model, &args.model.hub.options(args.quiet))?;
-    let engine = Engine::load(&files, device, &args.engine_options())?;
-    warn_about(&engine, args.quiet);
+/// Buffered standard output.
+pub fn stdout() -> Box<dyn Write> {
+    Box::new(io::BufWriter::new(io::stdout().lock()))
+}
 
+/// Finds and loads the model, with the warnings a user should see before its answers.
+pub fn load(model: &str, run: &RunArgs, options: &EngineOptions) -> Result<Engine> {
+    let device = device::open(run.device)?;
+    let files = hub::resolve(model, &run.hub.options(run.quiet))?;
+    let engine = Engine::load(&files, device, options)?;
+    if !run.quiet {
+        if engine.quantized && !bert_cli::kernels::cpu::vnni() {
+            eprintln!("bert-cli: warning: this CPU lacks AVX-512 VNNI, so --quantize q8 gives the same answers but no speed-up");
+        }
+        if !engine.head_is_trained() {
+            eprintln!(
+                "bert-cli: warning: {} has no trained classification head; using a seeded random one, so the labels are meaningless",
+                engine.model_id
+            );
+        }
+    }
+    Ok(engine)
+}
+
+/// Runs the records through the pipeline into `out` (and the dump), then says what the
+/// user should know: truncations, no input. Returns the exit status.
+pub fn finish(
+    engine: &Engine,
+    task: &Task,
+    source: Source,
+    mut out: Box<dyn Format>,
+    mut dump: Option<AttentionDump>,
+    run: &RunArgs,
+) -> Result<u8> {
+    let quiet = run.quiet;
     if let Some(d) = dump.as_mut() {
         d.describe(
             &engine.model_id,
@@ -47,37 +120,40 @@ fn on_pool(mut args: ClassifyArgs) -> Result<u8> {
             engine.num_heads,
         )?;
     }
-    let (kind, format) = args.format(
-        &engine.labels,
-        engine.scoring,
-        source.records.columns.as_deref(),
-    );
-    let stdout: Box<dyn Write> = Box::new(io::BufWriter::new(io::stdout().lock()));
-    let mut out = output::writer(kind, stdout, format);
-    let progress = args.progress(&source);
+    let batching = run.pipeline_options(engine.device());
+    let progress = source.progress(quiet);
     let summary = pipeline::run(
-        &engine,
+        engine,
+        task,
         source.records,
         out.as_mut(),
         dump.as_mut(),
         batching,
         &progress,
-        args.quiet,
+        quiet,
     )?;
+    out.finish().context("cannot write results")?;
     progress.finish();
     if let Some(d) = dump {
         d.finish()?;
     }
-    if !args.quiet && summary.truncated > 0 {
+    if !quiet && summary.truncated > 0 {
         eprintln!(
             "bert-cli: warning: {} of {} inputs were longer than {} tokens and were cut to that length \
-             (jsonl output marks them \"truncated\"; --max-length sets the cut up to the model's limit)",
-            summary.truncated, summary.inputs, engine.max_length
+             (jsonl output marks them \"truncated\"; --max-length sets the cut up to the model's limit{})",
+            summary.truncated,
+            summary.inputs,
+            engine.max_length,
+            if matches!(task, Task::Classify(LongText::Truncate)) {
+                ", --long-text chunk reads all of each text"
+            } else {
+                ""
+            }
         );
     }
-    if summary.inputs == 0 && !args.quiet {
+    if summary.inputs == 0 && !quiet {
         eprintln!(
-            "bert-cli: no input: give texts as arguments, a file with --input FILE, or records on standard input (see bert-cli classify --help)"
+            "bert-cli: no input: give texts as arguments, a file with --input FILE, or records on standard input (see --help)"
         );
     }
     Ok(if summary.failed > 0 {
@@ -87,20 +163,4 @@ fn on_pool(mut args: ClassifyArgs) -> Result<u8> {
     } else {
         EXIT_OK
     })
-}
-
-/// What the user should know about the loaded model before its answers.
-fn warn_about(engine: &Engine, quiet: bool) {
-    if quiet {
-        return;
-    }
-    if engine.quantized && !bert_cli::kernels::cpu::vnni() {
-        eprintln!("bert-cli: warning: this CPU lacks AVX-512 VNNI, so --quantize q8 gives the same answers but no speed-up");
-    }
-    if !engine.head_is_trained() {
-        eprintln!(
-            "bert-cli: warning: {} has no trained classification head; using a seeded random one, so the labels are meaningless",
-            engine.model_id
-        );
-    }
 }

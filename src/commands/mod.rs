@@ -3,8 +3,10 @@
 pub mod classify;
 pub mod download;
 pub mod info;
+pub mod rerank;
 pub mod shell;
 pub mod view;
+pub mod zero_shot;
 
 /// Every input classified (or the command did what it was asked).
 pub const EXIT_OK: u8 = 0;

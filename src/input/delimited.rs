@@ -84,6 +84,11 @@ pub fn open(reader: Box<dyn Read + Send>, name: &str, opts: &InputOptions) -> Re
         .as_deref()
         .map(|f| column(f, &columns, opts.header, name, "--id-column"))
         .transpose()?;
+    let pair = opts
+        .pair_field
+        .as_deref()
+        .map(|f| column(f, &columns, opts.header, name, "--pair-column"))
+        .transpose()?;
     // The header line is not a record; data lines count from after it.
     let rows = Rows {
         rdr,
@@ -93,6 +98,7 @@ pub fn open(reader: Box<dyn Read + Send>, name: &str, opts: &InputOptions) -> Re
         width: columns.len(),
         text,
         id,
+        pair,
         pending,
         number: 0,
         done: false,
@@ -152,6 +158,7 @@ struct Rows {
     width: usize,
     text: usize,
     id: Option<usize>,
+    pair: Option<usize>,
     /// The first row, already read when there is no header.
     pending: Option<ByteRecord>,
     number: usize,
@@ -251,6 +258,7 @@ impl Iterator for Rows {
         }
         item.text = fields.get(self.text).cloned().unwrap_or_default();
         item.id = self.id.and_then(|i| fields.get(i).cloned());
+        item.pair = self.pair.map(|i| fields.get(i).cloned().unwrap_or_default());
         fields.resize(self.width, String::new());
         item.carried = Carried::Row(fields);
         item.error = error;

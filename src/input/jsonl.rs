@@ -104,12 +104,16 @@ fn kind(v: &Value) -> &'static str {
     }
 }
 
+/// What one line gives: text, second text, id, the object.
+type Parsed = (String, Option<String>, Option<String>, Carried);
+
 /// JSON Lines records.
 pub struct JsonLines {
     reader: BufReader<Box<dyn Read + Send>>,
     name: String,
     field: Field,
     id_field: Option<Field>,
+    pair_field: Option<Field>,
     line: usize,
     number: usize,
     bytes: u64,
@@ -127,6 +131,7 @@ impl JsonLines {
             name: name.to_string(),
             field: Field::new(opts.field.as_deref().unwrap_or("text")),
             id_field: opts.id_field.as_deref().map(Field::new),
+            pair_field: opts.pair_field.as_deref().map(Field::new),
             line: 0,
             number: 0,
             bytes: 0,
@@ -134,19 +139,19 @@ impl JsonLines {
         })
     }
 
-    /// Text, id and carried object of one line, or why it cannot be used.
-    fn parse(&self, line: &str) -> Result<(String, Option<String>, Carried), String> {
+    /// Text, second text, id and carried object of one line, or why it cannot be used.
+    fn parse(&self, line: &str) -> Result<Parsed, String> {
         let trimmed = line.trim_start();
         if trimmed.starts_with('"') {
             let text: String =
                 serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
-            if let Some(id) = &self.id_field {
+            if let Some(f) = self.id_field.as_ref().or(self.pair_field.as_ref()) {
                 return Err(format!(
-                    "is a JSON string, so it has no id field \"{}\"",
-                    id.name()
+                    "is a JSON string, so it has no field \"{}\"",
+                    f.name()
                 ));
             }
-            return Ok((text, None, Carried::None));
+            return Ok((text, None, None, Carried::None));
         }
         if !trimmed.starts_with('{') {
             return Err(match serde_json::from_str::<Value>(line) {
@@ -163,7 +168,11 @@ impl JsonLines {
                     "has no field \"{}\" (fields: {}); pick the {what} with --{}",
                     field.name(),
                     obj.keys(),
-                    if what == "text" { "field" } else { "id-field" }
+                    match what {
+                        "text" => "field",
+                        "second text" => "pair-field",
+                        _ => "id-field",
+                    }
                 )),
                 Ok(Some(Value::String(s))) => Ok(s),
                 Ok(Some(v)) if what == "id" && !v.is_null() => Ok(v.to_string()),
@@ -175,8 +184,13 @@ impl JsonLines {
             }
         };
         let text = pick(&self.field, "text")?;
+        let pair = self
+            .pair_field
+            .as_ref()
+            .map(|f| pick(f, "second text"))
+            .transpose()?;
         let id = self.id_field.as_ref().map(|f| pick(f, "id")).transpose()?;
-        Ok((text, id, Carried::Json(obj)))
+        Ok((text, pair, id, Carried::Json(obj)))
     }
 }
 
@@ -228,8 +242,9 @@ impl Iterator for JsonLines {
                 item.error = Some(e);
             }
             Ok(s) => match self.parse(&s) {
-                Ok((text, id, carried)) => {
+                Ok((text, pair, id, carried)) => {
                     item.text = text;
+                    item.pair = pair;
                     item.id = id;
                     item.carried = carried;
                 }

@@ -56,6 +56,10 @@ pub struct InputOptions {
     pub field: Option<String>,
     /// JSONL field or CSV/TSV column copied into the outputs as `id`.
     pub id_field: Option<String>,
+    /// JSONL field or CSV/TSV column holding each record's second text (a pair).
+    pub pair_field: Option<String>,
+    /// Each plain line is a pair: the two texts separated by its first tab.
+    pub pair_tab: bool,
     /// Whether the first CSV/TSV row names the columns.
     pub header: bool,
     /// Lines end at NUL bytes instead of newlines.
@@ -68,6 +72,8 @@ impl Default for InputOptions {
             format: InputFormat::Lines,
             field: None,
             id_field: None,
+            pair_field: None,
+            pair_tab: false,
             header: true,
             null_data: false,
         }
@@ -93,6 +99,8 @@ pub struct Item {
     pub number: usize,
     /// The text to classify (lossily decoded when it was not valid UTF-8).
     pub text: String,
+    /// The second text, for a sentence pair (or a reranked document's query).
+    pub pair: Option<String>,
     /// The `--id-field` value, when one was asked for and found.
     pub id: Option<String>,
     /// The input object or row, for outputs that carry it through.
@@ -115,15 +123,30 @@ pub struct Records {
 /// Opens `reader` (called `name` in messages) as records of `opts.format`. CSV/TSV read
 /// their header here, so a column that does not exist fails before any model work.
 pub fn open(reader: Box<dyn Read + Send>, name: &str, opts: &InputOptions) -> Result<Records> {
+    if opts.pair_tab && opts.format != InputFormat::Lines {
+        anyhow::bail!("--pair splits plain lines at a tab; for JSONL, CSV or TSV records name the second text with --pair-field (--pair-column)");
+    }
+    if opts.pair_field.is_some() && opts.format == InputFormat::Lines {
+        anyhow::bail!("--pair-field names a JSONL field or CSV/TSV column; for plain lines use --pair (TEXT<TAB>TEXT_PAIR)");
+    }
     match opts.format {
-        InputFormat::Lines => Ok(Records {
-            columns: None,
-            items: Box::new(lines::Lines::new(
+        InputFormat::Lines => {
+            let lines = lines::Lines::new(
                 reader,
                 name,
                 if opts.null_data { b'\0' } else { b'\n' },
-            )),
-        }),
+            );
+            let items: Box<dyn Iterator<Item = Result<Item>> + Send> = if opts.pair_tab {
+                let name = name.to_string();
+                Box::new(lines.map(move |item| item.map(|i| split_pair(i, &name))))
+            } else {
+                Box::new(lines)
+            };
+            Ok(Records {
+                columns: None,
+                items,
+            })
+        }
         InputFormat::Jsonl => Ok(Records {
             columns: None,
             items: Box::new(jsonl::JsonLines::new(reader, name, opts)?),
@@ -132,18 +155,41 @@ pub fn open(reader: Box<dyn Read + Send>, name: &str, opts: &InputOptions) -> Re
     }
 }
 
-/// Records from the command line's TEXT arguments.
-pub fn from_args(texts: Vec<String>) -> Records {
+/// Records from the command line's TEXT arguments, each paired with `pair` when given.
+pub fn from_args(texts: Vec<String>, pair: Option<String>) -> Records {
     Records {
         columns: None,
-        items: Box::new(texts.into_iter().enumerate().map(|(i, text)| {
+        items: Box::new(texts.into_iter().enumerate().map(move |(i, text)| {
             Ok(Item {
                 number: i + 1,
                 text,
+                pair: pair.clone(),
                 ..Item::default()
             })
         })),
     }
+}
+
+/// A `--pair` line split at its first tab into the two texts; a line without one is an
+/// error record (the others go on).
+fn split_pair(mut item: Item, name: &str) -> Item {
+    if item.error.is_some() {
+        return item;
+    }
+    match item.text.split_once('\t') {
+        Some((a, b)) => {
+            let (a, b) = (a.to_string(), b.to_string());
+            item.text = a;
+            item.pair = Some(b);
+        }
+        None => {
+            item.error = Some(format!(
+                "{} line {}: no tab, so no second text (--pair reads TEXT<TAB>TEXT_PAIR lines)",
+                name, item.number
+            ));
+        }
+    }
+    item
 }
 
 /// Reads up to and including `sep` into `buf` (cleared first): `None` at the end of the

@@ -124,6 +124,12 @@ struct RawConfig {
     num_labels: Option<usize>,
     #[serde(default)]
     problem_type: Option<String>,
+    /// sentence-transformers' cross-encoder activation (older configs).
+    #[serde(default)]
+    sbert_ce_default_activation_function: Option<String>,
+    /// sentence-transformers' settings (newer configs: `activation_fn`).
+    #[serde(default)]
+    sentence_transformers: Option<serde_json::Value>,
     #[serde(default)]
     initializer_range: Option<f64>,
     #[serde(default)]
@@ -219,6 +225,9 @@ pub struct Config {
     pub labels: Vec<String>,
     /// `problem_type`, when the config says it is multi-label.
     pub multi_label: bool,
+    /// The activation a sentence-transformers cross-encoder applies to its scores, when
+    /// the config names one (`Sigmoid`, or `Identity` for raw scores).
+    pub cross_encoder_scoring: Option<Scoring>,
     /// Standard deviation used to initialise an untrained head.
     pub initializer_range: f64,
     /// DeBERTa: absolute positions added to the embeddings (`position_biased_input`).
@@ -359,6 +368,25 @@ impl Config {
             pad_token_id: raw.pad_token_id.unwrap_or(default_pad),
             labels,
             multi_label: raw.problem_type.as_deref() == Some("multi_label_classification"),
+            cross_encoder_scoring: raw
+                .sbert_ce_default_activation_function
+                .clone()
+                .or_else(|| {
+                    raw.sentence_transformers
+                        .as_ref()
+                        .and_then(|v| v.get("activation_fn"))
+                        .and_then(|v| v.as_str())
+                        .map(String::from)
+                })
+                .and_then(|f| {
+                    if f.ends_with("Sigmoid") {
+                        Some(Scoring::Sigmoid)
+                    } else if f.ends_with("Identity") {
+                        Some(Scoring::None)
+                    } else {
+                        None
+                    }
+                }),
             initializer_range: raw.initializer_range.unwrap_or(0.02),
             position_biased_input: raw.position_biased_input.unwrap_or(true),
             relative,

@@ -22,6 +22,12 @@ use head::HeadPolicy;
 /// The model used when none is named: bert-base-uncased fine-tuned on SST-2.
 pub const DEFAULT_MODEL: &str = "JeremiahZ/bert-base-uncased-sst2";
 
+/// The NLI model `zero-shot` uses when none is named (DeBERTa-v3-base on MNLI, FEVER, ANLI).
+pub const DEFAULT_ZERO_SHOT_MODEL: &str = "MoritzLaurer/DeBERTa-v3-base-mnli-fever-anli";
+
+/// The cross-encoder `rerank` uses when none is named (a BERT MiniLM on MS MARCO).
+pub const DEFAULT_RERANK_MODEL: &str = "cross-encoder/ms-marco-MiniLM-L-6-v2";
+
 /// One padded batch, ready for the model: every tensor is `[batch, seq]` u32.
 pub struct Batch {
     /// Token ids, padded with 0.

@@ -12,6 +12,7 @@ use std::io::{self, Write};
 
 use super::{Format, FormatOptions, Record};
 use crate::input::Carried;
+use crate::task::Answer;
 
 /// A CSV or TSV writer.
 pub struct Delimited {
@@ -66,20 +67,7 @@ impl Delimited {
 
     /// One field, quoted (CSV) or escaped (TSV) as needed.
     fn field<'a>(&self, s: &'a str) -> Cow<'a, str> {
-        // Control characters other than the ones each format handles are shown as escapes,
-        // as in the human format, so no output carries raw NUL or terminal escape bytes.
-        if self.sep == b',' {
-            let s = escape_controls(s);
-            if s.contains([',', '"', '\n', '\r']) {
-                Cow::Owned(format!("\"{}\"", s.replace('"', "\"\"")))
-            } else {
-                s
-            }
-        } else if s.contains(|c: char| c == '\\' || c.is_control()) {
-            Cow::Owned(tsv_escape(s))
-        } else {
-            Cow::Borrowed(s)
-        }
+        field(s, self.sep)
     }
 
     /// A carried TSV field is written as read (it holds no tab or newline) unless it came
@@ -113,6 +101,9 @@ impl Delimited {
                 }
                 names.extend(self.added.iter().cloned());
                 names.push("text".into());
+                if self.opts.pairs {
+                    names.push("text_pair".into());
+                }
                 names
             }
         };
@@ -122,7 +113,7 @@ impl Delimited {
 
     /// The prediction's columns, in `added` order (`error` excluded).
     fn prediction(&self, r: &Record) -> Vec<String> {
-        let Ok((_, p)) = r.outcome else {
+        let Ok(Answer { prediction: p, .. }) = r.outcome else {
             let mut v = vec!["ERROR".to_string()];
             let carried = usize::from(self.opts.columns.is_some());
             v.resize(self.added.len() - carried, String::new());
@@ -146,6 +137,24 @@ impl Delimited {
             v.push(names.join(","));
         }
         v
+    }
+}
+
+/// One field of a CSV (`sep` `,`) or TSV row, quoted or escaped as needed. Control
+/// characters other than the ones each format handles are shown as escapes, as in the
+/// human format, so no output carries raw NUL or terminal escape bytes.
+pub(crate) fn field(s: &str, sep: u8) -> Cow<'_, str> {
+    if sep == b',' {
+        let s = escape_controls(s);
+        if s.contains([',', '"', '\n', '\r']) {
+            Cow::Owned(format!("\"{}\"", s.replace('"', "\"\"")))
+        } else {
+            s
+        }
+    } else if s.contains(|c: char| c == '\\' || c.is_control()) {
+        Cow::Owned(tsv_escape(s))
+    } else {
+        Cow::Borrowed(s)
     }
 }
 
@@ -204,6 +213,9 @@ impl Format for Delimited {
             }
             fields.extend(prediction.iter().map(|f| self.field(f)));
             fields.push(self.field(r.outcome.err().unwrap_or(&r.item.text)));
+            if self.opts.pairs {
+                fields.push(self.field(r.item.pair.as_deref().unwrap_or("")));
+            }
         }
         self.row(&fields)
     }

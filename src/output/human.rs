@@ -27,7 +27,7 @@ impl Human {
 
 /// Control characters (which could move the cursor or end the line) shown as escapes;
 /// everything else, quotes and non-ASCII included, as it is.
-fn printable(text: &str) -> String {
+pub(crate) fn printable(text: &str) -> String {
     text.chars()
         .map(|c| {
             if c.is_control() {
@@ -43,7 +43,8 @@ impl Format for Human {
     fn write(&mut self, r: &Record) -> io::Result<()> {
         let w = self.width;
         match r.outcome {
-            Ok((_, p)) => {
+            Ok(a) => {
+                let p = &a.prediction;
                 if let Some(id) = &r.item.id {
                     write!(self.out, "{}  ", printable(id))?;
                 }
@@ -68,7 +69,15 @@ impl Format for Human {
                     }
                     write!(self.out, " ")?;
                 }
-                writeln!(self.out, "{}", printable(&r.item.text))
+                match &r.item.pair {
+                    Some(pair) => writeln!(
+                        self.out,
+                        "{}  ||  {}",
+                        printable(&r.item.text),
+                        printable(pair)
+                    ),
+                    None => writeln!(self.out, "{}", printable(&r.item.text)),
+                }
             }
             Err(e) => writeln!(self.out, "{:<w$}  {:6}  {}", "ERROR", "-", printable(e)),
         }

@@ -7,7 +7,7 @@ use serde_json::{json, Map, Value};
 use super::{Format, FormatOptions, Record};
 use crate::engine::Prediction;
 use crate::input::Carried;
-use crate::tokenize::Encoded;
+use crate::task::Answer;
 
 /// For a JSONL input object: the object as it came (values byte for byte) with the
 /// prediction added under `output_key`. Otherwise compact: `{"record", ["id",] "text",
@@ -25,7 +25,8 @@ impl Jsonl {
     }
 
     /// `label`, `score`, then what the flags asked for, then `tokens` and `truncated`.
-    fn prediction(&self, enc: &Encoded, p: &Prediction, obj: &mut Map<String, Value>) {
+    fn prediction(&self, a: &Answer, obj: &mut Map<String, Value>) {
+        let p: &Prediction = &a.prediction;
         let pairs = |xs: Vec<(&str, f32)>| -> Value {
             xs.into_iter()
                 .map(|(l, s)| json!({"label": l, "score": s}))
@@ -50,8 +51,11 @@ impl Jsonl {
             obj.insert("scores".into(), Value::Object(scores));
             obj.insert("logits".into(), json!(p.logits));
         }
-        obj.insert("tokens".into(), json!(enc.ids.len()));
-        obj.insert("truncated".into(), json!(enc.truncated));
+        obj.insert("tokens".into(), json!(a.tokens()));
+        if a.chunked {
+            obj.insert("chunks".into(), json!(a.parts.len()));
+        }
+        obj.insert("truncated".into(), json!(a.truncated()));
     }
 }
 
@@ -59,7 +63,7 @@ impl Format for Jsonl {
     fn write(&mut self, r: &Record) -> io::Result<()> {
         let mut result = Map::new();
         match r.outcome {
-            Ok((enc, p)) => self.prediction(enc, p, &mut result),
+            Ok(a) => self.prediction(a, &mut result),
             Err(e) => {
                 result.insert("error".into(), json!(e));
             }
@@ -87,6 +91,9 @@ impl Format for Jsonl {
             obj.insert("id".into(), json!(r.item.id));
         }
         obj.insert("text".into(), json!(r.item.text));
+        if let Some(pair) = &r.item.pair {
+            obj.insert("text_pair".into(), json!(pair));
+        }
         obj.append(&mut result);
         serde_json::to_writer(&mut self.out, &obj)?;
         self.out.write_all(b"\n")

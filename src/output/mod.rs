@@ -5,19 +5,20 @@ pub mod attention;
 pub mod delimited;
 pub mod human;
 pub mod jsonl;
+pub mod rerank;
 
 use std::io::{self, Write};
 
 use crate::engine::Prediction;
 use crate::input::Item;
-use crate::tokenize::Encoded;
+use crate::task::Answer;
 
 /// The result for one input record, in input order.
 pub struct Record<'a> {
     /// The input: number, text, id, and the object or row it came in.
     pub item: &'a Item,
-    /// The prediction and the tokens it was made from, or why this input failed.
-    pub outcome: Result<(&'a Encoded, &'a Prediction), &'a str>,
+    /// The prediction and the model inputs it was made from, or why this input failed.
+    pub outcome: Result<&'a Answer, &'a str>,
 }
 
 /// An output format.
@@ -26,6 +27,10 @@ pub trait Format {
     fn write(&mut self, record: &Record) -> io::Result<()>;
     /// Pushes everything written so far to the reader downstream.
     fn flush(&mut self) -> io::Result<()>;
+    /// Writes what was held back until the end (a sorted ranking), then flushes.
+    fn finish(&mut self) -> io::Result<()> {
+        self.flush()
+    }
 }
 
 /// What every format needs to know besides the records.
@@ -47,6 +52,8 @@ pub struct FormatOptions {
     pub columns: Option<Vec<String>>,
     /// Whether `--id-field`/`--id-column` was given, so compact outputs have an id.
     pub ids: bool,
+    /// Whether records are pairs, so compact CSV/TSV has a `text_pair` column.
+    pub pairs: bool,
 }
 
 impl FormatOptions {

@@ -6,10 +6,7 @@ use anyhow::Result;
 use base64::Engine as _;
 use serde_json::json;
 
-use super::Model;
-use crate::engine::Prediction;
-use crate::output::Record;
-use crate::tokenize::Encoded;
+use super::{Input, Model};
 
 const VIEW_JS: &str = include_str!("view.js");
 const VIEW_CSS: &str = include_str!("view.css");
@@ -99,6 +96,12 @@ pub struct PageEntry<'a> {
     pub id: Option<&'a str>,
     /// The input text.
     pub text: &'a str,
+    /// The second text of a pair.
+    pub text_pair: Option<&'a str>,
+    /// Index of the second text's first token.
+    pub sentence_b_start: Option<usize>,
+    /// Which model input of the record, and of how many, when more than one.
+    pub part: Option<(usize, usize)>,
     /// Its tokens.
     pub tokens: &'a [String],
     /// Predicted label.
@@ -118,18 +121,16 @@ pub struct PageEntry<'a> {
 }
 
 /// The page entry for a classified input (attention of every layer and head at hand).
-pub(super) fn entry(
-    model: &Model,
-    r: &Record,
-    enc: &Encoded,
-    p: &Prediction,
-    attention: &[Vec<Vec<Vec<f32>>>],
-) -> Result<Vec<u8>> {
+pub(super) fn entry(model: &Model, e: &Input) -> Result<Vec<u8>> {
+    let (enc, p, attention) = (e.enc, e.prediction, e.attention);
     let all = rollout(attention);
     page_entry(&PageEntry {
-        record: r.item.number,
-        id: r.item.id.as_deref(),
-        text: &r.item.text,
+        record: e.record,
+        id: e.id,
+        text: e.text,
+        text_pair: e.text_pair,
+        sentence_b_start: enc.pair_start,
+        part: e.part,
         tokens: &enc.tokens,
         label: &model.labels[p.top],
         labels: &model.labels,
@@ -170,6 +171,10 @@ pub fn page_entry(e: &PageEntry) -> Result<Vec<u8>> {
         "record": e.record,
         "id": e.id,
         "text": e.text,
+        "text_pair": e.text_pair,
+        "sentence_b_start": e.sentence_b_start,
+        "part": e.part.map(|p| p.0),
+        "parts": e.part.map(|p| p.1),
         "tokens": e.tokens,
         "label": e.label,
         "labels": e.labels,

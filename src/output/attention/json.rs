@@ -3,10 +3,7 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use super::Model;
-use crate::engine::Prediction;
-use crate::output::Record;
-use crate::tokenize::Encoded;
+use super::{Input, Model};
 
 /// One entry.
 #[derive(Serialize)]
@@ -16,6 +13,16 @@ struct Entry<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
     text: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text_pair: Option<&'a str>,
+    /// Index of the second text's first token (bertviz's `sentence_b_start`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sentence_b_start: Option<usize>,
+    /// Which model input of the record (0-based), and of how many, when more than one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    part: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parts: Option<usize>,
     tokens: &'a [String],
     token_ids: &'a [u32],
     offsets: &'a [(usize, usize)],
@@ -40,19 +47,18 @@ struct PredictionEntry<'a> {
 }
 
 /// The entry for one classified input, as JSON bytes.
-pub(super) fn entry(
-    model: &Model,
-    r: &Record,
-    enc: &Encoded,
-    p: &Prediction,
-    attention: &[Vec<Vec<Vec<f32>>>],
-) -> Result<Vec<u8>> {
-    let kept = model.kept(attention);
+pub(super) fn entry(model: &Model, e: &Input) -> Result<Vec<u8>> {
+    let (enc, p) = (e.enc, e.prediction);
+    let kept = model.kept(e.attention);
     let entry = Entry {
         model: &model.name,
-        record: r.item.number,
-        id: r.item.id.as_deref(),
-        text: &r.item.text,
+        record: e.record,
+        id: e.id,
+        text: e.text,
+        text_pair: e.text_pair,
+        sentence_b_start: enc.pair_start,
+        part: e.part.map(|p| p.0),
+        parts: e.part.map(|p| p.1),
         tokens: &enc.tokens,
         token_ids: &enc.ids,
         offsets: &enc.offsets,

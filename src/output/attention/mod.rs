@@ -11,6 +11,24 @@ pub mod view;
 
 pub use html::{page_entry, rollout, PageEntry};
 
+use crate::engine::Prediction;
+use crate::task::Part;
+use crate::tokenize::Encoded;
+
+/// One model input as the dump shows it.
+pub(super) struct Input<'a> {
+    record: usize,
+    id: Option<&'a str>,
+    /// The first text (the record's, or a reranked document's query).
+    text: &'a str,
+    text_pair: Option<&'a str>,
+    /// Which of how many model inputs of the record this is, when more than one.
+    part: Option<(usize, usize)>,
+    enc: &'a Encoded,
+    prediction: &'a Prediction,
+    attention: &'a [Vec<Vec<Vec<f32>>>],
+}
+
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -139,23 +157,42 @@ impl AttentionDump {
             .context("internal error: attention dump already finished")
     }
 
-    /// Appends one input; failed inputs have no attention and are skipped.
+    /// Appends one entry per model input of a record (one, or a window per chunk, or a
+    /// pair per candidate label); failed records have no attention and are skipped.
     pub fn write(&mut self, r: &Record) -> Result<()> {
-        let Ok((enc, p)) = r.outcome else {
+        let Ok(answer) = r.outcome else {
             return Ok(());
         };
-        let Some(attention) = p.attention.as_deref() else {
+        for (i, part) in answer.parts.iter().enumerate() {
+            let which = (answer.parts.len() > 1).then_some((i, answer.parts.len()));
+            self.write_part(r, part, which)?;
+        }
+        Ok(())
+    }
+
+    fn write_part(&mut self, r: &Record, part: &Part, which: Option<(usize, usize)>) -> Result<()> {
+        let Some(attention) = part.prediction.attention.as_deref() else {
             return Ok(());
         };
-        let n = enc.ids.len() as u64;
+        let e = Input {
+            record: r.item.number,
+            id: r.item.id.as_deref(),
+            text: part.text.as_deref().unwrap_or(&r.item.text),
+            text_pair: part.text_pair.as_deref(),
+            part: which,
+            enc: &part.input,
+            prediction: &part.prediction,
+            attention,
+        };
+        let n = e.enc.ids.len() as u64;
         let cells = (self.model.layers.len() * self.model.heads.len()) as u64 * n * n;
         let (bytes, estimate) = match self.opts.format {
             DumpFormat::Json => {
-                let e = json::entry(&self.model, r, enc, p, attention)?;
+                let e = json::entry(&self.model, &e)?;
                 (e, cells * 11)
             }
             DumpFormat::Html => {
-                let e = html::entry(&self.model, r, enc, p, attention)?;
+                let e = html::entry(&self.model, &e)?;
                 (e, cells * 4 / 3)
             }
         };

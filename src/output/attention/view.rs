@@ -22,6 +22,14 @@ struct DumpEntry {
     #[serde(default)]
     id: Option<String>,
     text: String,
+    #[serde(default)]
+    text_pair: Option<String>,
+    #[serde(default)]
+    sentence_b_start: Option<usize>,
+    #[serde(default)]
+    part: Option<usize>,
+    #[serde(default)]
+    parts: Option<usize>,
     tokens: Vec<String>,
     #[serde(default)]
     layers: Option<Vec<usize>>,
@@ -63,6 +71,9 @@ pub fn json_to_html(input: &Path, output: &Path) -> Result<usize> {
             record: e.record,
             id: e.id.as_deref(),
             text: &e.text,
+            text_pair: e.text_pair.as_deref(),
+            sentence_b_start: e.sentence_b_start,
+            part: e.part.zip(e.parts),
             tokens: &e.tokens,
             label: &e.prediction.label,
             labels: &e.prediction.labels,

@@ -1,0 +1,48 @@
+//! `bert-cli rerank`: documents scored against a query by a cross-encoder, best first.
+
+use anyhow::{bail, Result};
+
+use super::classify::{finish, load, on_pool, open_dump, stdout};
+use bert_cli::cli::RerankArgs;
+use bert_cli::models::config::Scoring;
+use bert_cli::output::rerank::Ranked;
+use bert_cli::task::Task;
+
+/// Runs the job.
+pub fn run(mut args: RerankArgs) -> Result<u8> {
+    let quiet = args.run.quiet;
+    let dump = open_dump(&args.output, quiet)?;
+    let opts = args.input.input_options(false, None);
+    let source = args.input.take_source(&opts, None, quiet)?;
+    args.run.apply_threads();
+    on_pool(move || {
+        let options = args.run.engine_options(None);
+        let mut engine = load(&args.model, &args.run, &options)?;
+        if engine.labels.len() != 1 {
+            bail!(
+                "{} has {} outputs ({}); rerank needs a cross-encoder with one relevance score (such as {})",
+                engine.model_id,
+                engine.labels.len(),
+                engine.labels.join(", "),
+                bert_cli::models::DEFAULT_RERANK_MODEL
+            );
+        }
+        engine.scoring = if args.raw_scores {
+            Scoring::None
+        } else {
+            engine.cross_encoder_scoring.unwrap_or(Scoring::Sigmoid)
+        };
+        let task = Task::Rerank {
+            query: args.query.clone(),
+        };
+        let out = Box::new(Ranked::new(
+            stdout(),
+            args.output.kind(),
+            args.output.output_key.clone(),
+            args.top_k,
+            args.input.id_field.is_some(),
+            source.records.columns.clone(),
+        ));
+        finish(&engine, &task, source, out, dump, &args.run)
+    })
+}

@@ -1,0 +1,41 @@
+//! `bert-cli zero-shot`: candidate labels judged by an NLI model.
+
+use anyhow::Result;
+
+use super::classify::{finish, load, on_pool, open_dump, stdout};
+use bert_cli::cli::ZeroShotArgs;
+use bert_cli::output;
+use bert_cli::task::{Task, ZeroShot};
+
+/// Runs the job.
+pub fn run(mut args: ZeroShotArgs) -> Result<u8> {
+    let quiet = args.run.quiet;
+    let dump = open_dump(&args.output, quiet)?;
+    let opts = args.input.input_options(false, None);
+    let source = args.input.take_source(&opts, None, quiet)?;
+    args.run.apply_threads();
+    on_pool(move || {
+        let options = args.run.engine_options(args.model_labels.clone());
+        let engine = load(&args.model, &args.run, &options)?;
+        let zero_shot = ZeroShot::new(
+            args.labels.clone(),
+            &args.hypothesis_template,
+            args.multi_label,
+            &engine.labels,
+        )?;
+        let multi_label = zero_shot.multi_label;
+        let task = Task::ZeroShot(zero_shot);
+        let mut rank = std::mem::take(&mut args.rank);
+        // Every candidate, best first, unless asked otherwise: the pipeline's answer.
+        rank.top_k.get_or_insert(usize::MAX);
+        let (kind, format) = args.output.format(
+            task.labels(&engine.labels),
+            multi_label,
+            &rank,
+            args.input.id_field.is_some(),
+            source.records.columns.as_deref(),
+        );
+        let out = output::writer(kind, stdout(), format);
+        finish(&engine, &task, source, out, dump, &args.run)
+    })
+}
