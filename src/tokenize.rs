@@ -171,7 +171,11 @@ impl TextTokenizer {
     /// Tokenizes a pair as the family's template joins them (`[CLS] a [SEP] b [SEP]` with
     /// token types for BERT, `<s> a </s></s> b </s>` for RoBERTa), cut to the model's
     /// length by `strategy`.
+    /// An empty second text is no second text, as transformers takes it.
     pub fn encode_pair(&self, a: &str, b: &str, strategy: PairTruncation) -> Result<Encoded> {
+        if b.is_empty() {
+            return self.encode(a);
+        }
         let room = self.max_length - self.added(true);
         // Neither text can keep more than `room` tokens, so neither is read further, except
         // that `longest_first` gives an odd last token to the longer text: when both are

@@ -1,0 +1,322 @@
+//! Sentence pairs, zero-shot, reranking and chunked long texts against PyTorch
+//! (`scripts/make_tasks_reference.py`): token ids and types identical, logits and scores
+//! within 1e-4, the same windows, the same order.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use bert_cli::engine::{Engine, EngineOptions, Prediction};
+use bert_cli::input::Item;
+use bert_cli::task::{Aggregate, LongText, Task, ZeroShot};
+use bert_cli::tokenize::{PairTruncation, TextTokenizer, TokenizerFiles};
+use common::{committed, floats, ids, max_diff, minilm_sst2, reference};
+use serde_json::Value;
+
+const TOL: f32 = 1e-4;
+
+fn model_dir(name: &str) -> PathBuf {
+    match name {
+        "minilm-sst2" => minilm_sst2(),
+        "minilm-rerank" => common::fixtures().join("minilm-rerank"),
+        family => committed("families").join(family),
+    }
+}
+
+/// Engines by (model, max length), loaded once.
+struct Engines(HashMap<(String, usize), Engine>);
+
+impl Engines {
+    fn get(&mut self, model: &str, max_length: usize) -> &Engine {
+        self.0
+            .entry((model.to_string(), max_length))
+            .or_insert_with(|| {
+                let opts = EngineOptions {
+                    max_length: Some(max_length),
+                    ..Default::default()
+                };
+                common::engine_with(&model_dir(model), &opts).unwrap()
+            })
+    }
+}
+
+/// Runs `task` on one record the way the pipeline does: plan, one batch, combine.
+fn run_task(engine: &Engine, task: &Task, text: &str) -> (Vec<Vec<u32>>, Vec<Prediction>, Prediction) {
+    let item = Item {
+        number: 1,
+        text: text.to_string(),
+        ..Item::default()
+    };
+    let planned = task.plan(engine, &item).unwrap();
+    let inputs: Vec<_> = planned.inputs.iter().collect();
+    let parts = engine.predict(&inputs, false).unwrap();
+    let combined = task.combine(&parts).unwrap();
+    let ids = planned.inputs.iter().map(|e| e.ids.clone()).collect();
+    (ids, parts, combined)
+}
+
+#[test]
+fn pairs_match_pytorch_including_longest_first_truncation() {
+    let reference = reference("tasks");
+    let mut engines = Engines(HashMap::new());
+    let cases = reference["pairs"].as_array().unwrap();
+    let mut truncated = 0;
+    for c in cases {
+        let name = c["model"].as_str().unwrap();
+        let (a, b) = (c["text"].as_str().unwrap(), c["text_pair"].as_str().unwrap());
+        let max_length = c["max_length"].as_u64().unwrap() as usize;
+        let engine = engines.get(name, max_length);
+        let enc = engine
+            .encode_pair(a, b, PairTruncation::LongestFirst)
+            .unwrap();
+        assert_eq!(enc.ids, ids(&c["ids"]), "{name} ids, max {max_length}: {a:.40} / {b:.40}");
+        assert_eq!(enc.type_ids, ids(&c["type_ids"]), "{name} token types");
+        truncated += usize::from(enc.truncated);
+        let p = engine.predict(&[&enc], false).unwrap();
+        let d = max_diff(&p[0].logits, &floats(&c["logits"]));
+        assert!(d < TOL, "{name} logits differ by {d}: {a:.40} / {b:.40}");
+        // Where the second text starts is marked: after [SEP] (BERT) or </s></s> (RoBERTa).
+        if !b.is_empty() {
+            let start = enc.pair_start.unwrap_or(enc.ids.len());
+            assert!(start > 1 && start < enc.ids.len(), "{name}: second text at {start}");
+        }
+    }
+    assert!(truncated >= 12, "cases needing truncation: {truncated}");
+    common::say(&format!(
+        "pairs: {} cases on BERT, RoBERTa, DeBERTa-v3 match PyTorch ({truncated} truncated)",
+        cases.len()
+    ));
+}
+
+#[test]
+fn zero_shot_matches_the_transformers_pipeline() {
+    let reference = reference("tasks");
+    let dir = committed("families").join("deberta-v3");
+    let engine = common::engine_with(&dir, &EngineOptions::default()).unwrap();
+    let cases = reference["zero_shot"].as_array().unwrap();
+    for c in cases {
+        let labels: Vec<String> = c["labels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l.as_str().unwrap().to_string())
+            .collect();
+        let zs = ZeroShot::new(
+            labels.clone(),
+            c["template"].as_str().unwrap(),
+            c["multi_label"].as_bool().unwrap(),
+            &engine.labels,
+        )
+        .unwrap();
+        let task = Task::ZeroShot(zs);
+        let text = c["text"].as_str().unwrap();
+        let (_, _, p) = run_task(&engine, &task, text);
+        let mut order: Vec<usize> = (0..labels.len()).collect();
+        order.sort_by(|&a, &b| p.probs[b].total_cmp(&p.probs[a]));
+        let ranked: Vec<&str> = order.iter().map(|&i| labels[i].as_str()).collect();
+        let want: Vec<&str> = c["ranked"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert_eq!(ranked, want, "label order for {text:.50}");
+        let scores: Vec<f32> = order.iter().map(|&i| p.probs[i]).collect();
+        let d = max_diff(&scores, &floats(&c["scores"]));
+        assert!(d < TOL, "scores differ by {d} for {text:.50} ({c:?})");
+    }
+    common::say(&format!(
+        "zero-shot: {} cases (single-, multi- and one-label, two templates) match the pipeline",
+        cases.len()
+    ));
+}
+
+#[test]
+fn rerank_matches_pytorch_scores_and_order() {
+    let reference = reference("tasks");
+    let r = &reference["rerank"];
+    let mut engine = common::engine_with(&model_dir("minilm-rerank"), &EngineOptions::default()).unwrap();
+    engine.scoring = engine
+        .cross_encoder_scoring
+        .unwrap_or(bert_cli::models::config::Scoring::Sigmoid);
+    let task = Task::Rerank {
+        query: r["query"].as_str().unwrap().to_string(),
+    };
+    let docs = r["documents"].as_array().unwrap();
+    let mut scores = Vec::new();
+    let mut logits = Vec::new();
+    for d in docs {
+        let (_, _, p) = run_task(&engine, &task, d.as_str().unwrap());
+        scores.push(p.probs[0]);
+        logits.push(p.logits[0]);
+    }
+    let d = max_diff(&logits, &floats(&r["logits"]));
+    assert!(d < TOL, "logits differ by {d}");
+    let d = max_diff(&scores, &floats(&r["scores"]));
+    assert!(d < TOL, "scores differ by {d}");
+    let mut order: Vec<usize> = (0..docs.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let want: Vec<usize> = ids(&r["order"]).into_iter().map(|i| i as usize).collect();
+    assert_eq!(order, want);
+}
+
+#[test]
+fn chunk_windows_and_pooled_scores_match_pytorch() {
+    let reference = reference("tasks");
+    let mut engines = Engines(HashMap::new());
+    let cases = reference["chunks"].as_array().unwrap();
+    for c in cases {
+        let name = c["model"].as_str().unwrap();
+        let max_length = c["max_length"].as_u64().unwrap() as usize;
+        let stride = c["stride"].as_u64().unwrap() as usize;
+        let engine = engines.get(name, max_length);
+        let text = c["text"].as_str().unwrap();
+        let windows = c["windows"].as_array().unwrap();
+        for (how, key) in [(Aggregate::Mean, "mean"), (Aggregate::Max, "max")] {
+            let task = Task::Classify(LongText::Chunk {
+                stride,
+                aggregate: how,
+            });
+            let (got_ids, parts, pooled) = run_task(engine, &task, text);
+            let want_ids: Vec<Vec<u32>> = windows.iter().map(|w| ids(&w["ids"])).collect();
+            assert_eq!(got_ids, want_ids, "{name} windows, max {max_length} stride {stride}");
+            for (p, w) in parts.iter().zip(windows) {
+                let d = max_diff(&p.probs, &floats(&w["probs"]));
+                assert!(d < TOL, "{name} window probabilities differ by {d}");
+            }
+            let d = max_diff(&pooled.probs, &floats(&c[key]));
+            assert!(d < TOL, "{name} {key} differs by {d}");
+        }
+    }
+}
+
+/// Random texts from the SST-2-like words of the references, with runs of spaces, tabs,
+/// newlines, punctuation and non-ASCII, long enough to be cut into many pieces.
+fn random_texts(seed: u64, count: usize) -> Vec<String> {
+    let words: Vec<&str> = "the film ' s a charming , and often affecting journey . it ' s slow -- very \
+        slow unflinchingly bleak desperate café naïve 東京 😀 don't U.S.A. 3.5 x"
+        .split(' ')
+        .collect();
+    let seps = [" ", " ", " ", "  ", "\t", "\n", " \u{3000}", "\u{a0}", ""];
+    let mut state = seed;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    (0..count)
+        .map(|_| {
+            let n = 20 + next(400);
+            let mut s = String::new();
+            for _ in 0..n {
+                s.push_str(words[next(words.len())]);
+                s.push_str(seps[next(seps.len())]);
+            }
+            s
+        })
+        .collect()
+}
+
+fn tokenizer(dir: &std::path::Path, max_length: usize) -> TextTokenizer {
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let vocab = cfg["vocab_size"].as_u64().unwrap() as usize;
+    TextTokenizer::load(
+        TokenizerFiles::Json(&dir.join("tokenizer.json")),
+        max_length,
+        vocab,
+    )
+    .unwrap()
+}
+
+#[test]
+fn long_texts_tokenized_in_pieces_give_the_same_tokens_as_whole() {
+    let mut dirs: Vec<PathBuf> = common::FAMILIES
+        .iter()
+        .map(|f| committed("families").join(f))
+        .collect();
+    dirs.push(minilm_sst2());
+    let texts = random_texts(7, 40);
+    let mut checked = 0;
+    for dir in &dirs {
+        let whole = tokenizer(dir, 64);
+        for bytes in [1, 7, 50] {
+            let pieces = tokenizer(dir, 64).with_piece_bytes(bytes);
+            for t in &texts {
+                let (a, b) = (whole.encode(t).unwrap(), pieces.encode(t).unwrap());
+                assert_eq!(a.ids, b.ids, "{} pieces of {bytes}: {t:?}", dir.display());
+                assert_eq!(a.offsets, b.offsets, "{} offsets", dir.display());
+                assert_eq!(a.truncated, b.truncated);
+                let (a, b) = (whole.windows(t, 8).unwrap(), pieces.windows(t, 8).unwrap());
+                let ia: Vec<_> = a.iter().map(|e| &e.ids).collect();
+                let ib: Vec<_> = b.iter().map(|e| &e.ids).collect();
+                assert_eq!(ia, ib, "{} windows, pieces of {bytes}", dir.display());
+                let (a, b) = (
+                    whole.encode_pair(t, "x y", PairTruncation::LongestFirst).unwrap(),
+                    pieces.encode_pair(t, "x y", PairTruncation::LongestFirst).unwrap(),
+                );
+                assert_eq!(a.ids, b.ids, "{} pair", dir.display());
+                checked += 1;
+            }
+        }
+    }
+    common::say(&format!(
+        "pieces: {checked} texts x {} tokenizers, cut every 1/7/50 bytes, tokenize as whole",
+        dirs.len()
+    ));
+}
+
+#[test]
+fn both_texts_over_the_limit_keep_transformers_odd_split() {
+    // Two texts over the limit, the second longer in tokens than the first though both are
+    // read only in part: the odd last token goes to the longer one, as in transformers.
+    let tok = tokenizer(&minilm_sst2(), 9).with_piece_bytes(4);
+    let a = "one two three four five six seven eight nine ten";
+    let b = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu";
+    let whole = tokenizer(&minilm_sst2(), 9);
+    let (x, y) = (
+        tok.encode_pair(a, b, PairTruncation::LongestFirst).unwrap(),
+        whole.encode_pair(a, b, PairTruncation::LongestFirst).unwrap(),
+    );
+    assert_eq!(x.ids, y.ids);
+    assert!(x.truncated);
+}
+
+#[test]
+fn stride_at_or_over_the_window_is_an_error() {
+    let tok = tokenizer(&minilm_sst2(), 16);
+    let err = tok.windows("a b c", 14).unwrap_err().to_string();
+    assert!(err.contains("--stride 14 must be less than the 14 text tokens"), "{err}");
+    assert!(tok.windows("a b c", 13).is_ok());
+}
+
+#[test]
+fn zero_shot_refuses_models_and_labels_it_cannot_use() {
+    let electra = vec!["negative".to_string(), "neutral".into(), "positive".into()];
+    let err = ZeroShot::new(vec!["a".into()], "{}", false, &electra)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("name no entailment"), "{err}");
+    let nli = vec!["entailment".to_string(), "neutral".into(), "contradiction".into()];
+    let err = ZeroShot::new(vec!["a".into(), "a".into()], "{}", false, &nli)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("twice"), "{err}");
+    let err = ZeroShot::new(vec!["a".into()], "no slot", false, &nli)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no {}"), "{err}");
+    let z = ZeroShot::new(vec!["a".into()], "It is {}.", false, &nli).unwrap();
+    assert!(z.multi_label, "one label is judged on its own");
+    assert_eq!((z.entailment, z.contradiction), (0, 2));
+    let z = ZeroShot::new(
+        vec!["a".into(), "b".into()],
+        "{}",
+        false,
+        &["contradiction".into(), "neutral".into(), "ENTAILMENT".into()],
+    )
+    .unwrap();
+    assert_eq!((z.entailment, z.contradiction), (2, 0));
+}
