@@ -367,7 +367,13 @@ pub struct ZeroShotArgs {
 
     /// The candidate labels, comma-separated: each becomes a hypothesis the NLI model
     /// judges against the text.
-    #[arg(short, long, value_name = "A,B,...", value_delimiter = ',', required = true)]
+    #[arg(
+        short,
+        long,
+        value_name = "A,B,...",
+        value_delimiter = ',',
+        required = true
+    )]
     pub labels: Vec<String>,
 
     /// The hypothesis each label is put into, at {}.

@@ -110,7 +110,8 @@ impl ClassifyArgs {
 
     /// Flags that only mean something together, checked before any work.
     pub fn check(&self) -> Result<()> {
-        if self.long_text == LongTextArg::Truncate && (self.stride != 0 || self.aggregate.is_some()) {
+        if self.long_text == LongTextArg::Truncate && (self.stride != 0 || self.aggregate.is_some())
+        {
             anyhow::bail!("--stride and --aggregate describe --long-text chunk");
         }
         if self.long_text == LongTextArg::Chunk

@@ -221,7 +221,10 @@ fn classify_window(
         .collect();
     let mut predictions: Vec<Vec<Option<Prediction>>> = planned
         .iter()
-        .map(|p| p.as_ref().map_or(Vec::new(), |p| vec![None; p.inputs.len()]))
+        .map(|p| {
+            p.as_ref()
+                .map_or(Vec::new(), |p| vec![None; p.inputs.len()])
+        })
         .collect();
     for batch in plan_batches(&lengths, opts) {
         let inputs: Vec<_> = batch.iter().filter_map(|&k| input(&pool[k])).collect();
@@ -240,12 +243,7 @@ fn classify_window(
 }
 
 /// Puts a record's parts together, refusing non-finite results.
-fn answer(
-    task: &Task,
-    item: &Item,
-    planned: Planned,
-    preds: Vec<Option<Prediction>>,
-) -> Outcome {
+fn answer(task: &Task, item: &Item, planned: Planned, preds: Vec<Option<Prediction>>) -> Outcome {
     let preds: Vec<Prediction> = preds
         .into_iter()
         .collect::<Option<_>>()
@@ -263,10 +261,7 @@ fn answer(
     let prediction = task
         .combine(&preds)
         .map_err(|e| format!("input {}: {e:#}", item.number))?;
-    let chunked = matches!(
-        task,
-        Task::Classify(crate::task::LongText::Chunk { .. })
-    );
+    let chunked = matches!(task, Task::Classify(crate::task::LongText::Chunk { .. }));
     let parts = planned
         .inputs
         .into_iter()

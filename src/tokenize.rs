@@ -339,7 +339,10 @@ fn piece_end(text: &str, start: usize, bytes: usize) -> usize {
 
 /// Whether the character ending at byte `i` is whitespace (`i` is a char boundary).
 fn is_unicode_space_before(text: &str, i: usize) -> bool {
-    text[..i].chars().next_back().is_some_and(char::is_whitespace)
+    text[..i]
+        .chars()
+        .next_back()
+        .is_some_and(char::is_whitespace)
 }
 
 /// Whether the character starting at byte `i` is whitespace (`i` is a char boundary).

@@ -42,7 +42,11 @@ impl Engines {
 }
 
 /// Runs `task` on one record the way the pipeline does: plan, one batch, combine.
-fn run_task(engine: &Engine, task: &Task, text: &str) -> (Vec<Vec<u32>>, Vec<Prediction>, Prediction) {
+fn run_task(
+    engine: &Engine,
+    task: &Task,
+    text: &str,
+) -> (Vec<Vec<u32>>, Vec<Prediction>, Prediction) {
     let item = Item {
         number: 1,
         text: text.to_string(),
@@ -64,13 +68,20 @@ fn pairs_match_pytorch_including_longest_first_truncation() {
     let mut truncated = 0;
     for c in cases {
         let name = c["model"].as_str().unwrap();
-        let (a, b) = (c["text"].as_str().unwrap(), c["text_pair"].as_str().unwrap());
+        let (a, b) = (
+            c["text"].as_str().unwrap(),
+            c["text_pair"].as_str().unwrap(),
+        );
         let max_length = c["max_length"].as_u64().unwrap() as usize;
         let engine = engines.get(name, max_length);
         let enc = engine
             .encode_pair(a, b, PairTruncation::LongestFirst)
             .unwrap();
-        assert_eq!(enc.ids, ids(&c["ids"]), "{name} ids, max {max_length}: {a:.40} / {b:.40}");
+        assert_eq!(
+            enc.ids,
+            ids(&c["ids"]),
+            "{name} ids, max {max_length}: {a:.40} / {b:.40}"
+        );
         assert_eq!(enc.type_ids, ids(&c["type_ids"]), "{name} token types");
         truncated += usize::from(enc.truncated);
         let p = engine.predict(&[&enc], false).unwrap();
@@ -79,7 +90,10 @@ fn pairs_match_pytorch_including_longest_first_truncation() {
         // Where the second text starts is marked: after [SEP] (BERT) or </s></s> (RoBERTa).
         if !b.is_empty() {
             let start = enc.pair_start.unwrap_or(enc.ids.len());
-            assert!(start > 1 && start < enc.ids.len(), "{name}: second text at {start}");
+            assert!(
+                start > 1 && start < enc.ids.len(),
+                "{name}: second text at {start}"
+            );
         }
     }
     assert!(truncated >= 12, "cases needing truncation: {truncated}");
@@ -136,7 +150,8 @@ fn zero_shot_matches_the_transformers_pipeline() {
 fn rerank_matches_pytorch_scores_and_order() {
     let reference = reference("tasks");
     let r = &reference["rerank"];
-    let mut engine = common::engine_with(&model_dir("minilm-rerank"), &EngineOptions::default()).unwrap();
+    let mut engine =
+        common::engine_with(&model_dir("minilm-rerank"), &EngineOptions::default()).unwrap();
     engine.scoring = engine
         .cross_encoder_scoring
         .unwrap_or(bert_cli::models::config::Scoring::Sigmoid);
@@ -180,7 +195,10 @@ fn chunk_windows_and_pooled_scores_match_pytorch() {
             });
             let (got_ids, parts, pooled) = run_task(engine, &task, text);
             let want_ids: Vec<Vec<u32>> = windows.iter().map(|w| ids(&w["ids"])).collect();
-            assert_eq!(got_ids, want_ids, "{name} windows, max {max_length} stride {stride}");
+            assert_eq!(
+                got_ids, want_ids,
+                "{name} windows, max {max_length} stride {stride}"
+            );
             for (p, w) in parts.iter().zip(windows) {
                 let d = max_diff(&p.probs, &floats(&w["probs"]));
                 assert!(d < TOL, "{name} window probabilities differ by {d}");
@@ -194,10 +212,11 @@ fn chunk_windows_and_pooled_scores_match_pytorch() {
 /// Random texts from the SST-2-like words of the references, with runs of spaces, tabs,
 /// newlines, punctuation and non-ASCII, long enough to be cut into many pieces.
 fn random_texts(seed: u64, count: usize) -> Vec<String> {
-    let words: Vec<&str> = "the film ' s a charming , and often affecting journey . it ' s slow -- very \
+    let words: Vec<&str> =
+        "the film ' s a charming , and often affecting journey . it ' s slow -- very \
         slow unflinchingly bleak desperate café naïve 東京 😀 don't U.S.A. 3.5 x"
-        .split(' ')
-        .collect();
+            .split(' ')
+            .collect();
     let seps = [" ", " ", " ", "  ", "\t", "\n", " \u{3000}", "\u{a0}", ""];
     let mut state = seed;
     let mut next = move |n: usize| {
@@ -254,8 +273,12 @@ fn long_texts_tokenized_in_pieces_give_the_same_tokens_as_whole() {
                 let ib: Vec<_> = b.iter().map(|e| &e.ids).collect();
                 assert_eq!(ia, ib, "{} windows, pieces of {bytes}", dir.display());
                 let (a, b) = (
-                    whole.encode_pair(t, "x y", PairTruncation::LongestFirst).unwrap(),
-                    pieces.encode_pair(t, "x y", PairTruncation::LongestFirst).unwrap(),
+                    whole
+                        .encode_pair(t, "x y", PairTruncation::LongestFirst)
+                        .unwrap(),
+                    pieces
+                        .encode_pair(t, "x y", PairTruncation::LongestFirst)
+                        .unwrap(),
                 );
                 assert_eq!(a.ids, b.ids, "{} pair", dir.display());
                 checked += 1;
@@ -278,7 +301,9 @@ fn both_texts_over_the_limit_keep_transformers_odd_split() {
     let whole = tokenizer(&minilm_sst2(), 9);
     let (x, y) = (
         tok.encode_pair(a, b, PairTruncation::LongestFirst).unwrap(),
-        whole.encode_pair(a, b, PairTruncation::LongestFirst).unwrap(),
+        whole
+            .encode_pair(a, b, PairTruncation::LongestFirst)
+            .unwrap(),
     );
     assert_eq!(x.ids, y.ids);
     assert!(x.truncated);
@@ -288,7 +313,10 @@ fn both_texts_over_the_limit_keep_transformers_odd_split() {
 fn stride_at_or_over_the_window_is_an_error() {
     let tok = tokenizer(&minilm_sst2(), 16);
     let err = tok.windows("a b c", 14).unwrap_err().to_string();
-    assert!(err.contains("--stride 14 must be less than the 14 text tokens"), "{err}");
+    assert!(
+        err.contains("--stride 14 must be less than the 14 text tokens"),
+        "{err}"
+    );
     assert!(tok.windows("a b c", 13).is_ok());
 }
 
@@ -299,7 +327,11 @@ fn zero_shot_refuses_models_and_labels_it_cannot_use() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("name no entailment"), "{err}");
-    let nli = vec!["entailment".to_string(), "neutral".into(), "contradiction".into()];
+    let nli = vec![
+        "entailment".to_string(),
+        "neutral".into(),
+        "contradiction".into(),
+    ];
     let err = ZeroShot::new(vec!["a".into(), "a".into()], "{}", false, &nli)
         .unwrap_err()
         .to_string();
@@ -315,8 +347,388 @@ fn zero_shot_refuses_models_and_labels_it_cannot_use() {
         vec!["a".into(), "b".into()],
         "{}",
         false,
-        &["contradiction".into(), "neutral".into(), "ENTAILMENT".into()],
+        &[
+            "contradiction".into(),
+            "neutral".into(),
+            "ENTAILMENT".into(),
+        ],
     )
     .unwrap();
     assert_eq!((z.entailment, z.contradiction), (2, 0));
+}
+
+// ---------------------------------------------------------------------------------------
+// The commands, end to end.
+
+fn jsonl(out: &std::process::Output) -> Vec<Value> {
+    String::from_utf8(out.stdout.clone())
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn classify_reads_pairs_from_tabs_fields_columns_and_arguments() {
+    let m = minilm_sst2();
+    let lines = b"a fine film\tbut the ending drags\nno tab here\nawful\tjust awful\n";
+    let out = common::classify_with(&m, &["--pair", "--format", "jsonl"], lines);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let rows = jsonl(&out);
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[0]["text_pair"], "but the ending drags");
+    let err = rows[1]["error"].as_str().unwrap();
+    assert!(err.contains("stdin line 2: no tab"), "{err}");
+    assert_eq!(rows[2]["record"], 3);
+    // The same pair as arguments, as a JSONL field pair and as CSV columns: same score;
+    // as one text: a different one (the second text is read).
+    let args = common::classify_with(
+        &m,
+        &[
+            "--format",
+            "jsonl",
+            "--text-pair",
+            "but the ending drags",
+            "a fine film",
+        ],
+        b"",
+    );
+    assert_eq!(jsonl(&args)[0]["score"], rows[0]["score"]);
+    let json = b"{\"p\": \"a fine film\", \"h\": \"but the ending drags\"}\n{\"p\": \"x\"}\n";
+    let out = common::classify_with(
+        &m,
+        &[
+            "--input-format",
+            "jsonl",
+            "--field",
+            "p",
+            "--pair-field",
+            "h",
+            "--format",
+            "jsonl",
+        ],
+        json,
+    );
+    let rows_j = jsonl(&out);
+    assert_eq!(rows_j[0]["h"], "but the ending drags");
+    assert_eq!(rows_j[0]["prediction"]["score"], rows[0]["score"]);
+    let err = rows_j[1]["prediction"]["error"].as_str().unwrap();
+    assert!(
+        err.contains("no field \"h\"") && err.contains("--pair-field"),
+        "{err}"
+    );
+    let csv = b"premise,hypothesis\na fine film,but the ending drags\n";
+    let out = common::classify_with(
+        &m,
+        &[
+            "--input-format",
+            "csv",
+            "--column",
+            "premise",
+            "--pair-column",
+            "hypothesis",
+            "--format",
+            "jsonl",
+        ],
+        csv,
+    );
+    assert_eq!(jsonl(&out)[0]["score"], rows[0]["score"]);
+    let single = common::classify_with(&m, &["--format", "jsonl", "a fine film"], b"");
+    assert_ne!(jsonl(&single)[0]["score"], rows[0]["score"]);
+    // CSV output of pairs has the second text too.
+    let out = common::classify_with(&m, &["--pair", "--format", "csv"], b"a\tb\n");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with("record,label,score,text,text_pair\n1,"),
+        "{text}"
+    );
+    assert!(text.trim_end().ends_with(",a,b"), "{text}");
+}
+
+#[test]
+fn pair_flags_that_cannot_apply_are_refused() {
+    let m = minilm_sst2();
+    for (args, want) in [
+        (
+            vec!["--pair", "--input-format", "jsonl"],
+            "--pair splits plain lines",
+        ),
+        (
+            vec!["--pair-field", "h"],
+            "--pair-field names a JSONL field",
+        ),
+        (
+            vec!["--pair", "--long-text", "chunk"],
+            "--long-text chunk splits single texts",
+        ),
+        (
+            vec!["--stride", "4"],
+            "--stride and --aggregate describe --long-text chunk",
+        ),
+    ] {
+        let out = common::classify_with(&m, &args, b"a\tb\n");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn zero_shot_command_matches_the_pipeline_and_refuses_non_nli_models() {
+    let reference = reference("tasks");
+    let case = reference["zero_shot"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["template"] == "This example is {}." && c["multi_label"] == false)
+        .unwrap()
+        .clone();
+    let labels: Vec<&str> = case["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let dir = committed("families").join("deberta-v3");
+    let joined = labels.join(",");
+    let text = case["text"].as_str().unwrap();
+    let mut stdin = format!("{text}\n").into_bytes();
+    stdin.extend_from_slice(b"\xff bad utf-8\n");
+    let out = common::command_with(
+        "zero-shot",
+        &dir,
+        &["--labels", &joined, "--format", "jsonl"],
+        &stdin,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let rows = jsonl(&out);
+    let ranked: Vec<&str> = rows[0]["top_k"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["label"].as_str().unwrap())
+        .collect();
+    let want: Vec<&str> = case["ranked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(ranked, want);
+    let scores: Vec<f32> = rows[0]["top_k"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["score"].as_f64().unwrap() as f32)
+        .collect();
+    assert!(max_diff(&scores, &floats(&case["scores"])) < TOL);
+    assert!(rows[1]["error"]
+        .as_str()
+        .unwrap()
+        .contains("not valid UTF-8"));
+
+    let out = common::command_with(
+        "zero-shot",
+        &committed("families").join("electra"),
+        &["--labels", "a,b", "x"],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("name no entailment"),
+        "{}",
+        stderr(&out)
+    );
+    // Naming the model's labels makes it usable.
+    let out = common::command_with(
+        "zero-shot",
+        &committed("families").join("electra"),
+        &[
+            "--labels",
+            "a,b",
+            "--model-labels",
+            "contradiction,neutral,entailment",
+            "x",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+#[test]
+fn rerank_command_prints_documents_best_first_with_their_index() {
+    let reference = reference("tasks");
+    let r = &reference["rerank"];
+    let docs: Vec<&str> = r["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let stdin = docs.join("\n") + "\n";
+    let model = model_dir("minilm-rerank");
+    let query = r["query"].as_str().unwrap();
+    let out = common::command_with(
+        "rerank",
+        &model,
+        &["--query", query, "--format", "jsonl"],
+        stdin.as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let rows = jsonl(&out);
+    let order: Vec<u32> = rows
+        .iter()
+        .map(|x| x["index"].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(order, ids(&r["order"]));
+    let want = floats(&r["scores"]);
+    for (rank, row) in rows.iter().enumerate() {
+        let i = row["index"].as_u64().unwrap() as usize;
+        assert_eq!(row["rank"], rank + 1);
+        assert_eq!(row["text"], docs[i]);
+        assert!((row["score"].as_f64().unwrap() as f32 - want[i]).abs() < TOL);
+    }
+    let out = common::command_with(
+        "rerank",
+        &model,
+        &[
+            "--query",
+            query,
+            "--top-k",
+            "3",
+            "--raw-scores",
+            "--format",
+            "csv",
+        ],
+        stdin.as_bytes(),
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 4, "{text}");
+    assert_eq!(lines[0], "rank,index,score,text");
+    let best = ids(&r["order"])[0] as usize;
+    let raw = floats(&r["logits"])[best];
+    let fields: Vec<&str> = lines[1].splitn(4, ',').collect();
+    assert_eq!(fields[1], best.to_string());
+    assert!(
+        (fields[2].parse::<f32>().unwrap() - raw).abs() < TOL,
+        "raw logit {raw}: {}",
+        lines[1]
+    );
+    // A one-output cross-encoder is required.
+    let out = common::command_with("rerank", &minilm_sst2(), &["--query", "q", "d"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("rerank needs a cross-encoder with one relevance score"));
+}
+
+#[test]
+fn chunk_mode_reads_a_long_text_whole_and_reports_windows() {
+    let reference = reference("tasks");
+    let case = reference["chunks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["model"] == "minilm-sst2" && c["stride"] == 16)
+        .unwrap()
+        .clone();
+    let text = case["text"].as_str().unwrap();
+    let m = minilm_sst2();
+    let dump = std::env::temp_dir().join(format!("bert-cli-chunks-{}.json", std::process::id()));
+    let out = common::classify_with(
+        &m,
+        &[
+            "--long-text",
+            "chunk",
+            "--stride",
+            "16",
+            "--max-length",
+            "64",
+            "--all-scores",
+            "--format",
+            "jsonl",
+            "--dump-attention",
+            dump.to_str().unwrap(),
+            "--attention-layers",
+            "0",
+        ],
+        format!("{text}\nshort one\n").as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let rows = jsonl(&out);
+    let windows = case["windows"].as_array().unwrap().len();
+    assert_eq!(rows[0]["chunks"], windows);
+    assert_eq!(rows[0]["truncated"], false);
+    assert_eq!(rows[1]["chunks"], 1);
+    let scores: Vec<f32> = ["NEGATIVE", "POSITIVE"]
+        .iter()
+        .map(|l| rows[0]["scores"][l].as_f64().unwrap() as f32)
+        .collect();
+    assert!(max_diff(&scores, &floats(&case["mean"])) < TOL);
+    // The dump has one entry per window, each saying which.
+    let entries: Value = serde_json::from_str(&std::fs::read_to_string(&dump).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&dump);
+    let entries = entries.as_array().unwrap();
+    assert_eq!(entries.len(), windows + 1);
+    assert_eq!(entries[1]["part"], 1);
+    assert_eq!(entries[1]["parts"], windows);
+    assert_eq!(
+        ids(&entries[1]["token_ids"]),
+        ids(&case["windows"][1]["ids"])
+    );
+    // A stride the window cannot hold is refused before any input is read.
+    let out = common::classify_with(
+        &m,
+        &[
+            "--long-text",
+            "chunk",
+            "--stride",
+            "62",
+            "--max-length",
+            "64",
+        ],
+        b"x\n",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--stride 62 must be less than the 62 text tokens"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn pair_dump_marks_where_the_second_text_starts() {
+    let m = minilm_sst2();
+    let dump = std::env::temp_dir().join(format!("bert-cli-pair-{}.json", std::process::id()));
+    let out = common::classify_with(
+        &m,
+        &[
+            "--text-pair",
+            "the second",
+            "the first one",
+            "--dump-attention",
+            dump.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let entries: Value = serde_json::from_str(&std::fs::read_to_string(&dump).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&dump);
+    let e = &entries[0];
+    assert_eq!(e["text_pair"], "the second");
+    let tokens: Vec<&str> = e["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        tokens,
+        ["[CLS]", "the", "first", "one", "[SEP]", "the", "second", "[SEP]"]
+    );
+    assert_eq!(e["sentence_b_start"], 5);
 }

@@ -32,9 +32,7 @@ pub fn run(mut args: ClassifyArgs) -> Result<u8> {
     args.check()?;
     let quiet = args.run.quiet;
     let dump = open_dump(&args.output, quiet)?;
-    let opts = args
-        .input
-        .input_options(args.pair, args.pair_field.clone());
+    let opts = args.input.input_options(args.pair, args.pair_field.clone());
     let source = args
         .input
         .take_source(&opts, args.text_pair.clone(), quiet)?;

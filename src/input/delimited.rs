@@ -258,7 +258,9 @@ impl Iterator for Rows {
         }
         item.text = fields.get(self.text).cloned().unwrap_or_default();
         item.id = self.id.and_then(|i| fields.get(i).cloned());
-        item.pair = self.pair.map(|i| fields.get(i).cloned().unwrap_or_default());
+        item.pair = self
+            .pair
+            .map(|i| fields.get(i).cloned().unwrap_or_default());
         fields.resize(self.width, String::new());
         item.carried = Carried::Row(fields);
         item.error = error;

@@ -131,11 +131,7 @@ pub fn open(reader: Box<dyn Read + Send>, name: &str, opts: &InputOptions) -> Re
     }
     match opts.format {
         InputFormat::Lines => {
-            let lines = lines::Lines::new(
-                reader,
-                name,
-                if opts.null_data { b'\0' } else { b'\n' },
-            );
+            let lines = lines::Lines::new(reader, name, if opts.null_data { b'\0' } else { b'\n' });
             let items: Box<dyn Iterator<Item = Result<Item>> + Send> = if opts.pair_tab {
                 let name = name.to_string();
                 Box::new(lines.map(move |item| item.map(|i| split_pair(i, &name))))

@@ -82,7 +82,8 @@ impl Ranked {
     fn row(&mut self, fields: &[String]) -> io::Result<()> {
         let sep = self.sep();
         let line: Vec<String> = fields.iter().map(|f| field(f, sep).into_owned()).collect();
-        self.out.write_all(line.join(&(sep as char).to_string()).as_bytes())?;
+        self.out
+            .write_all(line.join(&(sep as char).to_string()).as_bytes())?;
         self.out.write_all(b"\n")
     }
 
@@ -161,19 +162,28 @@ impl Ranked {
                 self.out.write_all(b"\n")
             }
             FormatKind::Csv | FormatKind::Tsv => {
-                let score = h.score.as_ref().map_or(String::new(), |s| format!("{s:.6}"));
+                let score = h
+                    .score
+                    .as_ref()
+                    .map_or(String::new(), |s| format!("{s:.6}"));
                 let error = h.score.as_ref().err().cloned().unwrap_or_default();
                 let fields: Vec<String> = match (&self.columns, &h.carried) {
-                    (Some(_), Carried::Row(row)) => {
-                        row.iter().cloned().chain([rank_text, score, error]).collect()
-                    }
+                    (Some(_), Carried::Row(row)) => row
+                        .iter()
+                        .cloned()
+                        .chain([rank_text, score, error])
+                        .collect(),
                     _ => {
                         let mut f = vec![rank_text, h.index.to_string()];
                         if self.ids {
                             f.push(h.id.clone().unwrap_or_default());
                         }
                         f.push(score);
-                        f.push(if h.score.is_ok() { h.text.clone() } else { error });
+                        f.push(if h.score.is_ok() {
+                            h.text.clone()
+                        } else {
+                            error
+                        });
                         f
                     }
                 };
@@ -313,7 +323,11 @@ mod tests {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
         let order: Vec<u64> = lines.iter().map(|v| v["index"].as_u64().unwrap()).collect();
-        assert_eq!(order, [1, 3, 4], "ties in input order, top 2, then the failure");
+        assert_eq!(
+            order,
+            [1, 3, 4],
+            "ties in input order, top 2, then the failure"
+        );
         assert_eq!(lines[0]["rank"], 1);
         assert_eq!(lines[2]["error"], "broken");
     }

@@ -260,8 +260,13 @@ pub fn bert_cli() -> Command {
 /// `bert-cli classify --model MODEL ARGS`, fed `stdin` from a thread of its own (so a
 /// large input cannot deadlock against unread output).
 pub fn classify_with(model: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    command_with("classify", model, args, stdin)
+}
+
+/// `bert-cli COMMAND --model MODEL ARGS`, fed `stdin` as `classify_with` does.
+pub fn command_with(command: &str, model: &Path, args: &[&str], stdin: &[u8]) -> Output {
     let mut child = bert_cli()
-        .arg("classify")
+        .arg(command)
         .arg("--model")
         .arg(model)
         .args(args)
