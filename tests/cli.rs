@@ -398,7 +398,7 @@ fn help_lists_the_flags_the_readme_documents() {
                 && !matches!(after, Some(c) if c.is_ascii_alphanumeric() || c == '-')
         })
     };
-    for command in ["classify", "download", "info"] {
+    for command in ["classify", "zero-shot", "rerank", "download", "info"] {
         let out = bert_cli().args([command, "--help"]).output().unwrap();
         assert_eq!(
             out.status.code(),
