@@ -68,6 +68,7 @@ impl RunArgs {
             max_batch_tokens: self
                 .max_batch_tokens
                 .map_or(defaults.max_batch_tokens, |n| n as usize),
+            warn: !self.quiet,
         }
     }
 

@@ -25,6 +25,8 @@ pub struct PipelineOptions {
     /// Most padded tokens (inputs x longest input) per forward pass, so a batch of long
     /// inputs does not take as much memory as `batch_size` of them.
     pub max_batch_tokens: usize,
+    /// Warn on stderr about records that fail (the first [`MAX_WARNINGS`]).
+    pub warn: bool,
 }
 
 impl Default for PipelineOptions {
@@ -32,6 +34,7 @@ impl Default for PipelineOptions {
         Self {
             batch_size: 32,
             max_batch_tokens: 8192,
+            warn: true,
         }
     }
 }
@@ -46,6 +49,7 @@ impl PipelineOptions {
             Self {
                 batch_size: 256,
                 max_batch_tokens: 65536,
+                warn: true,
             }
         }
     }
@@ -78,7 +82,7 @@ pub struct Summary {
 const MAX_WARNINGS: usize = 20;
 
 /// Classifies every record of `records`; results go to `out` (and `dump`) in input order.
-/// Per-record errors are warned about on stderr unless `quiet` (after [`MAX_WARNINGS`],
+/// Per-record errors are warned about on stderr when `opts.warn` (after [`MAX_WARNINGS`],
 /// only counted).
 pub fn run(
     engine: &Engine,
@@ -88,8 +92,8 @@ pub fn run(
     mut dump: Option<&mut AttentionDump>,
     opts: PipelineOptions,
     progress: &Progress,
-    quiet: bool,
 ) -> Result<Summary> {
+    let quiet = !opts.warn;
     let window = opts.batch_size.max(1) * WINDOW_BATCHES;
     let mut summary = Summary::default();
     let rx = spawn_reader(records, window * 2);
@@ -294,6 +298,7 @@ mod tests {
         let opts = PipelineOptions {
             batch_size: 3,
             max_batch_tokens: 250,
+            warn: false,
         };
         let batches = plan_batches(&lengths, opts);
         assert_eq!(
@@ -312,6 +317,7 @@ mod tests {
             PipelineOptions {
                 batch_size: 32,
                 max_batch_tokens: 8192,
+                warn: false,
             },
         );
         assert!(long.iter().all(|b| b.len() == 2), "{long:?}");

@@ -128,7 +128,6 @@ pub fn finish(
         dump.as_mut(),
         batching,
         &progress,
-        quiet,
     )?;
     out.finish().context("cannot write results")?;
     progress.finish();
