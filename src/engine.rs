@@ -179,8 +179,9 @@ impl Engine {
     }
 
     /// A long text's overlapping windows (`stride` tokens of overlap).
-    pub fn windows(&self, text: &str, stride: usize) -> Result<Vec<Encoded>> {
-        self.tokenizer.windows(text, stride)
+    /// Token strings and offsets only with `keep_tokens`.
+    pub fn windows(&self, text: &str, stride: usize, keep_tokens: bool) -> Result<Vec<Encoded>> {
+        self.tokenizer.windows(text, stride, keep_tokens)
     }
 
     /// Text tokens in one window: `max_length` less the special tokens.

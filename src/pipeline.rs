@@ -204,7 +204,7 @@ fn classify_window(
         .map(|item| match &item.error {
             Some(e) => Err(e.clone()),
             None => task
-                .plan(engine, item)
+                .plan(engine, item, keep_attention)
                 .map_err(|e| format!("input {}: {e:#}", item.number)),
         })
         .collect();

@@ -176,7 +176,9 @@ pub struct Planned {
 
 impl Task {
     /// Tokenizes one record into its model inputs.
-    pub fn plan(&self, engine: &Engine, item: &Item) -> Result<Planned> {
+    /// `keep_tokens`: the token strings and offsets too (for an attention dump), which a
+    /// long text's windows otherwise leave out.
+    pub fn plan(&self, engine: &Engine, item: &Item, keep_tokens: bool) -> Result<Planned> {
         let one = |input: Encoded, text: Option<String>, pair: Option<String>| Planned {
             inputs: vec![input],
             texts: vec![text],
@@ -194,7 +196,7 @@ impl Task {
                     bail!("--long-text chunk splits single texts, not pairs")
                 }
                 (None, LongText::Chunk { stride, .. }) => {
-                    let inputs = engine.windows(&item.text, *stride)?;
+                    let inputs = engine.windows(&item.text, *stride, keep_tokens)?;
                     let n = inputs.len();
                     Ok(Planned {
                         inputs,

@@ -14,7 +14,7 @@ use tokenizers::normalizers::BertNormalizer;
 use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::processors::roberta::RobertaProcessing;
-use tokenizers::utils::truncation::{truncate_encodings, TruncationDirection};
+use tokenizers::utils::truncation::truncate_encodings;
 use tokenizers::{AddedToken, Encoding, Tokenizer, TruncationParams, TruncationStrategy};
 
 /// One tokenized input (a text, a pair of texts, or one window of a long text), as the
@@ -197,7 +197,7 @@ impl TextTokenizer {
     /// `return_overflowing_tokens=True, stride=stride`: windows of the model's length
     /// whose content overlaps the previous one's by `stride` tokens; one window for a text
     /// that fits.
-    pub fn windows(&self, text: &str, stride: usize) -> Result<Vec<Encoded>> {
+    pub fn windows(&self, text: &str, stride: usize, keep_tokens: bool) -> Result<Vec<Encoded>> {
         let room = self.window_tokens();
         if stride >= room {
             bail!(
@@ -206,43 +206,101 @@ impl TextTokenizer {
                 self.added(false)
             );
         }
-        let (mut content, _) = self.content(text, None)?;
-        content.truncate(room, stride, TruncationDirection::Right);
-        let rest = content.take_overflowing();
-        std::iter::once(content)
-            .chain(rest)
-            .map(|w| self.finish(w, None, false))
-            .collect()
+        // Ids only (tokens and offsets only for an attention dump), a piece at a time, so a
+        // document of millions of tokens costs a few bytes per token, not an `Encoding`.
+        let mut ids: Vec<u32> = Vec::new();
+        let mut tokens: Vec<String> = Vec::new();
+        let mut offsets: Vec<(usize, usize)> = Vec::new();
+        self.for_each_piece(text, &mut |enc: Encoding| {
+            ids.extend_from_slice(enc.get_ids());
+            if keep_tokens {
+                tokens.extend_from_slice(enc.get_tokens());
+                offsets.extend_from_slice(enc.get_offsets());
+            }
+            true
+        })?;
+        // The windows `Encoding::truncate` cuts (the tokenizer's overflowing tokens): starts
+        // every `room - stride` tokens, until one reaches the end.
+        let step = room - stride;
+        let mut windows = Vec::new();
+        let mut start = 0;
+        loop {
+            let end = (start + room).min(ids.len());
+            let n = end - start;
+            let enc = Encoding::new(
+                ids[start..end].to_vec(),
+                vec![0; n],
+                if keep_tokens {
+                    tokens[start..end].to_vec()
+                } else {
+                    vec![String::new(); n]
+                },
+                vec![None; n],
+                if keep_tokens {
+                    offsets[start..end].to_vec()
+                } else {
+                    vec![(0, 0); n]
+                },
+                vec![0; n],
+                vec![1; n],
+                Vec::new(),
+                Default::default(),
+            );
+            let mut e = self.finish(enc, None, false)?;
+            if !keep_tokens {
+                e.tokens = Vec::new();
+                e.offsets = Vec::new();
+            }
+            windows.push(e);
+            if end >= ids.len() {
+                break;
+            }
+            start += step;
+        }
+        Ok(windows)
     }
 
-    /// A text's tokens without special tokens. With `need`, stops once more than `need`
-    /// tokens are certain; the flag says whether the whole text was read.
-    fn content(&self, text: &str, need: Option<usize>) -> Result<(Encoding, bool)> {
+    /// Calls `each` with the tokens (no special tokens) of each piece of `text` in turn,
+    /// offsets counted from the start of `text`, until it returns false.
+    fn for_each_piece(&self, text: &str, each: &mut dyn FnMut(Encoding) -> bool) -> Result<()> {
         let raw = |s: &str| {
             self.inner
                 .encode_char_offsets(s, false)
                 .map_err(|e| anyhow!("tokenizer failed: {e}"))
         };
-        if text.len() <= self.piece_bytes {
-            return Ok((raw(text)?, true));
-        }
-        let mut all = Encoding::default();
         let (mut start, mut chars) = (0, 0);
         while start < text.len() {
             let end = piece_end(text, start, self.piece_bytes);
             let piece = &text[start..end];
             let mut enc = raw(piece)?;
-            for o in enc.get_offsets_mut() {
-                *o = (o.0 + chars, o.1 + chars);
+            if chars > 0 {
+                for o in enc.get_offsets_mut() {
+                    *o = (o.0 + chars, o.1 + chars);
+                }
             }
-            all.merge_with(enc, false);
             chars += piece.chars().count();
             start = end;
-            if need.is_some_and(|n| all.len() > n) {
-                return Ok((all, start >= text.len()));
+            if !each(enc) {
+                break;
             }
         }
-        Ok((all, true))
+        Ok(())
+    }
+
+    /// A text's tokens without special tokens. With `need`, stops once more than `need`
+    /// tokens are certain; the flag says whether the whole text was read.
+    fn content(&self, text: &str, need: Option<usize>) -> Result<(Encoding, bool)> {
+        let mut all = Encoding::default();
+        let mut complete = true;
+        self.for_each_piece(text, &mut |enc: Encoding| {
+            all.merge_with(enc, false);
+            let more = need.is_none_or(|n| all.len() <= n);
+            complete = more;
+            more
+        })?;
+        // (Stopping after the last piece says incomplete too: the text is over the limit
+        // either way, so it is cut either way.)
+        Ok((all, complete))
     }
 
     /// Adds the special tokens and checks every id against the model's vocabulary (an id

@@ -52,7 +52,7 @@ fn run_task(
         text: text.to_string(),
         ..Item::default()
     };
-    let planned = task.plan(engine, &item).unwrap();
+    let planned = task.plan(engine, &item, false).unwrap();
     let inputs: Vec<_> = planned.inputs.iter().collect();
     let parts = engine.predict(&inputs, false).unwrap();
     let combined = task.combine(&parts).unwrap();
@@ -268,7 +268,13 @@ fn long_texts_tokenized_in_pieces_give_the_same_tokens_as_whole() {
                 assert_eq!(a.ids, b.ids, "{} pieces of {bytes}: {t:?}", dir.display());
                 assert_eq!(a.offsets, b.offsets, "{} offsets", dir.display());
                 assert_eq!(a.truncated, b.truncated);
-                let (a, b) = (whole.windows(t, 8).unwrap(), pieces.windows(t, 8).unwrap());
+                let (a, b) = (
+                    whole.windows(t, 8, true).unwrap(),
+                    pieces.windows(t, 8, true).unwrap(),
+                );
+                let ta: Vec<_> = a.iter().map(|e| (&e.tokens, &e.offsets)).collect();
+                let tb: Vec<_> = b.iter().map(|e| (&e.tokens, &e.offsets)).collect();
+                assert_eq!(ta, tb, "{} window tokens, pieces of {bytes}", dir.display());
                 let ia: Vec<_> = a.iter().map(|e| &e.ids).collect();
                 let ib: Vec<_> = b.iter().map(|e| &e.ids).collect();
                 assert_eq!(ia, ib, "{} windows, pieces of {bytes}", dir.display());
@@ -312,12 +318,12 @@ fn both_texts_over_the_limit_keep_transformers_odd_split() {
 #[test]
 fn stride_at_or_over_the_window_is_an_error() {
     let tok = tokenizer(&minilm_sst2(), 16);
-    let err = tok.windows("a b c", 14).unwrap_err().to_string();
+    let err = tok.windows("a b c", 14, false).unwrap_err().to_string();
     assert!(
         err.contains("--stride 14 must be less than the 14 text tokens"),
         "{err}"
     );
-    assert!(tok.windows("a b c", 13).is_ok());
+    assert!(tok.windows("a b c", 13, false).is_ok());
 }
 
 #[test]
