@@ -384,3 +384,37 @@ fn jsonl_tokens(out: &std::process::Output) -> u64 {
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
     first["tokens"].as_u64().unwrap()
 }
+
+#[test]
+fn a_pair_page_marks_the_second_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("pair.html");
+    let out = classify_with(
+        &minilm_sst2(),
+        &[
+            "--dump-attention",
+            page.to_str().unwrap(),
+            "--text-pair",
+            "the second",
+            "the first one",
+        ],
+        b"",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(html.contains("\"sentence_b_start\":5"), "the data marks it");
+    let Some(browser) = chromium() else {
+        say("SKIPPED: the pair page was not rendered: no chromium on PATH (.ci/run installs Debian's chromium)");
+        return;
+    };
+    let (report, _) = selftest(&browser, &page);
+    assert_eq!(report["errors"], serde_json::json!([]), "{report}");
+    // [CLS] the first one [SEP] | the second [SEP]: 3 tokens from 5 on, drawn on both sides.
+    assert_eq!(report["second"], 6, "{report}");
+    assert_eq!(report["pairText"], 1, "{report}");
+}

@@ -45,7 +45,8 @@
     if (D.length > 1) {
       var s = el("select", { id: "entry" });
       D.forEach(function (e, i) {
-        var label = "#" + e.record + (e.id != null ? " (" + e.id + ")" : "") + ": " + e.text;
+        var label = "#" + e.record + (e.parts ? " [" + (e.part + 1) + "/" + e.parts + "]" : "") +
+          (e.id != null ? " (" + e.id + ")" : "") + ": " + e.text + (e.text_pair ? " || " + e.text_pair : "");
         s.appendChild(el("option", { value: i }, label.length > 90 ? label.slice(0, 87) + "..." : label));
       });
       s.value = state.entry;
@@ -74,6 +75,7 @@
     var box = document.getElementById("prediction");
     box.textContent = "";
     box.appendChild(el("div", { "class": "text" }, e.text));
+    if (e.text_pair) box.appendChild(el("div", { "class": "text pair" }, e.text_pair));
     var t = el("table");
     e.labels.forEach(function (l, i) {
       var row = el("tr", l === e.label ? { "class": "top" } : {});
@@ -101,7 +103,8 @@
       e.tokens.forEach(function (tok, i) {
         var t = svg("text", {
           x: side ? width - 140 : 140, y: i * rowH + 14, "text-anchor": side ? "start" : "end",
-          "class": "token" + (state.hover === i && !side ? " hover" : ""), "data-index": i
+          "class": "token" + (state.hover === i && !side ? " hover" : "") +
+            (e.sentence_b_start != null && i >= e.sentence_b_start ? " second" : ""), "data-index": i
         });
         t.textContent = tok;
         if (!side) {
@@ -228,6 +231,8 @@
       for (var q = 0; q < n; q += Math.max(1, Math.floor(n / 5))) {
         out.cells.push([0, 0, q, n - 1 - q, weight(e, 0, 0, q, n - 1 - q)]);
       }
+      out.second = document.querySelectorAll("#heads-svg text.token.second").length;
+      out.pairText = document.querySelectorAll("#prediction .text.pair").length;
       out.rollout = D[0].rollout ? D[0].rollout[D[0].rollout.length - 1] : null;
       out.rolloutRows = document.querySelectorAll("#rollout-table tr").length;
       out.canvases = document.querySelectorAll("#modelview canvas").length;
