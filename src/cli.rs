@@ -52,8 +52,10 @@ pub enum Command {
     /// Exit status: as classify.
     Rerank(Box<RerankArgs>),
 
-    /// Fetch everything MODEL needs into the Hugging Face cache, for later offline runs.
-    Download(ModelRefArgs),
+    /// Fetch everything MODEL needs into the Hugging Face cache, for later offline runs,
+    /// and check every cached file against the hub's ETag (sha256 for weights): a damaged
+    /// one is fetched again.
+    Download(DownloadArgs),
 
     /// Show MODEL's architecture, labels and files. From the hub, only the config, the
     /// tokenizer and the weights' header are fetched, not the weights.
@@ -114,6 +116,17 @@ pub enum InfoFormat {
     Human,
     /// One JSON object.
     Json,
+}
+
+/// Flags of `bert-cli download`.
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    #[command(flatten)]
+    pub model: ModelRefArgs,
+
+    /// Fetch every file again, whatever the cache holds (to repair a damaged cache).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// A model named as an argument, for `download` and `info`.

@@ -38,6 +38,8 @@ impl HubArgs {
             offline: self.offline,
             progress: !quiet && io::stderr().is_terminal(),
             warn: !quiet,
+            force: false,
+            verify_cached: false,
         }
     }
 }

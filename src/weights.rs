@@ -207,6 +207,42 @@ pub fn safetensors_header_len(first: &[u8], total: u64) -> Result<u64> {
     Ok(n)
 }
 
+/// What is wrong with a safetensors file, if anything, from its size and header alone:
+/// too short for a header, a header longer than the file, or tensor data that would run
+/// past its end (a file cut short). Reads 8 bytes and the header.
+pub fn safetensors_damage(path: &Path) -> Option<String> {
+    let check = || -> std::result::Result<(), String> {
+        let file = File::open(path).map_err(|e| format!("cannot read it: {e}"))?;
+        let total = file.metadata().map_err(|e| e.to_string())?.len();
+        if total < 8 {
+            return Err(format!("{total} bytes: too short for a safetensors header"));
+        }
+        let mut first = [0u8; 8];
+        file.read_exact_at(&mut first, 0)
+            .map_err(|e| e.to_string())?;
+        let n = safetensors_header_len(&first, total).map_err(|e| format!("{e}"))?;
+        let mut header = vec![0u8; n as usize];
+        file.read_exact_at(&mut header, 8)
+            .map_err(|e| e.to_string())?;
+        let header: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
+            .map_err(|e| format!("its header is not valid JSON ({e})"))?;
+        let end = header
+            .iter()
+            .filter(|(k, _)| *k != "__metadata__")
+            .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
+            .max()
+            .unwrap_or(0);
+        if 8 + n + end > total {
+            return Err(format!(
+                "{total} bytes, but its header places tensor data up to byte {}: the file was cut short",
+                8 + n + end
+            ));
+        }
+        Ok(())
+    };
+    check().err()
+}
+
 /// The tensors a safetensors JSON header lists, in name order.
 pub fn safetensors_tensors(header: &[u8]) -> Result<Vec<TensorMeta>> {
     let header: HashMap<String, serde_json::Value> =

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use common::*;
+use sha2::Digest;
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 const TOKEN: &str = "hf_s3cr3t_t0k3n";
@@ -31,6 +32,8 @@ struct State {
     repos: HashMap<String, RepoSpec>,
     /// Files whose next full download is cut off halfway.
     cut_once: HashSet<String>,
+    /// Files sent with one byte changed: the next `n` full downloads.
+    corrupt: HashMap<String, usize>,
     /// "METHOD path" of every request.
     log: Vec<String>,
 }
@@ -83,6 +86,14 @@ impl HubServer {
 
     fn cut_once(&self, file: &str) {
         self.state.lock().unwrap().cut_once.insert(file.to_string());
+    }
+
+    fn corrupt(&self, file: &str, times: usize) {
+        self.state
+            .lock()
+            .unwrap()
+            .corrupt
+            .insert(file.to_string(), times);
     }
 
     fn log(&self) -> Vec<String> {
@@ -180,11 +191,27 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
             b"",
         );
     }
-    let data = std::fs::read(repo.dir.join(file))?;
-    let etag = (
-        "ETag",
-        format!("\"{:016x}{:08x}\"", fnv(file.as_bytes()), data.len()),
-    );
+    let mut data = std::fs::read(repo.dir.join(file))?;
+    // As the hub: an LFS file's ETag (and X-Linked-Etag) is its sha256, any other file's
+    // the git blob id.
+    let lfs = file.ends_with(".safetensors") || file.ends_with(".bin");
+    let etag = if lfs {
+        hex(&sha2::Sha256::digest(&data))
+    } else {
+        let mut h = sha1::Sha1::new();
+        h.update(format!("blob {}\0", data.len()).as_bytes());
+        h.update(&data);
+        hex(&h.finalize())
+    };
+    let linked = ("X-Linked-Etag", format!("\"{etag}\""));
+    let etag = ("ETag", format!("\"{etag}\""));
+    if method == "GET" && data.len() > 1 && headers.get("range").is_none_or(|r| r != "bytes=0-0") {
+        if let Some(n) = st.corrupt.get_mut(file).filter(|n| **n > 0) {
+            *n -= 1;
+            let mid = data.len() / 2;
+            data[mid] ^= 0x55;
+        }
+    }
     let n = data.len();
     let (start, end) = match headers.get("range").and_then(|r| r.strip_prefix("bytes=")) {
         Some(r) => {
@@ -218,12 +245,15 @@ fn serve(conn: TcpStream, state: &Mutex<State>) -> std::io::Result<()> {
         return out.shutdown(std::net::Shutdown::Both);
     }
     drop(st);
-    reply(
-        &mut out,
-        "206 Partial Content",
-        &[commit, etag, range, ("Accept-Ranges", "bytes".into())],
-        body,
-    )
+    let mut extra = vec![commit, etag, range, ("Accept-Ranges", "bytes".into())];
+    if lfs {
+        extra.push(linked);
+    }
+    reply(&mut out, "206 Partial Content", &extra, body)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn fnv(bytes: &[u8]) -> u64 {
@@ -800,4 +830,183 @@ fn info_reads_the_weights_header_by_range_requests_without_downloading_them() {
         .len();
     assert_eq!(v["weights"][0]["size"], size);
     assert!(v["parameters"].as_u64().unwrap() > 22_000_000);
+}
+
+/// The cached blob `file` of `id` points to.
+fn cached_blob(home: &Path, id: &str, file: &str) -> PathBuf {
+    let snap = repo_cache(&home.join(".cache/huggingface/hub"), id)
+        .join("snapshots")
+        .join(COMMIT)
+        .join(file);
+    std::fs::canonicalize(snap).unwrap()
+}
+
+fn cut_to(path: &Path, len: u64) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_len(len)
+        .unwrap();
+}
+
+#[test]
+fn a_damaged_cache_is_named_repaired_online_and_refused_offline() {
+    let server = HubServer::start(&[("acme/minilm-sst2", fixture_repo())]);
+    let home = tempfile::tempdir().unwrap();
+    let id = "acme/minilm-sst2";
+    let out = bert_cli(home.path(), &server.endpoint())
+        .args(["download", id])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let weights = cached_blob(home.path(), id, "model.safetensors");
+    let whole = std::fs::metadata(&weights).unwrap().len();
+    // Cut at 0, 4, 8 bytes and at half: offline, each is named, as damaged, with the fix.
+    for len in [0, 4, 8, whole / 2] {
+        cut_to(&weights, len);
+        let out = classify(
+            &mut bert_cli(home.path(), &server.endpoint()),
+            id,
+            &["--offline"],
+        );
+        let (_, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("model.safetensors")
+                && stderr.contains("is damaged")
+                && stderr.contains(&format!("bert-cli download --force {id}")),
+            "cut at {len}: {stderr}"
+        );
+    }
+    // Online, the damaged file is fetched again once, with a warning, and the run goes on.
+    let out = classify(&mut bert_cli(home.path(), &server.endpoint()), id, &[]);
+    assert_classified(&out);
+    assert!(
+        text(&out).1.contains("fetching it again"),
+        "{}",
+        text(&out).1
+    );
+    let weights = cached_blob(home.path(), id, "model.safetensors");
+    assert_eq!(std::fs::metadata(&weights).unwrap().len(), whole);
+
+    // A damaged file no header shows (the tokenizer, one byte changed): `download`
+    // hashes every cached file against its ETag and fetches it again.
+    let vocab = cached_blob(home.path(), id, "tokenizer.json");
+    let mut bytes = std::fs::read(&vocab).unwrap();
+    bytes[100] ^= 1;
+    std::fs::write(&vocab, &bytes).unwrap();
+    let out = bert_cli(home.path(), &server.endpoint())
+        .args(["download", id])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("tokenizer.json")
+            && stderr.contains("git blob id")
+            && stderr.contains("fetching it again"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("checked and ready for offline use"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read(cached_blob(home.path(), id, "tokenizer.json")).unwrap(),
+        std::fs::read(minilm_sst2().join("tokenizer.json")).unwrap()
+    );
+
+    // --force fetches every file again; offline it is refused.
+    let before = server.log().len();
+    let out = bert_cli(home.path(), &server.endpoint())
+        .args(["download", "--force", id])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out).1);
+    let fetched: Vec<String> = server.log()[before..]
+        .iter()
+        .filter(|l| l.starts_with("GET"))
+        .cloned()
+        .collect();
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(
+            fetched.iter().any(|l| l.ends_with(f)),
+            "{f} not fetched again: {fetched:?}"
+        );
+    }
+    let out = bert_cli(home.path(), &server.endpoint())
+        .args(["download", "--force", "--offline", id])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).1.contains("--force fetches files again"),
+        "{}",
+        text(&out).1
+    );
+}
+
+#[test]
+fn a_download_that_arrives_damaged_is_fetched_again_then_refused() {
+    let server = HubServer::start(&[("acme/minilm-sst2", fixture_repo())]);
+    let id = "acme/minilm-sst2";
+    server.corrupt("model.safetensors", 1);
+    let home = tempfile::tempdir().unwrap();
+    let out = classify(&mut bert_cli(home.path(), &server.endpoint()), id, &[]);
+    assert_classified(&out);
+    let gets = server
+        .log()
+        .iter()
+        .filter(|l| l.starts_with("GET") && l.ends_with("model.safetensors"))
+        .count();
+    assert!(
+        gets >= 2,
+        "fetched again after a bad hash: {:?}",
+        server.log()
+    );
+
+    server.corrupt("config.json", 5);
+    let home = tempfile::tempdir().unwrap();
+    let out = classify(&mut bert_cli(home.path(), &server.endpoint()), id, &[]);
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("config.json") && stderr.contains("arrived damaged twice"),
+        "{stderr}"
+    );
+    let snap = repo_cache(&home.path().join(".cache/huggingface/hub"), id)
+        .join("snapshots")
+        .join(COMMIT)
+        .join("config.json");
+    assert!(!snap.exists(), "nothing damaged kept");
+}
+
+#[test]
+fn a_damaged_local_weights_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "vocab.txt",
+        "tokenizer_config.json",
+    ] {
+        std::fs::copy(minilm_sst2().join(f), dir.path().join(f)).unwrap();
+    }
+    let data = std::fs::read(minilm_sst2().join("model.safetensors")).unwrap();
+    std::fs::write(
+        dir.path().join("model.safetensors"),
+        &data[..data.len() - 100],
+    )
+    .unwrap();
+    let out = bert_cli(dir.path(), "http://127.0.0.1:9")
+        .args(["classify", "--model", dir.path().to_str().unwrap(), "x"])
+        .output()
+        .unwrap();
+    let (_, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr.contains("model.safetensors is damaged") && stderr.contains("cut short"),
+        "{stderr}"
+    );
 }

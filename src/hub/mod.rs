@@ -5,6 +5,7 @@
 pub mod env;
 mod progress;
 mod remote;
+mod verify;
 
 use std::path::{Path, PathBuf};
 
@@ -102,6 +103,10 @@ pub struct HubOptions {
     pub progress: bool,
     /// Say on stderr when the cache stood in for an unreachable network.
     pub warn: bool,
+    /// Fetch every file again (`download --force`).
+    pub force: bool,
+    /// Check cached files' content against their ETags (`download`).
+    pub verify_cached: bool,
 }
 
 impl Default for HubOptions {
@@ -111,6 +116,8 @@ impl Default for HubOptions {
             offline: false,
             progress: false,
             warn: true,
+            force: false,
+            verify_cached: false,
         }
     }
 }
@@ -154,6 +161,14 @@ fn from_folder(dir: &Path) -> Result<ModelFiles> {
             WEIGHT_FILES.join(", ")
         ),
     };
+    for w in &weights {
+        if let Some(why) = crate::weights::safetensors_damage(w) {
+            bail!(
+                "{} is damaged ({why}); replace it with a complete copy",
+                w.display()
+            );
+        }
+    }
     let config_file = have("tokenizer_config.json");
     let tokenizer = if let Some(j) = have("tokenizer.json") {
         TokenizerPaths::Json(j)
@@ -192,6 +207,9 @@ fn remote_for(model: &str, opts: &HubOptions) -> Result<Remote> {
         &RemoteOptions {
             offline: opts.offline || env::offline(),
             progress: opts.progress,
+            force: opts.force,
+            verify_cached: opts.verify_cached,
+            warn: opts.warn,
         },
     )
 }

@@ -28,6 +28,13 @@ pub struct RemoteOptions {
     pub offline: bool,
     /// Draw progress bars on stderr.
     pub progress: bool,
+    /// Fetch every file again, whatever the cache holds (`download --force`).
+    pub force: bool,
+    /// Check cached files' content against their ETags too, not only fresh downloads
+    /// (`download`: reading a whole weights file costs seconds).
+    pub verify_cached: bool,
+    /// Say on stderr when a damaged cached file is fetched again.
+    pub warn: bool,
 }
 
 /// A repo at a revision, backed by the local cache.
@@ -39,6 +46,9 @@ pub struct Remote {
     repo_dir: PathBuf,
     api: Option<ApiRepo>,
     progress: bool,
+    force: bool,
+    verify_cached: bool,
+    warn: bool,
     /// Set after the first connection failure: later files come from the cache only.
     unreachable: RefCell<Option<String>>,
     used_cache_after_failure: Cell<bool>,
@@ -51,6 +61,11 @@ impl Remote {
         let endpoint = env::endpoint();
         let repo = Repo::with_revision(id.to_string(), RepoType::Model, revision.to_string());
         let repo_dir = cache.join(repo.folder_name());
+        if opts.force && opts.offline {
+            return Err(anyhow!(
+                "--force fetches files again, which --offline (or HF_HUB_OFFLINE) forbids"
+            ));
+        }
         let api = if opts.offline {
             None
         } else {
@@ -70,6 +85,9 @@ impl Remote {
             repo_dir,
             api,
             progress: opts.progress,
+            force: opts.force,
+            verify_cached: opts.verify_cached,
+            warn: opts.warn,
             unreachable: RefCell::new(None),
             used_cache_after_failure: Cell::new(false),
         })
@@ -126,13 +144,38 @@ impl Remote {
         }
     }
 
-    /// `file` from the cache, else from the hub.
+    /// `file` from the cache, else from the hub. A cached file found damaged (a
+    /// safetensors file cut short; with `verify_cached`, any content that does not hash to
+    /// its ETag) is fetched again once when online, and an error saying how to repair it
+    /// when offline; a fresh download is checked against its ETag and fetched again once.
     pub fn fetch(&self, file: &str) -> Result<PathBuf, Miss> {
         if let Some(path) = self.cached(file) {
-            if self.unreachable.borrow().is_some() {
-                self.used_cache_after_failure.set(true);
+            if self.force && self.api.is_some() {
+                self.forget(&path);
+                return self.download(file);
             }
-            return Ok(path);
+            match self.damage(&path, self.verify_cached) {
+                None => {
+                    if self.unreachable.borrow().is_some() {
+                        self.used_cache_after_failure.set(true);
+                    }
+                    return Ok(path);
+                }
+                Some(why) => {
+                    let fix = format!("{} in the cache is damaged ({why})", path.display());
+                    if self.online(file, "download --force").is_err() {
+                        return Err(Miss::Fatal(anyhow!(
+                            "{fix}; run `bert-cli download --force {}` while online to fetch it again",
+                            self.id
+                        )));
+                    }
+                    if self.warn {
+                        eprintln!("bert-cli: warning: {fix}; fetching it again");
+                    }
+                    self.forget(&path);
+                    return self.download(file);
+                }
+            }
         }
         if self.known_absent(file) {
             return Err(Miss::Absent(anyhow!(
@@ -141,9 +184,59 @@ impl Remote {
                 self.revision
             )));
         }
+        self.download(file)
+    }
+
+    /// Downloads `file`, checks it against its ETag, and tries once more if it does not
+    /// match.
+    fn download(&self, file: &str) -> Result<PathBuf, Miss> {
         let api = self.online(file, "download")?;
-        api.download_with_progress(file, Bar::new(self.progress))
-            .map_err(|e| self.classify(file, e))
+        let mut last = String::new();
+        for _ in 0..2 {
+            let path = api
+                .download_with_progress(file, Bar::new(self.progress))
+                .map_err(|e| self.classify(file, e))?;
+            match self.damage(&path, true) {
+                None => return Ok(path),
+                Some(why) => {
+                    self.forget(&path);
+                    last = why;
+                }
+            }
+        }
+        Err(Miss::Fatal(anyhow!(
+            "{file} of {} arrived damaged twice from {} ({last}); nothing damaged was kept in the cache: try again later",
+            self.id,
+            self.endpoint
+        )))
+    }
+
+    /// What is wrong with the cached copy at `path`, if anything: a safetensors file cut
+    /// short (always checked: two small reads), or content that does not hash to the
+    /// ETag its blob is named by (`hash`: reads the whole file).
+    fn damage(&self, path: &Path, hash: bool) -> Option<String> {
+        if path.extension().is_some_and(|e| e == "safetensors") {
+            if let Some(why) = crate::weights::safetensors_damage(path) {
+                return Some(why);
+            }
+        }
+        if !hash {
+            return None;
+        }
+        let blob = std::fs::canonicalize(path).ok()?;
+        let etag = blob.file_name()?.to_str()?.to_string();
+        super::verify::against_etag(&blob, &etag).err()
+    }
+
+    /// Removes a cached file: its snapshot entry and the blob it points to, so the next
+    /// fetch downloads it whole.
+    fn forget(&self, path: &Path) {
+        if let Ok(blob) = std::fs::canonicalize(path) {
+            if blob.starts_with(self.repo_dir.join("blobs")) {
+                let _ = std::fs::remove_file(&blob);
+            }
+        }
+        let _ = std::fs::remove_file(path);
     }
 
     /// The hub client, unless offline or the network already failed; `command` is what
