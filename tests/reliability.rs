@@ -186,3 +186,58 @@ fn csv_and_tsv_never_pass_control_bytes_through() {
         assert!(stdout.contains("\\u{1b}[31mred"), "{stdout}");
     }
 }
+
+#[test]
+fn a_signal_mid_run_removes_the_temporary_dump_and_leaves_the_old_file() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("attn.json");
+        std::fs::write(&path, "the previous dump").unwrap();
+        let mut child = bert_cli()
+            .args(["classify", "--model"])
+            .arg(minilm_sst2())
+            .arg("--dump-attention")
+            .arg(&path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // One answer out while standard input stays open: the run is under way, its
+        // dump half written under the temporary name.
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"a first line\n").unwrap();
+        stdin.flush().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("a first line"), "{line}");
+        let temporary = || {
+            std::fs::read_dir(dir.path())
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+                .count()
+        };
+        assert_eq!(temporary(), 1, "the dump is written under a temporary name");
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status = child.wait().unwrap();
+        drop(stdin);
+        assert_eq!(status.signal(), Some(sig), "dies of the signal: {status:?}");
+        assert_eq!(
+            temporary(),
+            0,
+            "signal {sig}: the temporary file is removed"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "the previous dump",
+            "signal {sig}: the old file is untouched"
+        );
+    }
+}

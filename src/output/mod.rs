@@ -1,6 +1,7 @@
 //! Where results go: one writer per output format behind a small trait, plus the
 //! attention dump file.
 
+pub mod atomic;
 pub mod attention;
 pub mod delimited;
 pub mod human;

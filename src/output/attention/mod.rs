@@ -29,12 +29,11 @@ pub(super) struct Input<'a> {
     attention: &'a [Vec<Vec<Vec<f32>>>],
 }
 
-use std::fs::File;
-use std::io::{BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
+use super::atomic::AtomicFile;
 use super::Record;
 
 /// Dumps estimated past this many bytes get one warning, before they are written.
@@ -201,10 +200,10 @@ impl AttentionDump {
             (DumpFormat::Json, _) => b",\n",
             (DumpFormat::Html, _) => b"",
         };
-        let so_far = self.file_mut()?.written;
+        let so_far = self.file_mut()?.written();
         if self.opts.warn && !self.warned && so_far + estimate > WARN_BYTES {
             self.warned = true;
-            let path = self.file_mut()?.path.display().to_string();
+            let path = self.file_mut()?.path().display().to_string();
             eprintln!(
                 "bert-cli: warning: the attention dump {path} will pass {} MB; --attention-layers and --attention-heads keep less{}",
                 WARN_BYTES / 1_000_000,
@@ -234,78 +233,5 @@ impl AttentionDump {
             .context("internal error: attention dump already finished")?;
         file.write(&closing)?;
         file.commit()
-    }
-}
-
-/// A file written under a temporary name beside `path` and renamed into place by
-/// `commit`; dropped uncommitted, the temporary file is removed.
-pub struct AtomicFile {
-    out: Option<BufWriter<File>>,
-    tmp: PathBuf,
-    path: PathBuf,
-    written: u64,
-}
-
-impl AtomicFile {
-    /// Creates the temporary file (failing at once on a bad folder or permissions).
-    pub fn create(path: &Path) -> Result<Self> {
-        let name = path
-            .file_name()
-            .with_context(|| format!("{} is not a file name", path.display()))?;
-        let tmp = path.with_file_name(format!(
-            ".{}.tmp-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let file = File::create(&tmp)
-            .with_context(|| format!("cannot create {} (for {})", tmp.display(), path.display()))?;
-        Ok(Self {
-            out: Some(BufWriter::with_capacity(1 << 20, file)),
-            tmp,
-            path: path.to_path_buf(),
-            written: 0,
-        })
-    }
-
-    /// Appends bytes.
-    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
-        let out = self
-            .out
-            .as_mut()
-            .context("internal error: file already committed")?;
-        out.write_all(bytes)
-            .with_context(|| format!("cannot write {}", self.tmp.display()))?;
-        self.written += bytes.len() as u64;
-        Ok(())
-    }
-
-    /// Flushes, syncs and renames the file into place.
-    pub fn commit(mut self) -> Result<()> {
-        let out = self
-            .out
-            .take()
-            .context("internal error: file already committed")?;
-        let file = out
-            .into_inner()
-            .map_err(|e| e.into_error())
-            .with_context(|| format!("cannot write {}", self.tmp.display()))?;
-        file.sync_all()
-            .with_context(|| format!("cannot write {}", self.tmp.display()))?;
-        std::fs::rename(&self.tmp, &self.path).with_context(|| {
-            let _ = std::fs::remove_file(&self.tmp);
-            format!(
-                "cannot move {} into place at {}",
-                self.tmp.display(),
-                self.path.display()
-            )
-        })
-    }
-}
-
-impl Drop for AtomicFile {
-    fn drop(&mut self) {
-        if self.out.take().is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
     }
 }

@@ -11,7 +11,7 @@ use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::html::{self, PageEntry};
-use super::AtomicFile;
+use crate::output::atomic::AtomicFile;
 
 /// The fields of a JSON dump entry the page needs.
 #[derive(Deserialize)]
