@@ -109,8 +109,7 @@ impl TextTokenizer {
     /// `vocab_size` (the model's embedding rows).
     pub fn load(files: TokenizerFiles, max_length: usize, vocab_size: usize) -> Result<Self> {
         let mut inner = match files {
-            TokenizerFiles::Json(path) => Tokenizer::from_file(path)
-                .map_err(|e| anyhow!("cannot load tokenizer {}: {e}", path.display()))?,
+            TokenizerFiles::Json(path) => tokenizer_json(path)?,
             TokenizerFiles::Vocab { vocab, config } => from_vocab(vocab, config)?,
             TokenizerFiles::Bpe {
                 vocab,
@@ -406,6 +405,31 @@ fn is_unicode_space_before(text: &str, i: usize) -> bool {
 /// Whether the character starting at byte `i` is whitespace (`i` is a char boundary).
 fn is_unicode_space_at(text: &str, i: usize) -> bool {
     text[i..].chars().next().is_some_and(char::is_whitespace)
+}
+
+/// Reads a `tokenizer.json`. The tokenizers crate panics (`expect`) on some malformed
+/// files instead of returning an error (a broken `decoder` entry, found by fuzzing), so
+/// the panic is caught, kept off stderr, and reported as the file's error.
+fn tokenizer_json(path: &Path) -> Result<Tokenizer> {
+    let quiet = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let loaded = std::panic::catch_unwind(|| Tokenizer::from_file(path));
+    std::panic::set_hook(quiet);
+    match loaded {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => bail!("cannot load tokenizer {}: {e}", path.display()),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            bail!(
+                "cannot load tokenizer {}: the file is malformed ({why})",
+                path.display()
+            )
+        }
+    }
 }
 
 /// Rebuilds BERT's tokenizer from `vocab.txt`, as `BertTokenizerFast` would.

@@ -241,3 +241,23 @@ fn a_signal_mid_run_removes_the_temporary_dump_and_leaves_the_old_file() {
         );
     }
 }
+
+#[test]
+fn a_tokenizer_json_the_tokenizers_crate_panics_on_is_an_error() {
+    // Found by tests/fuzz.rs: cut inside its "decoder" entry, tokenizers 0.23 `expect`s.
+    let src = committed("families").join("electra");
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(src.join(f), dir.path().join(f)).unwrap();
+    }
+    let text = std::fs::read_to_string(src.join("tokenizer.json")).unwrap();
+    let at = text.find("\"decoder\"").unwrap() + 20;
+    std::fs::write(dir.path().join("tokenizer.json"), &text[..at]).unwrap();
+    let (code, _, stderr) = run(dir.path(), &["x"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("tokenizer.json") && stderr.contains("malformed"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
