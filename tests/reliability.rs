@@ -261,3 +261,58 @@ fn a_tokenizer_json_the_tokenizers_crate_panics_on_is_an_error() {
     );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+#[test]
+fn one_huge_line_is_read_only_as_far_as_the_model_reads() {
+    use std::io::Write;
+    use std::process::Stdio;
+
+    // 20 MB on one line took 2.8 GB (the whole line tokenized, then cut to 512 tokens).
+    let words = [
+        "a", "gorgeous", "witty", "movie", "utterly", "boring", "plot", "thriller",
+    ];
+    let mut line = Vec::with_capacity(20_100_000);
+    let mut i = 0usize;
+    while line.len() < 20_000_000 {
+        line.extend_from_slice(words[i * 7 % words.len()].as_bytes());
+        line.push(b' ');
+        i += 1;
+    }
+    line.push(b'\n');
+    let mut child = bert_cli()
+        .args(["classify", "--format", "tsv", "--model"])
+        .arg(minilm_sst2())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || stdin.write_all(&line));
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut out).map(|_| out)
+    });
+    // wait4: this child's own peak resident set.
+    let mut status = 0;
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    writer.join().unwrap().unwrap();
+    let out = reader.join().unwrap().unwrap();
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    let text = String::from_utf8(out).unwrap();
+    let row: Vec<&str> = text.lines().nth(1).unwrap().split('\t').collect();
+    assert!(
+        row[1] == "POSITIVE" || row[1] == "NEGATIVE",
+        "{:?}",
+        &row[..3]
+    );
+    assert!(row[3].len() >= 20_000_000, "the line is echoed whole");
+    let peak_mb = usage.ru_maxrss / 1024;
+    say(&format!("one 20 MB line: peak RSS {peak_mb} MB"));
+    // The line is held about twice (read buffer, text) plus the model: far under the
+    // 2.8 GB of tokenizing it whole.
+    assert!(peak_mb < 600, "peak RSS {peak_mb} MB");
+}
