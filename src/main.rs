@@ -12,6 +12,11 @@ use bert_cli::cli::{Cli, Command};
 use commands::{EXIT_ERROR, EXIT_OK};
 
 fn main() -> ExitCode {
+    // candle attaches a backtrace to its errors when RUST_BACKTRACE is set, and prints it
+    // inside the one-line error message; keep those for panics only, unless asked.
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        std::env::set_var("RUST_LIB_BACKTRACE", "0");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Classify(args) => commands::classify::run(*args),

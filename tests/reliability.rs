@@ -84,6 +84,20 @@ fn config_and_checkpoint_that_disagree_are_named() {
         stderr.contains("num_hidden_layers 3") && stderr.contains("layer 3"),
         "{stderr}"
     );
+    // More layers in the config than in the checkpoint: said as such, not as a tensor.
+    let dir = tempfile::tempdir().unwrap();
+    let m = variant(
+        &minilm_sst2(),
+        dir.path(),
+        |c| c["num_hidden_layers"] = 8.into(),
+        |_| {},
+    );
+    let (code, _, stderr) = run(&m, &["a fine film"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("num_hidden_layers 8") && stderr.contains("has only 6 layers"),
+        "{stderr}"
+    );
 
     // Three label names over a two-row classifier.
     let dir = tempfile::tempdir().unwrap();
@@ -263,6 +277,8 @@ fn a_tokenizer_json_the_tokenizers_crate_panics_on_is_an_error() {
 }
 
 #[test]
+// Waited for with wait4 (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn one_huge_line_is_read_only_as_far_as_the_model_reads() {
     use std::io::Write;
     use std::process::Stdio;

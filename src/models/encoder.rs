@@ -122,6 +122,21 @@ impl Encoder {
         attention: impl Fn(&VarBuilder, bool) -> Result<Attention>,
     ) -> Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        // A config that names more layers than the checkpoint has: said as such, not as
+        // the first tensor that is missing.
+        if let Some(missing) = (0..cfg.num_layers).find(|&i| {
+            !vb.pp(i)
+                .pp(names.attention_output)
+                .contains_tensor("weight")
+        }) {
+            if missing > 0 {
+                anyhow::bail!(
+                    "config.json says num_hidden_layers {} but the checkpoint has only {missing} layers; \
+                     the config does not belong to these weights",
+                    cfg.num_layers
+                );
+            }
+        }
         let layers = (0..cfg.num_layers)
             .map(|i| {
                 let vb = vb.pp(i);
