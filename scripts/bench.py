@@ -119,10 +119,10 @@ FAMILY_BASES = {
 }
 
 
-def family_base_random(name):
-    """A base-sized classifier of another family with random weights and the tokenizer of
-    its committed test fixture."""
-    out = CACHE / f"{name}-random"
+def family_base_random(name, labels=("NEGATIVE", "POSITIVE"), suffix="random"):
+    """A base-sized classifier of another family with random weights, `labels`, and the
+    tokenizer of its committed test fixture, in .cache/bench/<name>-<suffix>."""
+    out = CACHE / f"{name}-{suffix}"
     if (out / "model.safetensors").exists():
         return out
     import torch
@@ -133,8 +133,8 @@ def family_base_random(name):
     model_type = json.loads((src / "config.json").read_text())["model_type"]
     log(f"bench: generating {name}-shaped random weights (once)")
     torch.manual_seed(0)
-    cfg = AutoConfig.for_model(model_type, num_labels=2, id2label={0: "NEGATIVE", 1: "POSITIVE"},
-                               label2id={"NEGATIVE": 0, "POSITIVE": 1}, **kwargs)
+    cfg = AutoConfig.for_model(model_type, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                               label2id={l: i for i, l in enumerate(labels)}, **kwargs)
     model = AutoModelForSequenceClassification.from_config(cfg).eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)

@@ -12,10 +12,8 @@ bert-cli's time is its wall time less its start-up (the same command on empty in
 the Python baselines are timed after loading. Medians of --repeat runs, alternating tools.
 """
 import argparse
-import json
 import os
 import platform
-import shutil
 import statistics
 import sys
 import tempfile
@@ -23,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import CACHE, FAMILY_BASES, ROOT, cpu_name, log, run_binary, snippets, sst2_dev  # noqa: E402
+from bench import ROOT, cpu_name, family_base_random, log, run_binary, snippets, sst2_dev  # noqa: E402
 
 QUERY = "a moving and beautifully acted film"
 LABELS = ["sports", "politics", "film"]
@@ -43,26 +41,8 @@ def cpu_flags():
 
 def nli_model():
     """A DeBERTa-v3-base-shaped NLI classifier with random weights and the fixture's tokenizer."""
-    out = CACHE / "deberta-v3-base-nli-random"
-    if (out / "model.safetensors").exists():
-        return out
-    import torch
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    fixture, kwargs = FAMILY_BASES["deberta-v3-base"]
-    src = ROOT / "tests/fixtures/families" / fixture
-    log("bench-tasks: generating DeBERTa-v3-base-shaped random NLI weights (once)")
-    torch.manual_seed(0)
-    labels = ["entailment", "neutral", "contradiction"]
-    cfg = AutoConfig.for_model("deberta-v2", num_labels=3, id2label=dict(enumerate(labels)),
-                               label2id={l: i for i, l in enumerate(labels)}, **kwargs)
-    model = AutoModelForSequenceClassification.from_config(cfg).eval()
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
-    for f in src.iterdir():
-        if f.name not in ("config.json", "model.safetensors"):
-            shutil.copyfile(f, out / f.name)
-    return out
+    return family_base_random("deberta-v3-base", labels=("entailment", "neutral", "contradiction"),
+                              suffix="nli-random")
 
 
 def bert_cli_time(binary, command, model, extra, texts, threads):

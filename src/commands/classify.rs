@@ -6,7 +6,8 @@ use std::io::{self, Write};
 use anyhow::{bail, Context, Result};
 
 use super::{EXIT_ERROR, EXIT_NO_INPUT, EXIT_OK};
-use bert_cli::cli::{ClassifyArgs, OutputArgs, RunArgs};
+use bert_cli::cli::{ClassifyArgs, InputArgs, OutputArgs, RunArgs};
+use bert_cli::input::InputOptions;
 use bert_cli::engine::{Engine, EngineOptions};
 use bert_cli::models::config::Scoring;
 use bert_cli::options::Source;
@@ -30,13 +31,9 @@ pub fn on_pool<T: Send>(job: impl FnOnce() -> Result<T> + Send) -> Result<T> {
 /// `bert-cli classify`.
 pub fn run(mut args: ClassifyArgs) -> Result<u8> {
     args.check()?;
-    let quiet = args.run.quiet;
-    let dump = open_dump(&args.output, quiet)?;
     let opts = args.input.input_options(args.pair, args.pair_field.clone());
-    let source = args
-        .input
-        .take_source(&opts, args.text_pair.clone(), quiet)?;
-    args.run.apply_threads();
+    let pair = args.text_pair.clone();
+    let (dump, source) = open_io(&mut args.input, &opts, pair, &args.output, &args.run)?;
     on_pool(move || {
         let options = EngineOptions {
             scoring: args.scoring(),
@@ -67,12 +64,23 @@ pub fn run(mut args: ClassifyArgs) -> Result<u8> {
     })
 }
 
-/// The dump file, created before the slow work so a bad path fails at once.
-pub fn open_dump(output: &OutputArgs, quiet: bool) -> Result<Option<AttentionDump>> {
-    output
-        .dump_options(quiet)
+/// What every model command does before the slow work, so a bad path, file or column
+/// fails at once: the dump file created, the input opened (a CSV header read), the thread
+/// count set.
+pub fn open_io(
+    input: &mut InputArgs,
+    opts: &InputOptions,
+    text_pair: Option<String>,
+    output: &OutputArgs,
+    run: &RunArgs,
+) -> Result<(Option<AttentionDump>, Source)> {
+    let dump = output
+        .dump_options(run.quiet)
         .map(|(path, opts)| AttentionDump::create(path, opts))
-        .transpose()
+        .transpose()?;
+    let source = input.take_source(opts, text_pair, run.quiet)?;
+    run.apply_threads();
+    Ok((dump, source))
 }
 
 /// Buffered standard output.

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 
-use super::classify::{finish, load, on_pool, open_dump, stdout};
+use super::classify::{finish, load, on_pool, open_io, stdout};
 use bert_cli::cli::RerankArgs;
 use bert_cli::models::config::Scoring;
 use bert_cli::output::rerank::Ranked;
@@ -10,11 +10,8 @@ use bert_cli::task::Task;
 
 /// Runs the job.
 pub fn run(mut args: RerankArgs) -> Result<u8> {
-    let quiet = args.run.quiet;
-    let dump = open_dump(&args.output, quiet)?;
     let opts = args.input.input_options(false, None);
-    let source = args.input.take_source(&opts, None, quiet)?;
-    args.run.apply_threads();
+    let (dump, source) = open_io(&mut args.input, &opts, None, &args.output, &args.run)?;
     on_pool(move || {
         let options = args.run.engine_options(None);
         let mut engine = load(&args.model, &args.run, &options)?;

@@ -2,18 +2,15 @@
 
 use anyhow::Result;
 
-use super::classify::{finish, load, on_pool, open_dump, stdout};
+use super::classify::{finish, load, on_pool, open_io, stdout};
 use bert_cli::cli::ZeroShotArgs;
 use bert_cli::output;
 use bert_cli::task::{Task, ZeroShot};
 
 /// Runs the job.
 pub fn run(mut args: ZeroShotArgs) -> Result<u8> {
-    let quiet = args.run.quiet;
-    let dump = open_dump(&args.output, quiet)?;
     let opts = args.input.input_options(false, None);
-    let source = args.input.take_source(&opts, None, quiet)?;
-    args.run.apply_threads();
+    let (dump, source) = open_io(&mut args.input, &opts, None, &args.output, &args.run)?;
     on_pool(move || {
         let options = args.run.engine_options(args.model_labels.clone());
         let engine = load(&args.model, &args.run, &options)?;
