@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 
 use super::{EXIT_ERROR, EXIT_NO_INPUT, EXIT_OK};
 use bert_cli::cli::{ClassifyArgs, InputArgs, OutputArgs, RunArgs};
-use bert_cli::input::InputOptions;
 use bert_cli::engine::{Engine, EngineOptions};
+use bert_cli::input::InputOptions;
 use bert_cli::models::config::Scoring;
 use bert_cli::options::Source;
 use bert_cli::output::{self, attention::AttentionDump, Format};
