@@ -332,3 +332,47 @@ fn one_huge_line_is_read_only_as_far_as_the_model_reads() {
     // 2.8 GB of tokenizing it whole.
     assert!(peak_mb < 600, "peak RSS {peak_mb} MB");
 }
+
+/// `bert-cli classify --dump-attention d.json < big.txt | head -c 16`: the reader goes
+/// away, the run ends quietly, and the dump is not left half written at its path.
+#[test]
+fn a_closed_pipe_leaves_no_half_dump() {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.json");
+    std::fs::write(&path, "the previous dump").unwrap();
+    let mut child = bert_cli()
+        .args(["classify", "--model"])
+        .arg(minilm_sst2())
+        .arg("--dump-attention")
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        for i in 0..20_000 {
+            if writeln!(stdin, "line number {i} is quite good").is_err() {
+                break;
+            }
+        }
+    });
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 16];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let status = child.wait().unwrap();
+    writer.join().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), "the previous dump");
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "only the old file: {left:?}");
+}
