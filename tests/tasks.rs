@@ -65,7 +65,7 @@ fn pairs_match_pytorch_including_longest_first_truncation() {
     let reference = reference("tasks");
     let mut engines = Engines(HashMap::new());
     let cases = reference["pairs"].as_array().unwrap();
-    let mut truncated = 0;
+    let (mut truncated, mut worst) = (0, 0f32);
     for c in cases {
         let name = c["model"].as_str().unwrap();
         let (a, b) = (
@@ -87,6 +87,7 @@ fn pairs_match_pytorch_including_longest_first_truncation() {
         let p = engine.predict(&[&enc], false).unwrap();
         let d = max_diff(&p[0].logits, &floats(&c["logits"]));
         assert!(d < TOL, "{name} logits differ by {d}: {a:.40} / {b:.40}");
+        worst = worst.max(d);
         // Where the second text starts is marked: after [SEP] (BERT) or </s></s> (RoBERTa).
         if !b.is_empty() {
             let start = enc.pair_start.unwrap_or(enc.ids.len());
@@ -98,7 +99,7 @@ fn pairs_match_pytorch_including_longest_first_truncation() {
     }
     assert!(truncated >= 12, "cases needing truncation: {truncated}");
     common::say(&format!(
-        "pairs: {} cases on BERT, RoBERTa, DeBERTa-v3 match PyTorch ({truncated} truncated)",
+        "pairs: {} cases on BERT, RoBERTa, DeBERTa-v3 match PyTorch ({truncated} truncated; worst logit {worst:.1e})",
         cases.len()
     ));
 }
@@ -109,6 +110,7 @@ fn zero_shot_matches_the_transformers_pipeline() {
     let dir = committed("families").join("deberta-v3");
     let engine = common::engine_with(&dir, &EngineOptions::default()).unwrap();
     let cases = reference["zero_shot"].as_array().unwrap();
+    let mut worst = 0f32;
     for c in cases {
         let labels: Vec<String> = c["labels"]
             .as_array()
@@ -139,9 +141,10 @@ fn zero_shot_matches_the_transformers_pipeline() {
         let scores: Vec<f32> = order.iter().map(|&i| p.probs[i]).collect();
         let d = max_diff(&scores, &floats(&c["scores"]));
         assert!(d < TOL, "scores differ by {d} for {text:.50} ({c:?})");
+        worst = worst.max(d);
     }
     common::say(&format!(
-        "zero-shot: {} cases (single-, multi- and one-label, two templates) match the pipeline",
+        "zero-shot: {} cases (single-, multi- and one-label, two templates) match the pipeline (worst score {worst:.1e})",
         cases.len()
     ));
 }
@@ -168,8 +171,12 @@ fn rerank_matches_pytorch_scores_and_order() {
     }
     let d = max_diff(&logits, &floats(&r["logits"]));
     assert!(d < TOL, "logits differ by {d}");
-    let d = max_diff(&scores, &floats(&r["scores"]));
-    assert!(d < TOL, "scores differ by {d}");
+    let d2 = max_diff(&scores, &floats(&r["scores"]));
+    assert!(d2 < TOL, "scores differ by {d2}");
+    common::say(&format!(
+        "rerank: {} documents, same order; worst logit {d:.1e}, score {d2:.1e}",
+        docs.len()
+    ));
     let mut order: Vec<usize> = (0..docs.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
     let want: Vec<usize> = ids(&r["order"]).into_iter().map(|i| i as usize).collect();
@@ -181,6 +188,7 @@ fn chunk_windows_and_pooled_scores_match_pytorch() {
     let reference = reference("tasks");
     let mut engines = Engines(HashMap::new());
     let cases = reference["chunks"].as_array().unwrap();
+    let (mut worst, mut windows_seen) = (0f32, 0);
     for c in cases {
         let name = c["model"].as_str().unwrap();
         let max_length = c["max_length"].as_u64().unwrap() as usize;
@@ -205,8 +213,15 @@ fn chunk_windows_and_pooled_scores_match_pytorch() {
             }
             let d = max_diff(&pooled.probs, &floats(&c[key]));
             assert!(d < TOL, "{name} {key} differs by {d}");
+            worst = worst.max(d);
+            windows_seen += parts.len();
         }
     }
+    common::say(&format!(
+        "chunks: {} cases, {} windows equal to the tokenizer's; worst pooled probability {worst:.1e}",
+        cases.len(),
+        windows_seen / 2
+    ));
 }
 
 /// Random texts from the SST-2-like words of the references, with runs of spaces, tabs,
