@@ -77,6 +77,9 @@ pub struct TextTokenizer {
     /// Without truncation or padding: truncation is done here, per call, as the caller's
     /// job needs (one text, a pair, or overlapping windows).
     inner: Tokenizer,
+    /// The same without its post-processor, for the raw tokens of each piece of a text:
+    /// the post-processor (RoBERTa's) trims offsets, and must run once, at the end.
+    raw: Tokenizer,
     vocab_size: usize,
     max_length: usize,
     piece_bytes: usize,
@@ -124,7 +127,10 @@ impl TextTokenizer {
             .with_truncation(None)
             .map_err(|e| anyhow!("cannot turn off the tokenizer's own truncation: {e}"))?;
         inner.with_padding(None);
+        let mut raw = inner.clone();
+        raw.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
         let this = Self {
+            raw,
             inner,
             vocab_size,
             max_length,
@@ -263,7 +269,7 @@ impl TextTokenizer {
     /// offsets counted from the start of `text`, until it returns false.
     fn for_each_piece(&self, text: &str, each: &mut dyn FnMut(Encoding) -> bool) -> Result<()> {
         let raw = |s: &str| {
-            self.inner
+            self.raw
                 .encode_char_offsets(s, false)
                 .map_err(|e| anyhow!("tokenizer failed: {e}"))
         };

@@ -753,3 +753,54 @@ fn pair_dump_marks_where_the_second_text_starts() {
     );
     assert_eq!(e["sentence_b_start"], 5);
 }
+
+#[test]
+fn encodings_equal_the_tokenizers_crates_own_with_truncation() {
+    // Ours truncates per call (pieces, pairs, windows); the tokenizers crate's own
+    // `encode` with truncation set is the reference: ids, types, tokens and offsets.
+    let mut dirs: Vec<PathBuf> = common::FAMILIES
+        .iter()
+        .map(|f| committed("families").join(f))
+        .collect();
+    dirs.push(minilm_sst2());
+    let texts = random_texts(11, 12);
+    for dir in &dirs {
+        let ours = tokenizer(dir, 40);
+        let mut theirs = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+        theirs
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: 40,
+                ..Default::default()
+            }))
+            .unwrap();
+        theirs.with_padding(None);
+        for (i, t) in texts.iter().enumerate() {
+            let short = &t[..t.char_indices().nth(60).map_or(t.len(), |(b, _)| b)];
+            for text in [short, t.as_str()] {
+                let (a, b) = (
+                    ours.encode(text).unwrap(),
+                    theirs.encode_char_offsets(text, true).unwrap(),
+                );
+                assert_eq!(a.ids, b.get_ids(), "{} {i}", dir.display());
+                assert_eq!(a.type_ids, b.get_type_ids());
+                assert_eq!(a.tokens, b.get_tokens());
+                assert_eq!(a.offsets, b.get_offsets(), "{} offsets {i}", dir.display());
+            }
+            let (a, b) = (
+                ours.encode_pair(short, t, PairTruncation::LongestFirst)
+                    .unwrap(),
+                theirs
+                    .encode_char_offsets((short, t.as_str()), true)
+                    .unwrap(),
+            );
+            assert_eq!(a.ids, b.get_ids(), "{} pair {i}", dir.display());
+            assert_eq!(a.type_ids, b.get_type_ids());
+            assert_eq!(
+                a.offsets,
+                b.get_offsets(),
+                "{} pair offsets {i}",
+                dir.display()
+            );
+        }
+    }
+}
