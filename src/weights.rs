@@ -35,6 +35,14 @@ pub fn open_weights(
     }
     let mut backend = SafetensorsFiles::default();
     for path in files {
+        // Said as damage, not as whichever tensor runs past the end. (A file from the hub
+        // cache was checked when it was fetched; this is for local folders.)
+        if let Some(why) = safetensors_damage(path) {
+            bail!(
+                "{} is damaged ({why}); replace it with a complete copy",
+                path.display()
+            );
+        }
         backend
             .index(path)
             .with_context(|| format!("cannot read safetensors weights {}", path.display()))?;
