@@ -15,7 +15,10 @@ use tokenizers::pre_tokenizers::bert::BertPreTokenizer;
 use tokenizers::processors::bert::BertProcessing;
 use tokenizers::processors::roberta::RobertaProcessing;
 use tokenizers::utils::truncation::truncate_encodings;
-use tokenizers::{AddedToken, Encoding, Tokenizer, TruncationParams, TruncationStrategy};
+use tokenizers::{
+    AddedToken, Encoding, PostProcessor, PostProcessorWrapper, Tokenizer, TruncationParams,
+    TruncationStrategy,
+};
 
 /// One tokenized input (a text, a pair of texts, or one window of a long text), as the
 /// model reads it.
@@ -74,12 +77,13 @@ pub enum TokenizerFiles<'a> {
 
 /// A tokenizer that truncates to a fixed length and never pads (batches pad themselves).
 pub struct TextTokenizer {
-    /// Without truncation or padding: truncation is done here, per call, as the caller's
-    /// job needs (one text, a pair, or overlapping windows).
+    /// Without truncation, padding or post-processor: truncation is done here, per call,
+    /// as the caller's job needs (one text, a pair, or overlapping windows), and the
+    /// post-processor runs once, on what is kept (RoBERTa's trims offsets, so running it
+    /// on each piece and again at the end would trim twice).
     inner: Tokenizer,
-    /// The same without its post-processor, for the raw tokens of each piece of a text:
-    /// the post-processor (RoBERTa's) trims offsets, and must run once, at the end.
-    raw: Tokenizer,
+    /// The family's special tokens (and offset trimming), taken out of `inner`.
+    post: Option<PostProcessorWrapper>,
     vocab_size: usize,
     max_length: usize,
     piece_bytes: usize,
@@ -127,10 +131,10 @@ impl TextTokenizer {
             .with_truncation(None)
             .map_err(|e| anyhow!("cannot turn off the tokenizer's own truncation: {e}"))?;
         inner.with_padding(None);
-        let mut raw = inner.clone();
-        raw.with_post_processor(None::<tokenizers::PostProcessorWrapper>);
+        let post = inner.get_post_processor().cloned();
+        inner.with_post_processor(None::<PostProcessorWrapper>);
         let this = Self {
-            raw,
+            post,
             inner,
             vocab_size,
             max_length,
@@ -154,10 +158,7 @@ impl TextTokenizer {
 
     /// Special tokens the family adds around one text, or around a pair.
     fn added(&self, pair: bool) -> usize {
-        use tokenizers::PostProcessor;
-        self.inner
-            .get_post_processor()
-            .map_or(0, |p| p.added_tokens(pair))
+        self.post.as_ref().map_or(0, |p| p.added_tokens(pair))
     }
 
     /// Content tokens of one window: the length less the special tokens.
@@ -269,7 +270,7 @@ impl TextTokenizer {
     /// offsets counted from the start of `text`, until it returns false.
     fn for_each_piece(&self, text: &str, each: &mut dyn FnMut(Encoding) -> bool) -> Result<()> {
         let raw = |s: &str| {
-            self.raw
+            self.inner
                 .encode_char_offsets(s, false)
                 .map_err(|e| anyhow!("tokenizer failed: {e}"))
         };
@@ -317,10 +318,13 @@ impl TextTokenizer {
                 .as_ref()
                 .is_some_and(|s| !s.get_overflowing().is_empty());
         let pair = second.is_some();
-        let enc = self
-            .inner
-            .post_process(strip(first), second.map(strip), true)
-            .map_err(|e| anyhow!("tokenizer failed: {e}"))?;
+        let (first, second) = (strip(first), second.map(strip));
+        let enc = match &self.post {
+            Some(p) => p.process(first, second, true),
+            // No post-processor: the crate's default joining of the two.
+            None => self.inner.post_process(first, second, true),
+        }
+        .map_err(|e| anyhow!("tokenizer failed: {e}"))?;
         if let Some((i, id)) = enc
             .get_ids()
             .iter()
