@@ -40,6 +40,35 @@ def cpu_name():
     return platform.processor() or "unknown CPU"
 
 
+# The flags that decide which kernels run (bert-cli's and the baselines'), so that results
+# from different hosts are never read as one.
+FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
+         "amx_int8", "amx_bf16")
+
+
+def cpu_description():
+    """Model name, vendor family/model, the kernel-relevant flags, L3 size."""
+    info = {}
+    try:
+        for line in open("/proc/cpuinfo"):
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    except OSError:
+        return cpu_name()
+    flags = set(info.get("flags", "").split())
+    have = [f for f in FLAGS if f in flags]
+    l3 = ""
+    try:
+        out = subprocess.run(["lscpu", "-B"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("L3 cache:"):
+                l3 = f", L3 {int(line.split()[2]) // 2**20} MiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return (f"{cpu_name()} ({info.get('vendor_id', '?')} family {info.get('cpu family', '?')} "
+            f"model {info.get('model', '?')}{l3}; flags: {' '.join(have) or 'none of ' + ' '.join(FLAGS)})")
+
+
 # ---------------------------------------------------------------- workloads
 
 def sst2_dev():
@@ -183,19 +212,32 @@ def max_tokens(model_dir):
     return min(n, 512)
 
 
-def run_pytorch(model_dir, texts, batch, sort, threads):
+def run_pytorch(model_dir, texts, batch, sort, threads, int8=False, labels=None):
+    """Seconds for `texts`; with `int8`, PyTorch's dynamic quantization (`quantize_dynamic`
+    of every nn.Linear to qint8, activations quantized per call), the usual CPU recipe.
+    With `labels` (a list), the predicted label of each text is appended to it in input
+    order (`sort` must be off)."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     torch.set_num_threads(threads)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
+    if int8:
+        import warnings
+
+        # Deprecated in favour of torchao (not installed here), still PyTorch's own recipe.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     limit = max_tokens(model_dir)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for chunk in batches(tok, texts, batch, sort, limit):
             enc = tok(chunk, padding=True, truncation=True, max_length=limit, return_tensors="pt")
-            model(**enc)
+            logits = model(**enc).logits
+            if labels is not None:
+                labels.extend(model.config.id2label[int(i)] for i in logits.argmax(-1))
     return time.perf_counter() - t0
 
 
@@ -245,7 +287,30 @@ def onnx_model(model_dir, name):
     return path
 
 
-def run_ort(model_dir, onnx_path, texts, batch, sort, threads):
+def onnx_int8_model(name, opt_path):
+    """ONNX Runtime's dynamic int8 of the optimised graph (`quantize_dynamic`, QInt8
+    weights, activations quantized per call), as its BERT recipe does: optimise, then
+    quantize. Once; None where quantization fails."""
+    path = CACHE / f"{name}.int8.onnx"
+    if path.exists():
+        return path
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    log(f"bench: quantizing {name} for ONNX Runtime (dynamic int8, once)")
+    try:
+        import onnx
+
+        # The optimiser's fused ops (Attention, SkipLayerNormalization) are in Microsoft's
+        # domain, where shape inference gives no types: say that tensors are f32.
+        quantize_dynamic(str(opt_path), str(path), weight_type=QuantType.QInt8,
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    except Exception as e:  # noqa: BLE001 - any failure means "no ORT int8 baseline"
+        log(f"bench: ONNX Runtime quantization of {name} failed ({type(e).__name__}: {str(e)[:200]})")
+        return None
+    return path
+
+
+def run_ort(model_dir, onnx_path, texts, batch, sort, threads, labels=None):
     import onnxruntime as ort
     from transformers import AutoTokenizer
 
@@ -255,12 +320,15 @@ def run_ort(model_dir, onnx_path, texts, batch, sort, threads):
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     tok = AutoTokenizer.from_pretrained(model_dir)
+    id2label = {int(k): v for k, v in json.loads((Path(model_dir) / "config.json").read_text())["id2label"].items()}
     names = {i.name for i in sess.get_inputs()}
     limit = max_tokens(model_dir)
     t0 = time.perf_counter()
     for chunk in batches(tok, texts, batch, sort, limit):
         enc = tok(chunk, padding=True, truncation=True, max_length=limit, return_tensors="np")
-        sess.run(None, {k: v.astype("int64") for k, v in enc.items() if k in names})
+        (logits,) = sess.run(None, {k: v.astype("int64") for k, v in enc.items() if k in names})
+        if labels is not None:
+            labels.extend(id2label[int(i)] for i in logits.argmax(-1))
     return time.perf_counter() - t0
 
 
@@ -353,7 +421,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--binary", required=True)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--quick", action="store_true", help="MiniLM only, smaller workloads, no batch-1 runs")
+    ap.add_argument("--quick", action="store_true", help="MiniLM only, smaller workloads, no batch-1 or int8-anchor runs")
     ap.add_argument("--label", default="bert-cli")
     ap.add_argument("--repeat", type=int, default=3,
                     help="runs per timing, fastest kept, for every tool alike (this machine is noisy); "
@@ -362,6 +430,8 @@ def main():
                     help="comma-separated; also " + ", ".join(FAMILY_BASES) + " (base-sized random models of "
                          "the other families)")
     ap.add_argument("--no-batch1", action="store_true", help="skip the batch-1 runs")
+    ap.add_argument("--no-int8", action="store_true",
+                    help="skip the int8 anchors (ONNX Runtime and PyTorch dynamic int8 against --quantize q8)")
     ap.add_argument("--workloads", default="sst2-dev,rt-snippets,exact-128,exact-512", help="comma-separated subset")
     args = ap.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -386,7 +456,8 @@ def main():
         workloads = {"sst2-dev": dev, "exact-128": workloads["exact-128"][:64]}
     workloads = {k: v for k, v in workloads.items() if k in args.workloads.split(",")}
     peak = matmul_peak(args.threads)
-    print(f"# bert-cli benchmark, {time.strftime('%Y-%m-%d')}, {cpu_name()}, {args.threads} threads")
+    print(f"# bert-cli benchmark, {time.strftime('%Y-%m-%d')}, {args.threads} threads")
+    print(f"# CPU: {cpu_description()}")
     print(f"# f32 matmul peak measured with PyTorch: {peak / 1e9:.0f} GFLOP/s")
     print("# throughput excludes model loading for every tool; bert-cli's start-up is timed separately")
     print(f"# each timing is the fastest of {args.repeat} runs, every tool once per round (unsorted batches: one run)")
@@ -397,6 +468,8 @@ def main():
     for mname, mdir in models.items():
         cfg = json.loads((Path(mdir) / "config.json").read_text())
         onnx_path = onnx_model(mdir, mname)
+        int8 = not args.no_int8 and not args.quick
+        onnx_int8 = onnx_int8_model(mname, onnx_path) if int8 and onnx_path is not None else None
         mtok = AutoTokenizer.from_pretrained(mdir)
         for wname, texts in workloads.items():
             lengths = [len(mtok(t, truncation=True, max_length=max_tokens(mdir))["input_ids"]) for t in texts]
@@ -422,6 +495,13 @@ def main():
                 if onnx_path is not None:
                     plan.append(("onnxruntime", config, once,
                                  lambda b=batch, s=sort: run_ort(mdir, onnx_path, texts, b, s, args.threads)))
+            if int8:
+                # The anchors of --quantize q8, in their fastest f32 configuration.
+                plan.append(("pytorch", "int8 sorted b32", False,
+                             lambda: run_pytorch(mdir, texts, 32, True, args.threads, int8=True)))
+                if onnx_int8 is not None:
+                    plan.append(("onnxruntime", "int8 sorted b32", False,
+                                 lambda: run_ort(mdir, onnx_int8, texts, 32, True, args.threads)))
             plan.append((args.label, "b32", False, lambda: run_bert_cli(args.binary, mdir, texts, 32, args.threads)))
             plan.append((args.label, "q8 b32", False,
                          lambda: run_bert_cli(args.binary, mdir, texts, 32, args.threads, ["--quantize", "q8"])))
@@ -439,32 +519,61 @@ def main():
             rss = max(r[1] for r in cli_runs)
             startup = min(r[2] for r in cli_runs)
             q8_secs = results[(args.label, "q8 b32")]
-            best = lambda tool: min((v for (t, c), v in results.items() if t == tool and c != "b1"),
+            best = lambda tool: min((v for (t, c), v in results.items()
+                                     if t == tool and c != "b1" and not c.startswith("int8")),
                                     default=float("nan"))
+            nan = float("nan")
             ours = results[(args.label, "b32")]
             row = {
                 "model": mname, "workload": wname,
                 "vs_pytorch": best("pytorch") / ours, "vs_ort": best("onnxruntime") / ours,
                 "rss_mb": rss / 1024, "peak_share": flops(cfg, lengths) / ours / peak, "startup": startup,
             }
+            row["q8_secs"] = q8_secs
             row["q8_vs_pytorch"] = best("pytorch") / q8_secs
-            if wname == "sst2-dev":
+            row["q8_vs_ort_int8"] = results.get(("onnxruntime", "int8 sorted b32"), nan) / q8_secs
+            row["q8_vs_pytorch_int8"] = results.get(("pytorch", "int8 sorted b32"), nan) / q8_secs
+            # Agreement of each tool's int8 with its own f32, on a real fine-tuned model
+            # only: the fixture (a random head's scores are all near-ties).
+            if wname == "sst2-dev" and mname == "minilm-l6":
+                agree = lambda a, b: sum(x == y for x, y in zip(a, b)) / len(texts) if len(a) == len(b) == len(texts) else nan
                 f32_labels = bert_cli_labels(args.binary, mdir, texts, args.threads)
                 q8_labels = bert_cli_labels(args.binary, mdir, texts, args.threads, ["--quantize", "q8"])
-                row["q8_agree"] = sum(a == b for a, b in zip(f32_labels, q8_labels)) / len(texts)
+                row["q8_agree"] = agree(f32_labels, q8_labels)
+                if int8:
+                    f32_labels, q8_labels = [], []
+                    run_pytorch(mdir, texts, 32, False, args.threads, labels=f32_labels)
+                    run_pytorch(mdir, texts, 32, False, args.threads, int8=True, labels=q8_labels)
+                    row["pytorch_int8_agree"] = agree(f32_labels, q8_labels)
+                    if onnx_int8 is not None:
+                        f32_labels, q8_labels = [], []
+                        run_ort(mdir, onnx_path, texts, 32, False, args.threads, labels=f32_labels)
+                        run_ort(mdir, onnx_int8, texts, 32, False, args.threads, labels=q8_labels)
+                        row["ort_int8_agree"] = agree(f32_labels, q8_labels)
             if (args.label, "b1") in results and ("onnxruntime", "b1") in results:
                 row["b1_vs_ort_b1"] = results[("onnxruntime", "b1")] / results[(args.label, "b1")]
             summary.append(row)
     print()
-    print(f"| model | workload | {args.label} / PyTorch best | / ONNX Runtime best | batch 1 / ORT batch 1 | peak RSS | share of matmul peak | start-up | q8 / PyTorch best (f32) | q8 labels = f32 labels |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ratio = lambda v: "-" if v is None or math.isnan(v) else f"{v:.2f}x"
+    pct = lambda v: "-" if v is None or math.isnan(v) else f"{100 * v:.2f}%"
+    print(f"| model | workload | {args.label} / PyTorch best | / ONNX Runtime best | batch 1 / ORT batch 1 | peak RSS | share of matmul peak | start-up |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|")
     for r in summary:
-        b1 = f"{r['b1_vs_ort_b1']:.2f}x" if "b1_vs_ort_b1" in r else "-"
-        agree = f"{100 * r['q8_agree']:.2f}%" if "q8_agree" in r else "-"
-        ort = "-" if math.isnan(r["vs_ort"]) else f"{r['vs_ort']:.2f}x"
-        print(f"| {r['model']} | {r['workload']} | {r['vs_pytorch']:.2f}x | {ort} | {b1} | "
-              f"{r['rss_mb']:.0f} MB | {100 * r['peak_share']:.0f}% | {r['startup']:.2f} s | "
-              f"{r['q8_vs_pytorch']:.2f}x | {agree} |")
+        print(f"| {r['model']} | {r['workload']} | {r['vs_pytorch']:.2f}x | {ratio(r['vs_ort'])} | "
+              f"{ratio(r.get('b1_vs_ort_b1'))} | {r['rss_mb']:.0f} MB | {100 * r['peak_share']:.0f}% | "
+              f"{r['startup']:.2f} s |")
+    print()
+    print("int8: bert-cli --quantize q8 against ONNX Runtime and PyTorch dynamic int8 (sorted batches of 32); "
+          "agreement = int8 labels equal to the same tool's f32 labels, on SST-2 dev with the fine-tuned fixture")
+    print()
+    print("| model | workload | q8 sent/s | q8 / ORT int8 | q8 / PyTorch int8 | q8 / PyTorch f32 best | "
+          "agreement: bert-cli q8 | ORT int8 | PyTorch int8 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in summary:
+        n = len(workloads[r["workload"]])
+        print(f"| {r['model']} | {r['workload']} | {n / r['q8_secs']:.1f} | {ratio(r['q8_vs_ort_int8'])} | "
+              f"{ratio(r['q8_vs_pytorch_int8'])} | {ratio(r['q8_vs_pytorch'])} | {pct(r.get('q8_agree'))} | "
+              f"{pct(r.get('ort_int8_agree'))} | {pct(r.get('pytorch_int8_agree'))} |")
     print()
     for mname, mdir in models.items():
         weights = Path(mdir) / "model.safetensors"
