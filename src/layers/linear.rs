@@ -128,25 +128,22 @@ impl Linear {
         let mut out_dims = lead.to_vec();
         let rows: usize = lead.iter().product();
         let x = x.reshape((rows, i))?;
-        let y = match &self.weights {
-            Weights::Packed(p) => {
-                let y = match then {
-                    Then::Residual(r) => {
-                        let r = r.reshape((rows, ()))?;
-                        p.forward(&x, cpu::Epilogue::BiasResidual(&r))?
-                    }
-                    Then::Activation(Activation::GeluErf) => {
-                        p.forward(&x, cpu::Epilogue::BiasGelu)?
-                    }
-                    _ => self.finish(p.forward(&x, cpu::Epilogue::Bias)?, then)?,
-                };
-                out_dims.push(y.dim(1)?);
-                return Ok(y.reshape(out_dims)?);
-            }
-            Weights::Candle(w) => x.matmul(w)?.broadcast_add(&self.bias)?,
-            Weights::Q8(q) => q.forward(&x)?,
+        // The CPU kernels finish a residual or exact GELU as they store.
+        let fused = |forward: &dyn Fn(cpu::Epilogue) -> candle_core::Result<Tensor>| {
+            Ok::<_, anyhow::Error>(match then {
+                Then::Residual(r) => {
+                    let r = r.reshape((rows, ()))?;
+                    forward(cpu::Epilogue::BiasResidual(&r))?
+                }
+                Then::Activation(Activation::GeluErf) => forward(cpu::Epilogue::BiasGelu)?,
+                _ => self.finish(forward(cpu::Epilogue::Bias)?, then)?,
+            })
         };
-        let y = self.finish(y, then)?;
+        let y = match &self.weights {
+            Weights::Packed(p) => fused(&|e| p.forward(&x, e))?,
+            Weights::Q8(q) => fused(&|e| q.forward(&x, e))?,
+            Weights::Candle(w) => self.finish(x.matmul(w)?.broadcast_add(&self.bias)?, then)?,
+        };
         out_dims.push(y.dim(1)?);
         Ok(y.reshape(out_dims)?)
     }
