@@ -25,7 +25,7 @@ enum Weights {
     Candle(Tensor),
     /// Packed once for the CPU GEMM kernel, bias included.
     Packed(cpu::PackedLinear),
-    /// int8, after `quantize_q8` (the bias is folded into its output pass).
+    /// int8, after `quantize_q8` (bias, residual or GELU applied as it stores).
     Q8(cpu::Q8Linear),
 }
 
@@ -118,8 +118,8 @@ impl Linear {
         }
     }
 
-    /// The layer, then `then`: a residual or exact GELU in the GEMM kernel's output
-    /// pass, anything else as separate ops.
+    /// The layer, then `then`: a residual or exact GELU in the CPU kernels' output pass
+    /// (f32 or int8), anything else as separate ops.
     fn forward_then(&self, x: &Tensor, then: Then) -> Result<Tensor> {
         let dims = x.dims();
         let Some((&i, lead)) = dims.split_last() else {
