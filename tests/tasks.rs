@@ -265,13 +265,19 @@ fn tokenizer(dir: &std::path::Path, max_length: usize) -> TextTokenizer {
     .unwrap()
 }
 
-#[test]
-fn long_texts_tokenized_in_pieces_give_the_same_tokens_as_whole() {
+/// Every committed family fixture and the MiniLM one: each tokenizer family once.
+fn every_fixture() -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = common::FAMILIES
         .iter()
         .map(|f| committed("families").join(f))
         .collect();
     dirs.push(minilm_sst2());
+    dirs
+}
+
+#[test]
+fn long_texts_tokenized_in_pieces_give_the_same_tokens_as_whole() {
+    let dirs = every_fixture();
     let texts = random_texts(7, 40);
     let mut checked = 0;
     for dir in &dirs {
@@ -758,11 +764,7 @@ fn pair_dump_marks_where_the_second_text_starts() {
 fn encodings_equal_the_tokenizers_crates_own_with_truncation() {
     // Ours truncates per call (pieces, pairs, windows); the tokenizers crate's own
     // `encode` with truncation set is the reference: ids, types, tokens and offsets.
-    let mut dirs: Vec<PathBuf> = common::FAMILIES
-        .iter()
-        .map(|f| committed("families").join(f))
-        .collect();
-    dirs.push(minilm_sst2());
+    let dirs = every_fixture();
     let texts = random_texts(11, 12);
     for dir in &dirs {
         let ours = tokenizer(dir, 40);

@@ -134,19 +134,9 @@ impl PackedLinear {
                 tensor::read(&x, "packed-linear", |x| self.matmul(x, m, Finish::Gelu))?
             }
             Epilogue::BiasResidual(r) => {
-                if r.dims() != [m, self.n] {
-                    candle_core::bail!(
-                        "packed-linear: residual {:?} does not match the output [{m}, {}]",
-                        r.dims(),
-                        self.n
-                    );
-                }
-                let r = r.contiguous()?;
-                tensor::read(&r, "packed-linear residual", |r| {
-                    tensor::read(&x, "packed-linear", |x| {
-                        self.matmul(x, m, Finish::Residual(r))
-                    })
-                })??
+                tensor::read_with_residual(&x, r, (m, self.n), "packed-linear", |x, r| {
+                    self.matmul(x, m, Finish::Residual(r))
+                })?
             }
         };
         tensor::from_aligned(y, offset, m, self.n)

@@ -137,17 +137,9 @@ impl Q8Linear {
                 tensor::read(&x, "q8-linear", |x| self.matmul(x, m, Finish::Gelu))?
             }
             Epilogue::BiasResidual(r) => {
-                if r.dims() != [m, self.n] {
-                    candle_core::bail!(
-                        "q8-linear: residual {:?} does not match the output [{m}, {}]",
-                        r.dims(),
-                        self.n
-                    );
-                }
-                let r = r.contiguous()?;
-                tensor::read(&r, "q8-linear residual", |r| {
-                    tensor::read(&x, "q8-linear", |x| self.matmul(x, m, Finish::Residual(r)))
-                })??
+                tensor::read_with_residual(&x, r, (m, self.n), "q8-linear", |x, r| {
+                    self.matmul(x, m, Finish::Residual(r))
+                })?
             }
         };
         tensor::from_vec(y, (m, self.n))

@@ -15,6 +15,25 @@ pub(crate) fn read<T>(t: &Tensor, what: &str, f: impl FnOnce(&[f32]) -> T) -> Re
     Ok(f(contiguous(storage, layout, what)?))
 }
 
+/// Runs `f` over the data of `x` and of `residual`, which must be `[m, n]` (the output's
+/// shape): the input and residual of a dense layer that adds the residual as it stores.
+pub(crate) fn read_with_residual<T>(
+    x: &Tensor,
+    residual: &Tensor,
+    (m, n): (usize, usize),
+    what: &str,
+    f: impl FnOnce(&[f32], &[f32]) -> T,
+) -> Result<T> {
+    if residual.dims() != [m, n] {
+        bail!(
+            "{what}: residual {:?} does not match the output [{m}, {n}]",
+            residual.dims()
+        );
+    }
+    let residual = residual.contiguous()?;
+    read(&residual, what, |r| read(x, what, |x| f(x, r)))?
+}
+
 /// Runs `f` over the data of `t`, a contiguous f32 CPU tensor, in place. Every tensor
 /// sharing `t`'s storage sees the change: callers pass a fresh result that nothing else
 /// holds (a layer's own output), which saves a buffer the size of it.
