@@ -1,8 +1,8 @@
 //! The CPU kernel path (packed GEMM, fused attention, the folded first-token attention,
 //! padding-free rows, int8 on top) against PyTorch, on any x86-64 CPU:
-//! `BERT_CLI_FORCE_KERNELS=1` takes it even without AVX-512, through the portable
-//! micro-kernel (same sums, slower). On CPUs with AVX-512 it is the default path and
-//! tests/parity.rs covers it too. One test per file keeps the variable in its own process.
+//! `BERT_CLI_FORCE_KERNELS=1` takes it even without AVX2, through the portable
+//! micro-kernel (same sums, slower). On CPUs with AVX-512, or AVX2 and FMA, it is the
+//! default path and tests/parity.rs covers it too. One test per file keeps the variable in its own process.
 
 mod common;
 
@@ -11,10 +11,10 @@ use bert_cli::layers::Backend;
 use common::*;
 
 /// Cases from the reference: the first `dev` dev sentences and every edge case (the
-/// portable micro-kernel in a test build is slow; with AVX-512 every case runs).
+/// portable micro-kernel in a test build is slow; with AVX-512 or AVX2 every case runs).
 fn cases(reference: &serde_json::Value) -> Vec<serde_json::Value> {
     let all = reference["cases"].as_array().unwrap();
-    let dev = if bert_cli::kernels::cpu::avx512() {
+    let dev = if bert_cli::kernels::cpu::fast_kernels() {
         usize::MAX
     } else {
         96
@@ -42,8 +42,8 @@ fn engine(quantize_q8: bool) -> Engine {
 #[test]
 fn kernel_path_matches_pytorch_and_ignores_batching() {
     std::env::set_var("BERT_CLI_FORCE_KERNELS", "1");
-    if !bert_cli::kernels::cpu::avx512() {
-        say("note: no AVX-512 here: the kernels run their portable micro-kernel");
+    if !bert_cli::kernels::cpu::fast_kernels() {
+        say("note: no AVX-512 or AVX2 here: the kernels run their portable micro-kernel");
     }
     let reference = reference("minilm-sst2");
     let cases = cases(&reference);
@@ -96,7 +96,7 @@ fn kernel_path_matches_pytorch_and_ignores_batching() {
     assert_attention_matches_pytorch(&f32);
 
     // Every family through the same kernels (on this CPU's default path only where it
-    // has AVX-512; tests/families.rs runs them whole there).
+    // has AVX-512 or AVX2; tests/families.rs runs them whole there).
     for name in FAMILIES {
         let engine = family_engine(name);
         assert_eq!(engine.backend, bert_cli::layers::Backend::Kernels);

@@ -1,4 +1,4 @@
-//! The portable path, which CPUs without AVX-512 take (candle's matmul and split-head
+//! The portable path, which CPUs without AVX2 take (candle's matmul and split-head
 //! attention, portable int8 code), against PyTorch. `BERT_CLI_PORTABLE=1` forces it; this
 //! file holds one test so that the variable is set in its own process before any kernel
 //! is chosen.
@@ -14,11 +14,11 @@ fn portable_path_matches_pytorch() {
     std::env::set_var("BERT_CLI_PORTABLE", "1");
     let engine = engine_with(&minilm_sst2(), &EngineOptions::default()).unwrap();
     assert_eq!(engine.backend, Backend::CandleCpu { model_f32: true });
-    assert!(!bert_cli::kernels::cpu::vnni());
+    assert!(!bert_cli::kernels::cpu::int8_simd());
     #[cfg(target_arch = "x86_64")]
-    if !std::arch::is_x86_feature_detected!("avx512f") {
+    if !std::arch::is_x86_feature_detected!("avx2") {
         say(
-            "note: this CPU has no AVX-512, so the portable path is its default and \
+            "note: this CPU has no AVX2, so the portable path is its default and \
              tests/parity.rs already ran it; tests/kernels.rs covers the kernel path",
         );
     }

@@ -94,8 +94,8 @@ pub fn load(model: &str, run: &RunArgs, options: &EngineOptions) -> Result<Engin
     let files = hub::resolve(model, &run.hub.options(run.quiet))?;
     let engine = Engine::load(&files, device, options)?;
     if !run.quiet {
-        if engine.quantized && !bert_cli::kernels::cpu::vnni() {
-            eprintln!("bert-cli: warning: this CPU lacks AVX-512 VNNI, so --quantize q8 gives the same answers but no speed-up");
+        if engine.quantized && !bert_cli::kernels::cpu::int8_simd() {
+            eprintln!("bert-cli: warning: this CPU lacks AVX2 (or BERT_CLI_PORTABLE is set), so --quantize q8 gives the same answers but no speed-up");
         }
         if !engine.head_is_trained() {
             eprintln!(

@@ -30,7 +30,7 @@ pub enum Backend {
     Candle,
     /// candle's ops for matrix products and split-head attention, with the CPU kernels
     /// for the steps that run in f32 there (the attention softmax always; the embedding
-    /// sum, LayerNorm and GELU when the model is f32): CPUs without AVX-512, half
+    /// sum, LayerNorm and GELU when the model is f32): CPUs without AVX2 and FMA, half
     /// precision on the CPU, and `BERT_CLI_PORTABLE=1`.
     CandleCpu {
         /// Whether the model computes in f32.
@@ -39,7 +39,8 @@ pub enum Backend {
     /// Every step on the CPU kernels, in f32: dense layers packed once for the GEMM
     /// kernel (bias, residual or GELU applied as results are stored), attention fused
     /// per (sequence, head), the last layer's first-token attention folded, and the rows
-    /// of each text's real tokens laid back to back. CPUs with AVX-512 F.
+    /// of each text's real tokens laid back to back. CPUs with AVX-512 F, or AVX2 and
+    /// FMA.
     Kernels,
 }
 
@@ -47,7 +48,7 @@ impl Backend {
     /// The fastest backend for `dtype` on `device`.
     ///
     /// `BERT_CLI_PORTABLE=1` stays on candle's products on any CPU;
-    /// `BERT_CLI_FORCE_KERNELS=1` takes the CPU kernels even without AVX-512 (through
+    /// `BERT_CLI_FORCE_KERNELS=1` takes the CPU kernels even without AVX2 (through
     /// the portable micro-kernel: same results, slower than candle's matmul), so that
     /// the kernel path can be tested on any CPU; `BERT_CLI_CANDLE_OPS=1` takes the GPU's
     /// path (candle ops alone) on the CPU, so that it can be tested without a GPU.
@@ -58,7 +59,7 @@ impl Backend {
         }
         let model_f32 = dtype == DType::F32;
         let forced = cpu::env_flag("BERT_CLI_FORCE_KERNELS");
-        if model_f32 && !cpu::portable_only() && (cpu::avx512() || forced) {
+        if model_f32 && !cpu::portable_only() && (cpu::fast_kernels() || forced) {
             Self::Kernels
         } else {
             Self::CandleCpu { model_f32 }

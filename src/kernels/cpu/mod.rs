@@ -2,8 +2,8 @@
 //!
 //! Everything here is f32 on the CPU. The layers above choose, once at load, whether a
 //! model runs on these kernels or on candle's ops; inside, a kernel may still pick its
-//! own instruction set (the AVX-512 micro-kernel or its portable twin), always with the
-//! same results.
+//! own instruction set (AVX-512, AVX2 with FMA, or portable code), always with the same
+//! results.
 //!
 //! - `gemm` packs a dense layer's weight once and multiplies by it (`microkernel` holds
 //!   the register tile, `store` the pass that adds bias, residual or GELU as it writes);
@@ -65,9 +65,32 @@ pub use gemm::{Epilogue, PackedLinear};
 pub use q8::Q8Linear;
 
 /// Whether the packed f32 GEMM and fused attention run at full speed here: an x86-64 CPU
-/// with AVX-512 F, and `BERT_CLI_PORTABLE` unset. Without it they still give the same
-/// results through the portable micro-kernel, only slower than candle's matmul. Checked
-/// once.
+/// with AVX-512 F, or AVX2 and FMA, and `BERT_CLI_PORTABLE` unset. Without them they
+/// still give the same results through the portable micro-kernel, only slower than
+/// candle's matmul.
+pub fn fast_kernels() -> bool {
+    avx512() || avx2()
+}
+
+/// Whether the micro-kernel's AVX2 + FMA tile can run here (and `BERT_CLI_PORTABLE` is
+/// unset); CPUs with AVX-512 take the wider tile. Checked once.
+pub fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| {
+            std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && !portable_only()
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether the AVX-512 kernels run here: an x86-64 CPU with AVX-512 F, and
+/// `BERT_CLI_PORTABLE` unset. Checked once.
 pub fn avx512() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -79,8 +102,8 @@ pub fn avx512() -> bool {
     false
 }
 
-/// `BERT_CLI_PORTABLE=1` turns off every AVX-512 kernel (the packed f32 layers and fused
-/// attention above, VNNI int8 here), so the portable path that CPUs without AVX-512 take
+/// `BERT_CLI_PORTABLE=1` turns off every SIMD kernel (the packed f32 layers and fused
+/// attention above, the int8 kernels), so the portable path that CPUs without AVX2 take
 /// can be checked, or chosen, on any machine. Read when a kernel is first chosen.
 pub fn portable_only() -> bool {
     env_flag("BERT_CLI_PORTABLE")
@@ -91,10 +114,16 @@ pub fn env_flag(name: &str) -> bool {
     std::env::var_os(name).is_some_and(|v| !v.is_empty() && v != "0")
 }
 
-/// Whether the int8 layers have their fast kernel here (AVX-512 F, BW and VNNI); other
-/// CPUs run the same integer arithmetic in portable code. Checked once.
+/// Whether the int8 layers have their VNNI kernel here (AVX-512 F, BW and VNNI).
+/// Checked once.
 pub fn vnni() -> bool {
     q8::vnni_available()
+}
+
+/// Whether the int8 layers have a SIMD kernel here (VNNI, or AVX2); other CPUs run the
+/// same integer arithmetic, to the same bits, in portable code.
+pub fn int8_simd() -> bool {
+    q8::vnni_available() || q8::avx2_available()
 }
 
 /// A seeded xorshift source of values in [-1, 1) for the kernels' unit tests.
