@@ -53,31 +53,42 @@ fn fast_exp(x: f32) -> f32 {
     p * scale
 }
 
-/// Exact GELU, `x/2 * (1 + erf(x/sqrt 2))`, via the complementary error function
-/// approximation of Numerical Recipes (`erfcc`, fractional error below 1.2e-7).
+/// Exact GELU, `x/2 * (1 + erf(x/sqrt 2))`, with erf as `z P(z²) / Q(z²)` for
+/// `|z| <= 3.92` (past it erf is ±1 in f32): a rational fit (degrees 5 and 5 in z², made
+/// for this crate by least squares on 20,000 points with Lawson reweighting, fit error
+/// 1.7e-8, about 3e-7 after f32 rounding). Eleven FMAs and a division per value: the
+/// `erfc` formula it replaced (Numerical Recipes' `erfcc` under an exponential) took
+/// about thirty operations and was 5% of a one-sentence MiniLM profile on AVX2.
 #[inline(always)]
-#[allow(clippy::excessive_precision)] // the published coefficients, digit for digit
+#[allow(clippy::excessive_precision)] // the fitted coefficients, as printed in f32
 fn gelu_erf_scalar(x: f32) -> f32 {
-    let z = (x * std::f32::consts::FRAC_1_SQRT_2).abs();
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let poly = horner(
-        t,
+    let z = (x * std::f32::consts::FRAC_1_SQRT_2).clamp(-3.92, 3.92);
+    let s = z * z;
+    let p = horner(
+        s,
         &[
-            0.170_872_77,
-            -0.822_152_23,
-            1.488_515_87,
-            -1.135_203_98,
-            0.278_868_07,
-            -0.186_288_06,
-            0.096_784_18,
-            0.374_091_96,
-            1.000_023_7,
-            -1.265_512_2,
+            2.035_636_3e-6,
+            2.874_634_2e-4,
+            3.866_075_3e-3,
+            5.305_367_7e-2,
+            1.927_069_4e-1,
+            // Fitted as 1.128379, which is 2/sqrt(pi): erf's own slope at 0.
+            std::f32::consts::FRAC_2_SQRT_PI,
         ],
     );
-    let erfc = t * fast_exp(-z * z + poly);
-    let half = 0.5 * erfc;
-    x * if x >= 0.0 { 1.0 - half } else { half }
+    let q = horner(
+        s,
+        &[
+            3.807_912_4e-5,
+            1.187_632_9e-3,
+            1.516_777e-2,
+            1.150_616_9e-1,
+            5.041_137_3e-1,
+            1.0,
+        ],
+    );
+    let half = 0.5 * x;
+    half.mul_add(z * p / q, half)
 }
 
 dispatch_simd!(pub(crate) gelu_slice_in_place, |xs: &mut [f32]| {
