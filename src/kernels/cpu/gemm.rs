@@ -14,7 +14,7 @@
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
-use super::microkernel::{row_tiles, tile_product, LINE, MR, NR};
+use super::microkernel::{row_tiles, tile_count, tile_product, LINE, MR, NR};
 use super::par::{par_tasks, Disjoint};
 use super::store::{store_panel, Dest, Finish};
 use super::tensor;
@@ -281,7 +281,7 @@ impl PackedLinear {
         let task = |t: usize| {
             let (rt, ct) = (t / col_tasks, t % col_tasks);
             let rows = rt * MC..((rt + 1) * MC).min(m);
-            let tiles = rows.len().div_ceil(MR);
+            let tiles = tile_count(rows.len());
             let mut acc = vec![[[0f32; NR]; MR]; tiles];
             for p in first_panel + ct * per_task..first_panel + ((ct + 1) * per_task).min(panels) {
                 let panel = &self.packed[p * k * NR..(p + 1) * k * NR];

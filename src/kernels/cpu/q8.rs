@@ -19,6 +19,7 @@ use rayon::prelude::*;
 
 use super::elementwise::gelu_slice_in_place;
 use super::gemm::Epilogue;
+use super::microkernel::row_tiles;
 use super::par::{par_tasks, Disjoint};
 use super::store::Finish;
 use super::tensor;
@@ -209,9 +210,7 @@ impl Q8Linear {
                     sums: &self.weight_sums[p * groups * NR..(p + 1) * groups * NR],
                 };
                 let cols = p * NR..((p + 1) * NR).min(n);
-                let mut r0 = row_range.start;
-                while r0 < row_range.end {
-                    let mr = MR.min(row_range.end - r0);
+                for (r0, mr) in row_tiles(row_range.clone()) {
                     let a = Activations {
                         data: &rows.data[r0 * kp..(r0 + mr) * kp],
                         wide: rows.wide.get(r0 * kp..(r0 + mr) * kp).unwrap_or(&[]),
@@ -250,7 +249,6 @@ impl Q8Linear {
                             }
                         }
                     }
-                    r0 += mr;
                 }
             }
         });
