@@ -8,16 +8,19 @@ pub(super) const NR: usize = 32;
 /// Rows per register tile: 8 x 2 accumulators, 2 weight registers and the broadcasts fit
 /// the 32 vector registers with room for the loads in flight.
 pub(super) const MR: usize = 8;
-/// Rows per tile at most: `MR` for the AVX-512 tile; 6 elsewhere, the most one AVX2
-/// pass holds. With tiles of up to 8 rows on AVX2, 7 and 8 ran as two passes of 4 and 3
-/// or 4; MiniLM on AMD EPYC Zen 1, 6-row tiles against 8, alternating pairs: 300 SST-2
+/// Rows an AVX2 tile takes at most: 12 accumulators, 2 weight registers and a
+/// broadcast fill its 16 vector registers.
+pub(super) const AVX2_ROWS: usize = 6;
+
+/// Rows per tile at most: `MR` for the AVX-512 tile; `AVX2_ROWS` elsewhere. With tiles
+/// of up to 8 rows on AVX2, 7 and 8 ran as two passes of 4 and 3 or 4; MiniLM on AMD EPYC Zen 1, 6-row tiles against 8, alternating pairs: 300 SST-2
 /// dev sentences one at a time, wall A/B median 0.979 (8 pairs, all under 1); all 872 in
 /// batches of 32, 0.963 (6 pairs).
 pub(super) fn tile_height() -> usize {
     if super::avx512() {
         MR
     } else {
-        6
+        AVX2_ROWS
     }
 }
 
@@ -105,8 +108,9 @@ pub(super) fn tile_product(
         }
         return;
     }
+    // `row_tiles` cuts tiles of at most `AVX2_ROWS` rows wherever this tile runs.
     #[cfg(target_arch = "x86_64")]
-    if super::avx2() {
+    if super::avx2() && mr <= AVX2_ROWS {
         let a = x[ks.start..].as_ptr();
         let (b, kc, pf) = (panel.as_ptr(), ks.len(), prefetch.as_ptr());
         // SAFETY: AVX2 and FMA were detected; the asserts above bound every read.
@@ -116,14 +120,13 @@ pub(super) fn tile_product(
     tile_portable(x, stride, ks, mr, panel, acc, accumulate);
 }
 
-/// The tile on AVX2 and FMA: 16 vector registers hold at most 6 rows of one half-panel
-/// (12 accumulators, 2 weight registers, a broadcast), so the tile runs as half-panels
-/// of 16 columns, its rows in passes of at most 6 (7 rows as 4 + 3, 8 as 4 + 4). The
-/// same FMAs in the same order per value as the AVX-512 tile: the same sums.
+/// The tile on AVX2 and FMA: 16 vector registers hold at most `AVX2_ROWS` rows of one
+/// half-panel, so the tile runs as two half-panels of 16 columns. The same FMAs in the
+/// same order per value as the AVX-512 tile: the same sums.
 ///
 /// # Safety
-/// The CPU must have AVX2 and FMA; the reads are bounded as for `tile_avx512` with
-/// `mr` rows.
+/// The CPU must have AVX2 and FMA; `mr <= AVX2_ROWS`; the reads are bounded as for
+/// `tile_avx512` with `mr` rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -138,37 +141,26 @@ unsafe fn tile_avx2(
     pf: *const f32,
     lines: usize,
 ) {
-    let passes: &[(usize, usize)] = match mr {
-        8 => &[(0, 4), (4, 4)],
-        7 => &[(0, 4), (4, 3)],
-        _ => &[(0, 0)],
-    };
-    // Prefetches go with the first pass only: it alone reads the weights from L2.
-    let mut lines = lines;
     for half in 0..2 {
-        for &(r0, rows) in passes {
-            let rows = if rows == 0 { mr } else { rows };
-            let acc = &mut acc[r0..r0 + rows];
-            let a = a.add(r0 * lda);
-            let b = b.add(half * 16);
-            match rows {
-                6 => half_avx2::<6>(a, lda, kc, b, acc, half, accumulate, pf, lines),
-                5 => half_avx2::<5>(a, lda, kc, b, acc, half, accumulate, pf, lines),
-                4 => half_avx2::<4>(a, lda, kc, b, acc, half, accumulate, pf, lines),
-                3 => half_avx2::<3>(a, lda, kc, b, acc, half, accumulate, pf, lines),
-                2 => half_avx2::<2>(a, lda, kc, b, acc, half, accumulate, pf, lines),
-                _ => half_avx2::<1>(a, lda, kc, b, acc, half, accumulate, pf, lines),
-            }
-            lines = 0;
+        let b = b.add(half * 16);
+        // Prefetches go with the first half only: it alone reads the weights from L2.
+        let lines = if half == 0 { lines } else { 0 };
+        match mr {
+            6 => half_avx2::<6>(a, lda, kc, b, acc, half, accumulate, pf, lines),
+            5 => half_avx2::<5>(a, lda, kc, b, acc, half, accumulate, pf, lines),
+            4 => half_avx2::<4>(a, lda, kc, b, acc, half, accumulate, pf, lines),
+            3 => half_avx2::<3>(a, lda, kc, b, acc, half, accumulate, pf, lines),
+            2 => half_avx2::<2>(a, lda, kc, b, acc, half, accumulate, pf, lines),
+            _ => half_avx2::<1>(a, lda, kc, b, acc, half, accumulate, pf, lines),
         }
     }
 }
 
-/// `R` rows (at most 6) times the 16 columns of a panel from `b` on (row stride `NR`),
+/// `R` rows (at most `AVX2_ROWS`) times the 16 columns of a panel from `b` on (row stride `NR`),
 /// into `acc[i][half * 16..][..16]`.
 ///
 /// # Safety
-/// As `tile_avx2`, for `R` rows from `a`; `acc` holds at least `R` rows.
+/// As `tile_avx2`, for `R` rows from `a`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -178,7 +170,7 @@ unsafe fn half_avx2<const R: usize>(
     lda: usize,
     kc: usize,
     b: *const f32,
-    acc: &mut [[f32; NR]],
+    acc: &mut [[f32; NR]; MR],
     half: usize,
     accumulate: bool,
     pf: *const f32,
@@ -294,8 +286,8 @@ const PF_HINT: i32 = std::arch::x86_64::_MM_HINT_T1;
 mod tests {
     use super::*;
 
-    /// Every SIMD tile this CPU has, against the portable code, on every row count
-    /// (both passes of 7 and 8 rows on AVX2), fresh and accumulating.
+    /// Every SIMD tile this CPU has, against the portable code, on every row count it
+    /// takes, fresh and accumulating.
     #[test]
     fn kernels_and_portable_code_agree() {
         let (k, kc) = (40, 37);
@@ -314,7 +306,8 @@ mod tests {
                 );
                 continue;
             }
-            for mr in 1..=MR {
+            let rows = if name == "AVX2" { AVX2_ROWS } else { MR };
+            for mr in 1..=rows {
                 for accumulate in [false, true] {
                     let mut want = [[0.5f32; NR]; MR];
                     tile_portable(&x, k, 2..2 + kc, mr, &panel, &mut want, accumulate);

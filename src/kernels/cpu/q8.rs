@@ -19,7 +19,7 @@ use rayon::prelude::*;
 
 use super::elementwise::gelu_slice_in_place;
 use super::gemm::Epilogue;
-use super::microkernel::row_tiles;
+use super::microkernel::{row_tiles, AVX2_ROWS};
 use super::par::{par_tasks, Disjoint};
 use super::store::Finish;
 use super::tensor;
@@ -386,7 +386,8 @@ fn tile(a: &Activations, groups: usize, mr: usize, panel: &Panel, acc: &mut [[f3
         return;
     }
     #[cfg(target_arch = "x86_64")]
-    if avx2_available() && !a.wide.is_empty() {
+    // `row_tiles` cuts tiles of at most `AVX2_ROWS` rows wherever this kernel runs.
+    if avx2_available() && !a.wide.is_empty() && mr <= AVX2_ROWS {
         // SAFETY: AVX2 was detected; the asserts above bound every access, and `wide`
         // holds the same rows as `data`.
         unsafe { tile_avx2(a, groups, mr, panel, acc) };
@@ -418,11 +419,11 @@ pub fn avx2_available() -> bool {
 /// The panel's 4 bytes per column and step become 4 words: one `vpmaddwd` against the
 /// row's 4 activations (as words, broadcast) gives two partial sums per column, which a
 /// horizontal add joins at the end of each group. Columns go 8 at a time (two weight
-/// registers) and rows in passes of at most 6 (12 accumulators).
+/// registers), for up to `AVX2_ROWS` rows (12 accumulators).
 ///
 /// # Safety
-/// The CPU must have AVX2; `a` (with `wide` filled) and `panel` must hold `mr` rows and
-/// `groups` groups (as `tile` asserts).
+/// The CPU must have AVX2; `mr <= AVX2_ROWS`; `a` (with `wide` filled) and `panel` must
+/// hold `mr` rows and `groups` groups (as `tile` asserts).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2(
@@ -432,47 +433,37 @@ unsafe fn tile_avx2(
     panel: &Panel,
     acc: &mut [[f32; NR]; MR],
 ) {
-    let passes: &[(usize, usize)] = match mr {
-        8 => &[(0, 4), (4, 4)],
-        7 => &[(0, 4), (4, 3)],
-        _ => &[(0, 0)],
-    };
     for chunk in 0..NR / 8 {
-        for &(r0, rows) in passes {
-            let rows = if rows == 0 { mr } else { rows };
-            let acc = &mut acc[r0..r0 + rows];
-            match rows {
-                6 => chunk_avx2::<6>(a, r0, groups, panel, chunk, acc),
-                5 => chunk_avx2::<5>(a, r0, groups, panel, chunk, acc),
-                4 => chunk_avx2::<4>(a, r0, groups, panel, chunk, acc),
-                3 => chunk_avx2::<3>(a, r0, groups, panel, chunk, acc),
-                2 => chunk_avx2::<2>(a, r0, groups, panel, chunk, acc),
-                _ => chunk_avx2::<1>(a, r0, groups, panel, chunk, acc),
-            }
+        match mr {
+            6 => chunk_avx2::<6>(a, groups, panel, chunk, acc),
+            5 => chunk_avx2::<5>(a, groups, panel, chunk, acc),
+            4 => chunk_avx2::<4>(a, groups, panel, chunk, acc),
+            3 => chunk_avx2::<3>(a, groups, panel, chunk, acc),
+            2 => chunk_avx2::<2>(a, groups, panel, chunk, acc),
+            _ => chunk_avx2::<1>(a, groups, panel, chunk, acc),
         }
     }
 }
 
-/// Rows `r0..r0 + R` times the panel's columns `chunk * 8..chunk * 8 + 8`, into
+/// `R` rows times the panel's columns `chunk * 8..chunk * 8 + 8`, into
 /// `acc[i][chunk * 8..][..8]`, with VNNI's f32 arithmetic per group.
 ///
 /// # Safety
-/// As `tile_avx2`, for rows `r0..r0 + R`; `acc` holds at least `R` rows.
+/// As `tile_avx2`, for `R` rows.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn chunk_avx2<const R: usize>(
     a: &Activations,
-    r0: usize,
     groups: usize,
     panel: &Panel,
     chunk: usize,
-    acc: &mut [[f32; NR]],
+    acc: &mut [[f32; NR]; MR],
 ) {
     use std::arch::x86_64::*;
     let kp = groups * GROUP;
     let col = chunk * 8;
-    let xp = a.wide.as_ptr().add(r0 * kp);
+    let xp = a.wide.as_ptr();
     let wp = panel.weights.as_ptr().add(col * 4);
     let mut f = [_mm256_setzero_ps(); R];
     for g in 0..groups {
@@ -495,9 +486,8 @@ unsafe fn chunk_avx2<const R: usize>(
             // horizontal add leaves columns 0 1 4 5 | 2 3 6 7; the permute puts them in
             // order.
             let sums = _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_hadd_epi32(c[0], c[1]));
-            let row = r0 + i;
-            let s = _mm256_set1_ps(*a.scale.get_unchecked(row * groups + g));
-            let sz = _mm256_set1_ps(*a.scaled_zero.get_unchecked(row * groups + g));
+            let s = _mm256_set1_ps(*a.scale.get_unchecked(i * groups + g));
+            let sz = _mm256_set1_ps(*a.scaled_zero.get_unchecked(i * groups + g));
             let scaled = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), _mm256_mul_ps(s, ws), *f);
             *f = _mm256_fnmadd_ps(sz, z, scaled);
         }
@@ -749,7 +739,7 @@ mod tests {
     }
 
     /// Every integer kernel this CPU has gives the portable code's bits, on every row
-    /// count (the AVX2 kernel's passes of 4 + 3 and 4 + 4 rows included).
+    /// count it takes.
     #[test]
     fn portable_and_simd_kernels_agree() {
         #[cfg(target_arch = "x86_64")]
@@ -796,7 +786,9 @@ mod tests {
                 );
                 continue;
             }
-            for mr in 1..=MR {
+            // Tiles taller than a kernel takes would run the portable code itself.
+            let rows = if name == "AVX2" { AVX2_ROWS } else { MR };
+            for mr in 1..=rows {
                 let mut want = [[0f32; NR]; MR];
                 tile_portable(&a, groups, mr, &panel, &mut want);
                 let mut got = [[0f32; NR]; MR];
