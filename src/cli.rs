@@ -215,9 +215,10 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = DTypeArg::Auto)]
     pub dtype: DTypeArg,
 
-    /// int8 weights for the encoder's linear layers, all but the last layer's (CPU only, f32):
-    /// faster on CPUs with AVX-512 VNNI; labels may differ from f32 on near-ties (see the
-    /// README's performance section).
+    /// int8 weights for the encoder's linear layers, all but the last layer's (CPU only, f32),
+    /// calibrated at load on a few built-in sentences (one f32 pass: a fraction of a second
+    /// more start-up): faster on CPUs with AVX-512 VNNI; labels may differ from f32 on
+    /// near-ties (measured in docs/performance.md).
     #[arg(long, value_enum, default_value_t = QuantizeArg::None)]
     pub quantize: QuantizeArg,
 
@@ -501,8 +502,8 @@ pub enum DTypeArg {
 pub enum QuantizeArg {
     /// Weights as in the checkpoint (converted to --dtype).
     None,
-    /// int8 weights and activations in groups of 64 input channels, f32 everything else
-    /// (the last layer included).
+    /// int8 weights and activations in groups of 64 input channels, their scales balanced
+    /// by a calibration pass at load; f32 everything else (the last layer included).
     Q8,
 }
 

@@ -113,6 +113,11 @@ impl DisentangledAttention {
         })
     }
 
+    /// Records the projections' input range, for `quantize_q8`.
+    pub fn record_input_range(&mut self) {
+        self.qkv.record_input_range()
+    }
+
     /// Int8 projections.
     pub fn quantize_q8(&mut self) -> Result<()> {
         self.qkv.quantize_q8()

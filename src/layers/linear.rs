@@ -1,6 +1,8 @@
 //! Dense layers: `y = x Wᵀ + b` over the last axis, with what follows them (a residual,
 //! an activation) folded into the product where the backend can.
 
+use std::sync::Mutex;
+
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -15,6 +17,9 @@ pub struct Linear {
     weights: Weights,
     bias: Tensor,
     backend: Backend,
+    /// `max |x|` per input channel over every input since `record_input_range`: the
+    /// calibration `quantize_q8` balances its int8 scales with.
+    input_range: Option<Mutex<Vec<f32>>>,
 }
 
 /// The weight in the form the layer computes with.
@@ -49,6 +54,7 @@ impl Linear {
             weights,
             bias,
             backend,
+            input_range: None,
         })
     }
 
@@ -61,15 +67,35 @@ impl Linear {
         )
     }
 
-    /// Replaces the f32 weight by its int8 form (the f32 copy is freed). CPU and f32
-    /// only: the int8 kernel is a CPU one.
+    /// From now on, keeps the largest `|x|` of each input channel that passes through,
+    /// for `quantize_q8`.
+    pub fn record_input_range(&mut self) {
+        let channels = match &self.weights {
+            Weights::Candle(w) => w.dims().first().copied().unwrap_or(0),
+            Weights::Packed(p) => p.in_dim(),
+            Weights::Q8(_) => return,
+        };
+        self.input_range = Some(Mutex::new(vec![0.0; channels]));
+    }
+
+    /// Replaces the f32 weight by its int8 form (the f32 copy is freed), its scales
+    /// balanced with the input range recorded since `record_input_range`, if any. CPU and
+    /// f32 only: the int8 kernel is a CPU one.
     pub fn quantize_q8(&mut self) -> Result<()> {
         if !self.backend.cpu_f32() {
             anyhow::bail!("int8 layers run on the CPU in f32 only");
         }
+        let range = match self.input_range.take() {
+            Some(r) => Some(
+                r.into_inner()
+                    .map_err(|_| anyhow::anyhow!("a calibration pass panicked"))?,
+            ),
+            None => None,
+        };
+        let range = range.as_deref();
         let q = match &self.weights {
-            Weights::Packed(p) => cpu::Q8Linear::new(&p.weight_t()?, &self.bias)?,
-            Weights::Candle(w) => cpu::Q8Linear::new(w, &self.bias)?,
+            Weights::Packed(p) => cpu::Q8Linear::new(&p.weight_t()?, &self.bias, range)?,
+            Weights::Candle(w) => cpu::Q8Linear::new(w, &self.bias, range)?,
             Weights::Q8(_) => return Ok(()),
         };
         self.weights = Weights::Q8(q);
@@ -128,6 +154,9 @@ impl Linear {
         let mut out_dims = lead.to_vec();
         let rows: usize = lead.iter().product();
         let x = x.reshape((rows, i))?;
+        if let Some(range) = &self.input_range {
+            record_range(range, &x)?;
+        }
         // The CPU kernels finish a residual or exact GELU as they store.
         let fused = |forward: &dyn Fn(cpu::Epilogue) -> candle_core::Result<Tensor>| {
             Ok::<_, anyhow::Error>(match then {
@@ -156,6 +185,20 @@ impl Linear {
             Then::Residual(r) => (y + r.reshape(((), r.dim(candle_core::D::Minus1)?))?)?,
         })
     }
+}
+
+/// Raises `range` to `max |x|` per channel of `x` (`[rows, channels]`).
+fn record_range(range: &Mutex<Vec<f32>>, x: &Tensor) -> Result<()> {
+    let x = x.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let mut range = range
+        .lock()
+        .map_err(|_| anyhow::anyhow!("a calibration pass panicked"))?;
+    for row in &x {
+        for (r, v) in range.iter_mut().zip(row) {
+            *r = r.max(v.abs());
+        }
+    }
+    Ok(())
 }
 
 /// `[rows, cols]` -> `[cols, rows]`, contiguous. On the CPU in f32: groups of 16 output

@@ -63,6 +63,13 @@ impl Attention {
         }
     }
 
+    fn record_input_range(&mut self) {
+        match self {
+            Self::Scaled(a) => a.record_input_range(),
+            Self::Disentangled(a) => a.record_input_range(),
+        }
+    }
+
     fn quantize_q8(&mut self) -> Result<()> {
         match self {
             Self::Scaled(a) => a.quantize_q8(),
@@ -207,6 +214,18 @@ impl Encoder {
         Ok((x, attentions))
     }
 
+    /// Has the dense layers `quantize_q8` will turn into int8 ones record the range of
+    /// their inputs from now on: a forward pass over a few texts then calibrates them.
+    pub fn record_input_ranges(&mut self) {
+        let quantized = self.layers.len().saturating_sub(1);
+        for layer in self.layers.iter_mut().take(quantized) {
+            layer.attention.record_input_range();
+            layer.attention_output.record_input_range();
+            layer.intermediate.record_input_range();
+            layer.output.record_input_range();
+        }
+    }
+
     /// Int8 dense layers in every layer but the last. The last one runs on the first
     /// token alone for classification, so beyond its keys and values it costs next to
     /// nothing, yet its rounding moved the scores most: on SST-2 dev with the MiniLM
@@ -325,6 +344,10 @@ impl<E: Embed> Classifier for SequenceClassifier<E> {
 
     fn head_is_trained(&self) -> bool {
         self.head.trained
+    }
+
+    fn record_input_ranges(&mut self) {
+        self.encoder.record_input_ranges()
     }
 
     fn quantize_q8(&mut self) -> Result<()> {

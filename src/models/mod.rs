@@ -57,7 +57,12 @@ pub trait Classifier: Send + Sync {
     /// Whether the classification head came from the checkpoint (false: seeded).
     fn head_is_trained(&self) -> bool;
 
-    /// Turns the encoder's dense layers into int8 ones for `--quantize q8` (CPU, f32).
+    /// Has the dense layers `quantize_q8` converts record their input ranges during the
+    /// forward passes that follow (a calibration).
+    fn record_input_ranges(&mut self);
+
+    /// Turns the encoder's dense layers into int8 ones for `--quantize q8` (CPU, f32),
+    /// balanced with the input ranges recorded, if any.
     fn quantize_q8(&mut self) -> Result<()>;
 }
 

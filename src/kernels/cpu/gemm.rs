@@ -103,6 +103,11 @@ impl PackedLinear {
         Ok(Self { k, n, packed, bias })
     }
 
+    /// Input channels.
+    pub fn in_dim(&self) -> usize {
+        self.k
+    }
+
     /// The weight back as `[in, out]` (for int8 quantization at load).
     pub fn weight_t(&self) -> Result<Tensor> {
         let (k, n) = (self.k, self.n);

@@ -9,6 +9,12 @@
 //!
 //!   y[m,n] = Σ_g s[m,g]·ws[g,n]·Σ_{k∈g} u·q  -  Σ_g (s·z)[m,g]·(ws·Σq)[g,n]  +  b[n]
 //!
+//! Where the layer's input range per channel was measured (a calibration pass at load),
+//! each input channel `k` is first scaled by `1/sₖ` and its weight row by `sₖ`, with
+//! `sₖ = sqrt(max|xₖ| / max|Wₖ|)` (SmoothQuant's balance, α = ½): the product is the same,
+//! but the few outlier channels of BERT's residual stream (one in nearly every group of
+//! 64) no longer stretch their group's 256 levels, and the weights take a share of it.
+//!
 //! On CPUs with AVX-512 VNNI one `vpdpbusd` does 64 byte multiply-adds, four times the
 //! work of an f32 FMA, which is where the speed comes from; CPUs with AVX2 run the same
 //! products through `vpmaddwd` (16 word multiply-adds), and others in portable code.
@@ -49,6 +55,9 @@ pub struct Q8Linear {
     /// `[panel][group][NR]`: `ws · Σ q` per group and column, for the zero-point correction.
     weight_sums: Vec<f32>,
     bias: Vec<f32>,
+    /// `1/sₖ` per input channel, applied to the input before it is quantized; empty where
+    /// no range was measured.
+    unsmooth: Vec<f32>,
 }
 
 /// One row's quantized activations and, per group, scale and `scale * zero point`.
@@ -61,10 +70,20 @@ struct Rows {
 }
 
 impl Q8Linear {
-    /// Quantizes `weight_t` (`[in, out]`, f32) and keeps `bias` (`[out]`).
-    pub fn new(weight_t: &Tensor, bias: &Tensor) -> Result<Self> {
+    /// Quantizes `weight_t` (`[in, out]`, f32) and keeps `bias` (`[out]`). With
+    /// `input_range` (`max |x|` per input channel, from a calibration pass), the scales
+    /// are balanced between input and weight first (see the module's notes).
+    pub fn new(weight_t: &Tensor, bias: &Tensor, input_range: Option<&[f32]>) -> Result<Self> {
         let (k, n) = weight_t.dims2()?;
-        let w = weight_t.flatten_all()?.to_vec1::<f32>()?;
+        let mut w = weight_t.flatten_all()?.to_vec1::<f32>()?;
+        let unsmooth = match input_range {
+            Some(range) if range.len() != k => candle_core::bail!(
+                "int8 layer: an input range of {} channels for a weight of {k}",
+                range.len()
+            ),
+            Some(range) => smooth_weights(&mut w, n, range),
+            None => Vec::new(),
+        };
         let bias = bias.to_vec1::<f32>()?;
         let groups = k.div_ceil(GROUP);
         let kp = groups * GROUP;
@@ -119,6 +138,7 @@ impl Q8Linear {
             scale,
             weight_sums,
             bias,
+            unsmooth,
         })
     }
 
@@ -168,7 +188,19 @@ impl Q8Linear {
             .zip(x.par_chunks(k))
             .zip(rows.wide.par_chunks_mut(wide.max(1)))
             .for_each(|((((u, s), sz), x), w)| {
+                let mut scaled = [0f32; GROUP];
                 for (g, x) in x.chunks(GROUP).enumerate() {
+                    // Smoothed a group at a time, in a buffer that stays in L1.
+                    let x = match self.unsmooth.get(g * GROUP..g * GROUP + x.len()) {
+                        Some(unsmooth) => {
+                            let scaled = &mut scaled[..x.len()];
+                            for ((y, x), s) in scaled.iter_mut().zip(x).zip(unsmooth) {
+                                *y = x * s;
+                            }
+                            &*scaled
+                        }
+                        None => x,
+                    };
                     let (scale, zero) = quantize_group(x, &mut u[g * GROUP..g * GROUP + x.len()]);
                     s[g] = scale;
                     sz[g] = scale * zero as f32;
@@ -256,6 +288,27 @@ impl Q8Linear {
         unsafe { y.set_len(m * n) };
         y
     }
+}
+
+/// Scales row `k` of `w` (`[in, n]`) by `sₖ = sqrt(range[k] / max|w[k, ..]|)` and returns
+/// the `1/sₖ` the input is to be multiplied by. A channel the calibration never saw move,
+/// or whose weights are all zero, keeps `sₖ = 1`: a tiny `sₖ` would blow up any value it
+/// does take later.
+fn smooth_weights(w: &mut [f32], n: usize, range: &[f32]) -> Vec<f32> {
+    w.chunks_mut(n)
+        .zip(range)
+        .map(|(row, &x)| {
+            let wmax = row.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let s = (x / wmax).sqrt();
+            if !(x > 0.0 && wmax > 0.0 && s.is_finite() && s > 0.0) {
+                return 1.0;
+            }
+            for v in row.iter_mut() {
+                *v *= s;
+            }
+            1.0 / s
+        })
+        .collect()
 }
 
 /// Asymmetric: `u = round(x / s) + z` with `s = (max - min) / 255` and zero point `z`, so
@@ -614,9 +667,17 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// Exact integer reference of what the kernel must compute, from the same quantization.
+    /// Exact integer reference of what the kernel must compute, from the same quantization
+    /// (`w` as the layer holds it: balanced against the input where it was smoothed).
     fn reference(x: &[f32], m: usize, layer: &Q8Linear, w: &[f32]) -> Vec<f32> {
         let (k, n) = (layer.k, layer.n);
+        let x: Vec<f32> = if layer.unsmooth.is_empty() {
+            x.to_vec()
+        } else {
+            x.chunks(k)
+                .flat_map(|row| row.iter().zip(&layer.unsmooth).map(|(x, s)| x * s))
+                .collect()
+        };
         let mut y = vec![0f32; m * n];
         for r in 0..m {
             for c in 0..n {
@@ -652,58 +713,119 @@ mod tests {
             let b: Vec<f32> = (0..n).map(|_| rand()).collect();
             let dev = Device::Cpu;
             let wt = Tensor::from_vec(w.clone(), (k, n), &dev)?;
-            let layer = Q8Linear::new(&wt, &Tensor::from_vec(b.clone(), n, &dev)?)?;
             let xt = Tensor::from_vec(x.clone(), (m, k), &dev)?;
-            let got = layer
-                .forward(&xt, Epilogue::Bias)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            let want = reference(&x, m, &layer, &w);
-            // GELU and a residual finished as rows are stored: the same bits as the
-            // separate passes they replace.
-            let mut gelu = Tensor::from_vec(got.clone(), (m, n), &dev)?;
-            super::super::gelu_in_place(&gelu)?;
-            gelu = gelu.contiguous()?;
-            let fused = layer.forward(&xt, Epilogue::BiasGelu)?;
-            assert_eq!(
-                fused.flatten_all()?.to_vec1::<f32>()?,
-                gelu.flatten_all()?.to_vec1::<f32>()?
-            );
-            let residual = Tensor::from_vec(
-                (0..m * n).map(|_| rand()).collect::<Vec<f32>>(),
-                (m, n),
-                &dev,
-            )?;
-            let added = (Tensor::from_vec(got.clone(), (m, n), &dev)? + &residual)?;
-            let fused = layer.forward(&xt, Epilogue::BiasResidual(&residual))?;
-            assert_eq!(
-                fused.flatten_all()?.to_vec1::<f32>()?,
-                added.flatten_all()?.to_vec1::<f32>()?
-            );
-            let wrong = Tensor::zeros((m, n + 1), candle_core::DType::F32, &dev)?;
-            assert!(layer.forward(&xt, Epilogue::BiasResidual(&wrong)).is_err());
-            for (g, w) in got.iter().zip(&want) {
+            for smoothed in [false, true] {
+                let range = smoothed.then(|| input_range(&x, k));
+                let layer = Q8Linear::new(
+                    &wt,
+                    &Tensor::from_vec(b.clone(), n, &dev)?,
+                    range.as_deref(),
+                )?;
+                let mut w = w.clone();
+                if let Some(range) = &range {
+                    smooth_weights(&mut w, n, range);
+                }
+                let got = layer
+                    .forward(&xt, Epilogue::Bias)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let want = reference(&x, m, &layer, &w);
+                // GELU and a residual finished as rows are stored: the same bits as the
+                // separate passes they replace.
+                let mut gelu = Tensor::from_vec(got.clone(), (m, n), &dev)?;
+                super::super::gelu_in_place(&gelu)?;
+                gelu = gelu.contiguous()?;
+                let fused = layer.forward(&xt, Epilogue::BiasGelu)?;
+                assert_eq!(
+                    fused.flatten_all()?.to_vec1::<f32>()?,
+                    gelu.flatten_all()?.to_vec1::<f32>()?
+                );
+                let residual = Tensor::from_vec(
+                    (0..m * n).map(|_| rand()).collect::<Vec<f32>>(),
+                    (m, n),
+                    &dev,
+                )?;
+                let added = (Tensor::from_vec(got.clone(), (m, n), &dev)? + &residual)?;
+                let fused = layer.forward(&xt, Epilogue::BiasResidual(&residual))?;
+                assert_eq!(
+                    fused.flatten_all()?.to_vec1::<f32>()?,
+                    added.flatten_all()?.to_vec1::<f32>()?
+                );
+                let wrong = Tensor::zeros((m, n + 1), candle_core::DType::F32, &dev)?;
+                assert!(layer.forward(&xt, Epilogue::BiasResidual(&wrong)).is_err());
+                for (g, w) in got.iter().zip(&want) {
+                    assert!(
+                        (g - w).abs() <= 1e-3 * w.abs().max(1.0),
+                        "{m}x{k}x{n}: {g} vs {w}"
+                    );
+                }
+                // And close to the f32 product.
+                let exact = xt
+                    .matmul(&wt)?
+                    .broadcast_add(&Tensor::from_vec(b.clone(), n, &dev)?)?
+                    .flatten_all()?
+                    .to_vec1::<f32>()?;
+                let typical =
+                    (exact.iter().map(|v| v * v).sum::<f32>() / exact.len() as f32).sqrt();
+                let worst = got
+                    .iter()
+                    .zip(&exact)
+                    .fold(0f32, |a, (g, e)| a.max((g - e).abs()));
                 assert!(
-                    (g - w).abs() <= 1e-3 * w.abs().max(1.0),
-                    "{m}x{k}x{n}: {g} vs {w}"
+                    worst < 0.05 * typical.max(1.0),
+                    "{m}x{k}x{n}: off by {worst}, typical {typical}"
                 );
             }
-            // And close to the f32 product.
-            let exact = xt
-                .matmul(&wt)?
-                .broadcast_add(&Tensor::from_vec(b, n, &dev)?)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
-            let typical = (exact.iter().map(|v| v * v).sum::<f32>() / exact.len() as f32).sqrt();
-            let worst = got
-                .iter()
-                .zip(&exact)
-                .fold(0f32, |a, (g, e)| a.max((g - e).abs()));
-            assert!(
-                worst < 0.05 * typical.max(1.0),
-                "{m}x{k}x{n}: off by {worst}, typical {typical}"
-            );
         }
+        Ok(())
+    }
+
+    /// `max |x|` per channel of `[rows, k]` values.
+    fn input_range(x: &[f32], k: usize) -> Vec<f32> {
+        let mut range = vec![0f32; k];
+        for row in x.chunks(k) {
+            for (r, v) in range.iter_mut().zip(row) {
+                *r = r.max(v.abs());
+            }
+        }
+        range
+    }
+
+    /// Root-mean-square difference from the f32 product.
+    fn rms_error(layer: &Q8Linear, x: &Tensor, w: &Tensor) -> Result<f32> {
+        let got = layer.forward(x, Epilogue::Bias)?;
+        let diff = (got - x.matmul(w)?)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok((diff.iter().map(|d| d * d).sum::<f32>() / diff.len() as f32).sqrt())
+    }
+
+    #[test]
+    fn a_measured_input_range_shrinks_the_error_of_outlier_channels() -> Result<()> {
+        // One large channel in each group of 64, as in BERT's residual stream.
+        let (m, k, n) = (24, 256, 96);
+        let mut rand = super::super::test_values(0x5eed_0123);
+        let w: Vec<f32> = (0..k * n).map(|_| rand()).collect();
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| rand() * if i % 64 == 5 { 20.0 } else { 1.0 })
+            .collect();
+        let dev = Device::Cpu;
+        let (wt, xt) = (
+            Tensor::from_vec(w, (k, n), &dev)?,
+            Tensor::from_vec(x.clone(), (m, k), &dev)?,
+        );
+        let zero = Tensor::zeros(n, candle_core::DType::F32, &dev)?;
+        let plain = rms_error(&Q8Linear::new(&wt, &zero, None)?, &xt, &wt)?;
+        let mut range = input_range(&x, k);
+        // A channel the calibration never saw move keeps its scale.
+        range[7] = 0.0;
+        let layer = Q8Linear::new(&wt, &zero, Some(&range))?;
+        assert_eq!(layer.unsmooth[7], 1.0);
+        assert!(layer.unsmooth[5] < layer.unsmooth[6]);
+        let smoothed = rms_error(&layer, &xt, &wt)?;
+        assert!(
+            smoothed < 0.7 * plain,
+            "rms error {smoothed} with the range, {plain} without"
+        );
+        assert!(Q8Linear::new(&wt, &zero, Some(&range[1..])).is_err());
         Ok(())
     }
 
