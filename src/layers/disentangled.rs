@@ -113,14 +113,10 @@ impl DisentangledAttention {
         })
     }
 
-    /// Records the projections' input range, for `quantize_q8`.
-    pub fn record_input_range(&mut self) {
-        self.qkv.record_input_range()
-    }
-
-    /// Int8 projections.
-    pub fn quantize_q8(&mut self) -> Result<()> {
-        self.qkv.quantize_q8()
+    /// The Q/K/V projection (one dense layer), for `--quantize q8` to calibrate and
+    /// convert.
+    pub fn projections_mut(&mut self) -> &mut Linear {
+        &mut self.qkv
     }
 
     /// `x` is the padded batch `[batch, seq, hidden]`. Returns the context `[batch, seq,

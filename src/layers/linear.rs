@@ -189,15 +189,11 @@ impl Linear {
 
 /// Raises `range` to `max |x|` per channel of `x` (`[rows, channels]`).
 fn record_range(range: &Mutex<Vec<f32>>, x: &Tensor) -> Result<()> {
-    let x = x.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+    let x = x.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
     let mut range = range
         .lock()
         .map_err(|_| anyhow::anyhow!("a calibration pass panicked"))?;
-    for row in &x {
-        for (r, v) in range.iter_mut().zip(row) {
-            *r = r.max(v.abs());
-        }
-    }
+    cpu::raise_input_range(&mut range, &x);
     Ok(())
 }
 

@@ -62,7 +62,7 @@ pub use cls_attention::ClsAttention;
 pub use elementwise::{gelu_in_place, layer_norm_in_place, masked_softmax};
 pub use embedding::embedding_sum;
 pub use gemm::{Epilogue, PackedLinear};
-pub use q8::Q8Linear;
+pub use q8::{raise_input_range, Q8Linear};
 
 /// Whether the packed f32 GEMM and fused attention run at full speed here: an x86-64 CPU
 /// with AVX-512 F, or AVX2 and FMA, and `BERT_CLI_PORTABLE` unset. Without them they

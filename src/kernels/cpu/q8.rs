@@ -290,6 +290,16 @@ impl Q8Linear {
     }
 }
 
+/// Raises `range` to `max |x|` per channel over `x`, rows of `range.len()` channels: the
+/// input range `Q8Linear::new` takes, gathered over a calibration pass.
+pub fn raise_input_range(range: &mut [f32], x: &[f32]) {
+    for row in x.chunks(range.len().max(1)) {
+        for (r, v) in range.iter_mut().zip(row) {
+            *r = r.max(v.abs());
+        }
+    }
+}
+
 /// Scales row `k` of `w` (`[in, n]`) by `sₖ = sqrt(range[k] / max|w[k, ..]|)` and returns
 /// the `1/sₖ` the input is to be multiplied by. A channel the calibration never saw move,
 /// or whose weights are all zero, keeps `sₖ = 1`: a tiny `sₖ` would blow up any value it
@@ -783,11 +793,7 @@ mod tests {
     /// `max |x|` per channel of `[rows, k]` values.
     fn input_range(x: &[f32], k: usize) -> Vec<f32> {
         let mut range = vec![0f32; k];
-        for row in x.chunks(k) {
-            for (r, v) in range.iter_mut().zip(row) {
-                *r = r.max(v.abs());
-            }
-        }
+        raise_input_range(&mut range, x);
         range
     }
 
