@@ -502,8 +502,10 @@ pub enum DTypeArg {
 pub enum QuantizeArg {
     /// Weights as in the checkpoint (converted to --dtype).
     None,
-    /// int8 weights and activations in groups of 64 input channels, their scales balanced
-    /// by a calibration pass at load; f32 everything else (the last layer included).
+    /// int8 weights in groups of 64 input channels, activations quantized per group as
+    /// the CPU multiplies them (8-bit with AVX-512 VNNI, 16-bit elsewhere), their scales
+    /// balanced by a calibration pass at load; f32 everything else (the last layer
+    /// included).
     Q8,
 }
 

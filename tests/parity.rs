@@ -206,9 +206,16 @@ fn q8_keeps_labels() {
         cases.len(),
         share * 100.0
     );
+    // Activations in bytes (VNNI) moved it by 0.026 calibrated; in words (elsewhere), with
+    // only the weights' rounding left, by 0.017.
+    let (bound, measured) = if bert_cli::kernels::cpu::vnni() {
+        (0.035, 0.026)
+    } else {
+        (0.022, 0.017)
+    };
     assert!(
-        margin_error < 0.035,
-        "q8: the logit margin moved by {margin_error:.4} on average; calibrated, it was 0.026"
+        margin_error < bound,
+        "q8: the logit margin moved by {margin_error:.4} on average; calibrated, it was {measured}"
     );
     assert!(
         share >= 0.98,
