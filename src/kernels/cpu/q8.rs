@@ -23,6 +23,7 @@
 //! the weights' rounding is left (on the MiniLM fixture, the mean change of the SST-2
 //! logit margin against f32 went from 0.026 to 0.017). The AVX2 and portable paths give
 //! the same bits; VNNI gives its own, which the portable code reproduces from bytes.
+
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
 
