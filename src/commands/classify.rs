@@ -95,7 +95,7 @@ pub fn load(model: &str, run: &RunArgs, options: &EngineOptions) -> Result<Engin
     let engine = Engine::load(&files, device, options)?;
     if !run.quiet {
         if engine.quantized && !bert_cli::kernels::cpu::int8_simd() {
-            eprintln!("bert-cli: warning: this CPU lacks AVX2 (or BERT_CLI_PORTABLE is set), so --quantize q8 gives the same answers but no speed-up");
+            eprintln!("bert-cli: warning: this CPU lacks AVX2 (or BERT_CLI_PORTABLE is set), so --quantize q8 runs its integer products in portable code, without a speed-up");
         }
         if !engine.head_is_trained() {
             eprintln!(
