@@ -68,11 +68,41 @@ pub struct Q8Linear {
 /// word kernels multiply signed words).
 const WORD_LEVELS: f32 = 32767.0;
 
+/// Quantized activations, `[rows][groups * GROUP]`: bytes where VNNI multiplies them,
+/// 16-bit words elsewhere.
+enum Codes {
+    Bytes(Vec<u8>),
+    Words(Vec<i16>),
+}
+
+/// Some rows of `Codes`.
+#[derive(Clone, Copy)]
+enum CodeRows<'a> {
+    Bytes(&'a [u8]),
+    Words(&'a [i16]),
+}
+
+impl Codes {
+    fn rows(&self, range: std::ops::Range<usize>) -> CodeRows<'_> {
+        match self {
+            Codes::Bytes(b) => CodeRows::Bytes(&b[range]),
+            Codes::Words(w) => CodeRows::Words(&w[range]),
+        }
+    }
+}
+
+impl CodeRows<'_> {
+    fn len(&self) -> usize {
+        match self {
+            CodeRows::Bytes(b) => b.len(),
+            CodeRows::Words(w) => w.len(),
+        }
+    }
+}
+
 /// Rows of quantized activations and, per row and group, scale and `scale * zero point`.
-/// Exactly one of `bytes` and `words` is filled: bytes for VNNI, words elsewhere.
 struct Rows {
-    bytes: Vec<u8>,
-    words: Vec<i16>,
+    codes: Codes,
     scale: Vec<f32>,
     scaled_zero: Vec<f32>,
 }
@@ -180,10 +210,12 @@ impl Q8Linear {
     fn quantize_rows(&self, x: &[f32], m: usize) -> Rows {
         let (k, groups) = (self.k, self.groups);
         let kp = groups * GROUP;
-        let bytes = vnni_available();
         let mut rows = Rows {
-            bytes: vec![0u8; if bytes { m * kp } else { 0 }],
-            words: vec![0i16; if bytes { 0 } else { m * kp }],
+            codes: if vnni_available() {
+                Codes::Bytes(vec![0; m * kp])
+            } else {
+                Codes::Words(vec![0; m * kp])
+            },
             scale: vec![0f32; m * groups],
             scaled_zero: vec![0f32; m * groups],
         };
@@ -192,14 +224,13 @@ impl Q8Linear {
             .par_chunks_mut(groups)
             .zip(rows.scaled_zero.par_chunks_mut(groups))
             .zip(x.par_chunks(k));
-        if bytes {
-            per_row
-                .zip(rows.bytes.par_chunks_mut(kp))
-                .for_each(|(((s, sz), x), u)| self.quantize_row(x, u, s, sz, quantize_group));
-        } else {
-            per_row
-                .zip(rows.words.par_chunks_mut(kp))
-                .for_each(|(((s, sz), x), u)| self.quantize_row(x, u, s, sz, quantize_words));
+        match &mut rows.codes {
+            Codes::Bytes(u) => per_row
+                .zip(u.par_chunks_mut(kp))
+                .for_each(|(((s, sz), x), u)| self.quantize_row(x, u, s, sz, quantize_group)),
+            Codes::Words(u) => per_row
+                .zip(u.par_chunks_mut(kp))
+                .for_each(|(((s, sz), x), u)| self.quantize_row(x, u, s, sz, quantize_words)),
         }
         rows
     }
@@ -259,8 +290,7 @@ impl Q8Linear {
                 let cols = p * NR..((p + 1) * NR).min(n);
                 for (r0, mr) in row_tiles(row_range.clone()) {
                     let a = Activations {
-                        bytes: rows.bytes.get(r0 * kp..(r0 + mr) * kp).unwrap_or(&[]),
-                        words: rows.words.get(r0 * kp..(r0 + mr) * kp).unwrap_or(&[]),
+                        codes: rows.codes.rows(r0 * kp..(r0 + mr) * kp),
                         scale: &rows.scale[r0 * groups..(r0 + mr) * groups],
                         scaled_zero: &rows.scaled_zero[r0 * groups..(r0 + mr) * groups],
                     };
@@ -443,11 +473,9 @@ dispatch_simd!(
     }
 );
 
-/// Up to `MR` rows of quantized activations, `[rows][groups * GROUP]` in `bytes` (for
-/// VNNI) or in `words` (elsewhere; the other is empty), and `scale` `[rows][groups]`.
+/// Up to `MR` rows of quantized activations, and `scale` `[rows][groups]`.
 struct Activations<'a> {
-    bytes: &'a [u8],
-    words: &'a [i16],
+    codes: CodeRows<'a>,
     scale: &'a [f32],
     /// `[rows][groups]`: scale times zero point.
     scaled_zero: &'a [f32],
@@ -466,35 +494,35 @@ struct Panel<'a> {
 fn tile(a: &Activations, groups: usize, mr: usize, panel: &Panel, acc: &mut [[f32; NR]; MR]) {
     let kp = groups * GROUP;
     assert!(mr <= MR && mr > 0);
-    assert!(a.bytes.len().max(a.words.len()) >= mr * kp && a.scale.len() >= mr * groups);
+    assert!(a.codes.len() >= mr * kp && a.scale.len() >= mr * groups);
     assert!(a.scaled_zero.len() >= mr * groups);
     assert!(panel.weights.len() >= kp * NR && panel.scale.len() >= groups * NR);
     assert!(panel.sums.len() >= groups * NR);
-    #[cfg(target_arch = "x86_64")]
-    if vnni_available() && a.bytes.len() >= mr * kp {
-        // SAFETY: the features were just detected; the asserts above bound every access.
-        unsafe {
-            match mr {
-                8 => tile_vnni::<8>(a, groups, panel, acc),
-                7 => tile_vnni::<7>(a, groups, panel, acc),
-                6 => tile_vnni::<6>(a, groups, panel, acc),
-                5 => tile_vnni::<5>(a, groups, panel, acc),
-                4 => tile_vnni::<4>(a, groups, panel, acc),
-                3 => tile_vnni::<3>(a, groups, panel, acc),
-                2 => tile_vnni::<2>(a, groups, panel, acc),
-                _ => tile_vnni::<1>(a, groups, panel, acc),
+    match a.codes {
+        #[cfg(target_arch = "x86_64")]
+        CodeRows::Bytes(bytes) if vnni_available() => {
+            // SAFETY: the features were just detected; the asserts above bound every access.
+            unsafe {
+                match mr {
+                    8 => tile_vnni::<8>(bytes, a, groups, panel, acc),
+                    7 => tile_vnni::<7>(bytes, a, groups, panel, acc),
+                    6 => tile_vnni::<6>(bytes, a, groups, panel, acc),
+                    5 => tile_vnni::<5>(bytes, a, groups, panel, acc),
+                    4 => tile_vnni::<4>(bytes, a, groups, panel, acc),
+                    3 => tile_vnni::<3>(bytes, a, groups, panel, acc),
+                    2 => tile_vnni::<2>(bytes, a, groups, panel, acc),
+                    _ => tile_vnni::<1>(bytes, a, groups, panel, acc),
+                }
             }
         }
-        return;
+        // `row_tiles` cuts tiles of at most `AVX2_ROWS` rows wherever this kernel runs.
+        #[cfg(target_arch = "x86_64")]
+        CodeRows::Words(words) if avx2_available() && mr <= AVX2_ROWS => {
+            // SAFETY: AVX2 was detected; the asserts above bound every access.
+            unsafe { tile_avx2(words, a, groups, mr, panel, acc) };
+        }
+        _ => tile_portable(a, groups, mr, panel, acc),
     }
-    #[cfg(target_arch = "x86_64")]
-    // `row_tiles` cuts tiles of at most `AVX2_ROWS` rows wherever this kernel runs.
-    if avx2_available() && a.words.len() >= mr * kp && mr <= AVX2_ROWS {
-        // SAFETY: AVX2 was detected; the asserts above bound every access.
-        unsafe { tile_avx2(a, groups, mr, panel, acc) };
-        return;
-    }
-    tile_portable(a, groups, mr, panel, acc);
 }
 
 /// Whether this CPU runs the AVX2 int8 kernel: AVX2 without VNNI (checked once).
@@ -523,11 +551,12 @@ pub fn avx2_available() -> bool {
 /// registers), for up to `AVX2_ROWS` rows (12 accumulators).
 ///
 /// # Safety
-/// The CPU must have AVX2; `mr <= AVX2_ROWS`; `a` (with `words` filled) and `panel` must
+/// The CPU must have AVX2; `mr <= AVX2_ROWS`; `words` (`a`'s codes), `a` and `panel` must
 /// hold `mr` rows and `groups` groups (as `tile` asserts).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn tile_avx2(
+    words: &[i16],
     a: &Activations,
     groups: usize,
     mr: usize,
@@ -536,12 +565,12 @@ unsafe fn tile_avx2(
 ) {
     for chunk in 0..NR / 8 {
         match mr {
-            6 => chunk_avx2::<6>(a, groups, panel, chunk, acc),
-            5 => chunk_avx2::<5>(a, groups, panel, chunk, acc),
-            4 => chunk_avx2::<4>(a, groups, panel, chunk, acc),
-            3 => chunk_avx2::<3>(a, groups, panel, chunk, acc),
-            2 => chunk_avx2::<2>(a, groups, panel, chunk, acc),
-            _ => chunk_avx2::<1>(a, groups, panel, chunk, acc),
+            6 => chunk_avx2::<6>(words, a, groups, panel, chunk, acc),
+            5 => chunk_avx2::<5>(words, a, groups, panel, chunk, acc),
+            4 => chunk_avx2::<4>(words, a, groups, panel, chunk, acc),
+            3 => chunk_avx2::<3>(words, a, groups, panel, chunk, acc),
+            2 => chunk_avx2::<2>(words, a, groups, panel, chunk, acc),
+            _ => chunk_avx2::<1>(words, a, groups, panel, chunk, acc),
         }
     }
 }
@@ -555,6 +584,7 @@ unsafe fn tile_avx2(
 #[target_feature(enable = "avx2,fma")]
 #[inline]
 unsafe fn chunk_avx2<const R: usize>(
+    words: &[i16],
     a: &Activations,
     groups: usize,
     panel: &Panel,
@@ -564,7 +594,7 @@ unsafe fn chunk_avx2<const R: usize>(
     use std::arch::x86_64::*;
     let kp = groups * GROUP;
     let col = chunk * 8;
-    let xp = a.words.as_ptr();
+    let xp = words.as_ptr();
     let wp = panel.weights.as_ptr().add(col * 4);
     let mut f = [_mm256_setzero_ps(); R];
     for g in 0..groups {
@@ -624,21 +654,31 @@ fn tile_portable(
     panel: &Panel,
     acc: &mut [[f32; NR]; MR],
 ) {
+    match a.codes {
+        CodeRows::Bytes(bytes) => tile_portable_codes(bytes, a, groups, mr, panel, acc),
+        CodeRows::Words(words) => tile_portable_codes(words, a, groups, mr, panel, acc),
+    }
+}
+
+fn tile_portable_codes<T: Copy + Into<i32>>(
+    codes: &[T],
+    a: &Activations,
+    groups: usize,
+    mr: usize,
+    panel: &Panel,
+    acc: &mut [[f32; NR]; MR],
+) {
     let kp = groups * GROUP;
     for (i, acc) in acc.iter_mut().take(mr).enumerate() {
         acc.fill(0.0);
         for g in 0..groups {
             let mut sums = [0i32; NR];
             for kk in (g * GROUP..(g + 1) * GROUP).step_by(4) {
-                let quad: [i32; 4] = if a.words.is_empty() {
-                    std::array::from_fn(|t| i32::from(a.bytes[i * kp + kk + t]))
-                } else {
-                    std::array::from_fn(|t| i32::from(a.words[i * kp + kk + t]))
-                };
+                let quad = &codes[i * kp + kk..i * kp + kk + 4];
                 let w = &panel.weights[kk / 4 * NR * 4..(kk / 4 + 1) * NR * 4];
                 for (j, sum) in sums.iter_mut().enumerate() {
                     for t in 0..4 {
-                        *sum += quad[t] * i32::from(w[j * 4 + t]);
+                        *sum += quad[t].into() * i32::from(w[j * 4 + t]);
                     }
                 }
             }
@@ -656,11 +696,12 @@ fn tile_portable(
 /// lane's i32 sum.
 ///
 /// # Safety
-/// The CPU must have AVX-512 F, BW and VNNI; `a` and `panel` must hold `R` rows and
-/// `groups` groups (as `tile` asserts).
+/// The CPU must have AVX-512 F, BW and VNNI; `bytes` (`a`'s codes), `a` and `panel` must
+/// hold `R` rows and `groups` groups (as `tile` asserts).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
 unsafe fn tile_vnni<const R: usize>(
+    bytes: &[u8],
     a: &Activations,
     groups: usize,
     panel: &Panel,
@@ -669,7 +710,7 @@ unsafe fn tile_vnni<const R: usize>(
     use std::arch::x86_64::*;
     let kp = groups * GROUP;
     let mut f = [[_mm512_setzero_ps(); 3]; R];
-    let (ap, wp) = (a.bytes.as_ptr(), panel.weights.as_ptr());
+    let (ap, wp) = (bytes.as_ptr(), panel.weights.as_ptr());
     for g in 0..groups {
         let mut c = [[_mm512_setzero_si512(); 3]; R];
         for step in g * GROUP / 4..(g + 1) * GROUP / 4 {
@@ -992,14 +1033,12 @@ mod tests {
         let zeros: Vec<f32> = (0..MR * groups).map(|i| (i % 7) as f32 * 0.1).collect();
         let sums: Vec<f32> = (0..groups * NR).map(|i| (i % 11) as f32 - 5.0).collect();
         let bytes = Activations {
-            bytes: &data,
-            words: &[],
+            codes: CodeRows::Bytes(&data),
             scale: &scale,
             scaled_zero: &zeros,
         };
         let words = Activations {
-            bytes: &[],
-            words: &wide,
+            codes: CodeRows::Words(&wide),
             scale: &scale,
             scaled_zero: &zeros,
         };
