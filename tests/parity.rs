@@ -235,6 +235,80 @@ fn q8_keeps_labels() {
     assert!(err.contains("--quantize q8"), "{err}");
 }
 
+/// q8 on the portable path (CPUs without AVX2) against the AVX2 kernels, through the
+/// binary: both quantize activations to words, so only f32 rounding may separate them.
+/// Their calibration once did: the portable path computes a padded batch's padding rows
+/// and recorded their ranges too, which moved the first 150 cases' logits by up to 0.016
+/// (mean 0.0049; over all 883, 0.025 and one label); calibrated one text per pass, by
+/// 7.2e-4 (mean 1.5e-4). 150 cases: the portable run is the slow part.
+#[test]
+fn q8_portable_path_matches_the_kernels() {
+    use bert_cli::kernels::cpu;
+    if !cpu::fast_kernels() {
+        say("q8_portable_path_matches_the_kernels: skipped: this CPU has no AVX2, so both runs would take the portable path");
+        return;
+    }
+    if cpu::vnni() {
+        say("q8_portable_path_matches_the_kernels: skipped: this CPU's VNNI kernel takes byte activations, the portable code words, so they differ by design");
+        return;
+    }
+    let cases = reference("minilm-sst2");
+    let cases = &cases["cases"].as_array().unwrap()[..150];
+    let input: String = cases
+        .iter()
+        .map(|c| format!("{}\n", c["text"].as_str().unwrap().replace('\n', " ")))
+        .collect();
+    let run = |portable: bool| -> Vec<Vec<f32>> {
+        let mut cmd = bert_cli();
+        if portable {
+            cmd.env("BERT_CLI_PORTABLE", "1");
+        } else {
+            cmd.env_remove("BERT_CLI_PORTABLE");
+        }
+        let out = run_with_stdin(
+            cmd.args([
+                "classify",
+                "--quantize",
+                "q8",
+                "--format",
+                "jsonl",
+                "--all-scores",
+                "--model",
+            ])
+            .arg(minilm_sst2()),
+            input.as_bytes(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                floats(&v["logits"])
+            })
+            .collect()
+    };
+    let (portable, kernels) = (run(true), run(false));
+    assert_eq!(portable.len(), cases.len());
+    let (mut worst, mut mean) = (0f32, 0f64);
+    for (i, (p, k)) in portable.iter().zip(&kernels).enumerate() {
+        let d = max_diff(p, k);
+        worst = worst.max(d);
+        mean += f64::from(d) / cases.len() as f64;
+        if (k[1] - k[0]).abs() > 0.01 {
+            assert_eq!(p[1] > p[0], k[1] > k[0], "case {i}: {p:?} vs {k:?}");
+        }
+    }
+    eprintln!(
+        "q8, portable path against the kernels: worst logit difference {worst:e}, mean {mean:e}"
+    );
+    assert!(worst < 3e-3 && mean < 1e-3, "worst {worst}, mean {mean}");
+}
+
 #[test]
 fn long_input_is_truncated_to_512_tokens() {
     let engine = engine(&minilm_sst2());

@@ -265,11 +265,16 @@ pub fn classify_with(model: &Path, args: &[&str], stdin: &[u8]) -> Output {
 
 /// `bert-cli COMMAND --model MODEL ARGS`, fed `stdin` as `classify_with` does.
 pub fn command_with(command: &str, model: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = bert_cli()
-        .arg(command)
-        .arg("--model")
-        .arg(model)
-        .args(args)
+    run_with_stdin(
+        bert_cli().arg(command).arg("--model").arg(model).args(args),
+        stdin,
+    )
+}
+
+/// Runs `cmd` to the end, fed `stdin` from a thread of its own (so a large input cannot
+/// deadlock against unread output).
+pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
+    let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
