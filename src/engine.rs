@@ -176,7 +176,7 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Int8 dense layers, calibrated first: one f32 pass over `CALIBRATION_TEXTS` records
+    /// Int8 dense layers, calibrated first: f32 passes over `CALIBRATION_TEXTS` record
     /// the range of every input channel, so that each layer can balance its int8 scales
     /// between input and weight (see `kernels::cpu::q8`). On the MiniLM fixture this took
     /// the mean change of the SST-2 dev logit margin against f32 from 0.043 to 0.026 with
@@ -187,18 +187,17 @@ impl Engine {
             .map(|t| self.encode(t))
             .collect::<Result<Vec<_>>>()?;
         self.model.record_input_ranges();
-        // A padded batch would add its padding rows to the ranges where the backend
-        // computes them (candle's, on CPUs without AVX2), and q8 would then differ from
-        // the padding-free kernels' by up to 0.025 in a logit (MiniLM, the parity cases). Such a
-        // backend calibrates one text per pass; the kernels take all eight at once, which
-        // starts 5% sooner and records the same ranges to the bit.
-        let texts: Vec<&Encoded> = texts.iter().collect();
-        let passes: Vec<&[&Encoded]> = if self.backend.computes_padding() {
-            texts.chunks(1).collect()
+        // A padded batch would add its padding rows to the ranges wherever the model
+        // computes them (candle's path, on CPUs without AVX2; DeBERTa), and q8 would then
+        // differ from the padding-free kernels' by up to 0.025 in a logit (MiniLM, the
+        // parity cases). Those calibrate one text per pass; the padding-free kernels take
+        // all eight at once, which starts 5% sooner and records the same ranges to the bit.
+        let per_pass = if self.model.skips_padding() {
+            texts.len()
         } else {
-            vec![&texts]
+            1
         };
-        for pass in passes {
+        for pass in texts.iter().collect::<Vec<_>>().chunks(per_pass.max(1)) {
             self.predict(pass, false)
                 .context("the calibration pass of --quantize q8 failed")?;
         }

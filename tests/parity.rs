@@ -239,13 +239,13 @@ fn q8_keeps_labels() {
 /// binary: both quantize activations to words, so only f32 rounding may separate them.
 /// Their calibration once did: the portable path computes a padded batch's padding rows
 /// and recorded their ranges too, which moved the first 150 cases' logits by up to 0.016
-/// (mean 0.0049; over all 883, 0.025 and one label); calibrated one text per pass, by
-/// 7.2e-4 (mean 1.5e-4). 150 cases: the portable run is the slow part.
+/// (mean 0.0049; over all 883, 0.025 and one label); calibrated one text per pass, these
+/// 150 by 7.2e-4 (mean 1.5e-4). 150 cases: the portable run is the slow part.
 #[test]
 fn q8_portable_path_matches_the_kernels() {
     use bert_cli::kernels::cpu;
     if !cpu::fast_kernels() {
-        say("q8_portable_path_matches_the_kernels: skipped: this CPU has no AVX2, so both runs would take the portable path");
+        say("q8_portable_path_matches_the_kernels: skipped: this CPU has no AVX2 (or BERT_CLI_PORTABLE is set), so both runs would take the portable path");
         return;
     }
     if cpu::vnni() {
@@ -260,6 +260,9 @@ fn q8_portable_path_matches_the_kernels() {
         .collect();
     let run = |portable: bool| -> Vec<Vec<f32>> {
         let mut cmd = bert_cli();
+        // Only the variable under test picks the path.
+        cmd.env_remove("BERT_CLI_CANDLE_OPS")
+            .env_remove("BERT_CLI_FORCE_KERNELS");
         if portable {
             cmd.env("BERT_CLI_PORTABLE", "1");
         } else {
@@ -293,7 +296,7 @@ fn q8_portable_path_matches_the_kernels() {
             .collect()
     };
     let (portable, kernels) = (run(true), run(false));
-    assert_eq!(portable.len(), cases.len());
+    assert_eq!((portable.len(), kernels.len()), (cases.len(), cases.len()));
     let (mut worst, mut mean) = (0f32, 0f64);
     for (i, (p, k)) in portable.iter().zip(&kernels).enumerate() {
         let d = max_diff(p, k);

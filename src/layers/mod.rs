@@ -71,12 +71,6 @@ impl Backend {
         matches!(self, Self::Kernels | Self::CandleCpu { model_f32: true })
     }
 
-    /// Whether a padded batch's padding rows go through the layers (every backend but
-    /// the kernels, which lay each text's real tokens back to back).
-    pub fn computes_padding(self) -> bool {
-        self != Self::Kernels
-    }
-
     /// In words, for `info` and warnings.
     pub fn describe(self) -> &'static str {
         match self {

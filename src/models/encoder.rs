@@ -224,6 +224,13 @@ impl Encoder {
         })
     }
 
+    /// Whether `forward` without attention lays each text's real tokens back to back:
+    /// on the kernels, when the last layer may run for the first token alone (the rows
+    /// then need not stay in place).
+    pub fn skips_padding(&self) -> bool {
+        self.backend == Backend::Kernels && self.first_token_last
+    }
+
     /// Has the layers `quantize_q8` converts record the range of their inputs from now
     /// on: a forward pass over a few texts then calibrates them.
     pub fn record_input_ranges(&mut self) {
@@ -338,6 +345,10 @@ impl<E: Embed> Classifier for SequenceClassifier<E> {
 
     fn head_is_trained(&self) -> bool {
         self.head.trained
+    }
+
+    fn skips_padding(&self) -> bool {
+        self.encoder.skips_padding()
     }
 
     fn record_input_ranges(&mut self) {

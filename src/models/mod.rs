@@ -57,6 +57,11 @@ pub trait Classifier: Send + Sync {
     /// Whether the classification head came from the checkpoint (false: seeded).
     fn head_is_trained(&self) -> bool;
 
+    /// Whether a forward pass without attention runs each text's real tokens alone, no
+    /// padding rows through any layer (so a batch's rows are the same as its texts'
+    /// alone).
+    fn skips_padding(&self) -> bool;
+
     /// Has the dense layers `quantize_q8` converts record their input ranges during the
     /// forward passes that follow (a calibration).
     fn record_input_ranges(&mut self);

@@ -4,12 +4,13 @@
 //! bert-base's shapes and repacks the weight on every call. Here the weight is packed
 //! once into panels of `NR` columns, laid out so the kernel reads each one front to back,
 //! and the activations are read in place. The loops follow the usual blocking: a panel's
-//! slice of `KC` input channels stays in L1 while every row tile of a task passes over it,
-//! and the task's rows (`MC x KC`) stay in L2 while the task walks its panels.
+//! slice of `KC` input channels (`block_len`) stays in cache while every row tile of a
+//! task passes over it, and the task's rows (`MC x KC`) stay in L2 while the task walks
+//! its panels.
 //!
-//! `microkernel` multiplies one register tile, `store` finishes and writes it. Results
-//! differ from a plain dot product only in summation order (f32 FMAs, `KC` at a time),
-//! well inside the parity tolerance.
+//! `microkernel` multiplies one register tile, `store` finishes and writes it. Each value
+//! is one chain of f32 FMAs over the input channels in order, whatever the blocks: it
+//! differs from a plain dot product only in rounding, well inside the parity tolerance.
 
 use candle_core::{Result, Tensor};
 use rayon::prelude::*;
@@ -19,7 +20,8 @@ use super::par::{par_tasks, Disjoint};
 use super::store::{store_panel, Dest, Finish};
 use super::tensor;
 
-/// Input channels per pass over a panel: `KC x NR` floats (32 KiB) is the L1 working set.
+/// Input channels per pass over a panel: `KC x NR` floats (32 KiB) is the L1 working set
+/// (a last block of at most `KC / 2` joins the one before on AVX2: `block_len`).
 const KC: usize = 256;
 /// Rows per parallel task: `MC x KC` floats (96 KiB) of activations stay in L2.
 const MC: usize = 96;
@@ -147,18 +149,19 @@ impl PackedLinear {
         tensor::from_aligned(y, offset, m, self.n)
     }
 
-    /// The weights to fetch into cache while the tiles work on the block that ends at
-    /// `end` (an offset into `packed`): the block after the next one, empty past the
-    /// end of the weights.
+    /// The weights to fetch into cache while the tiles work on a block of `kc` input
+    /// channels that ends at `end` (an offset into `packed`): the block after the next
+    /// one (blocks of a layer's panels are all `kc` long but a short last one), empty
+    /// past the end of the weights.
     ///
     /// Loaded on demand, each block stalled the first tile that read it, and one
     /// sentence at a time reads every weight from memory. At batch 1 the block after
     /// next ran 4% faster than the next block, and three ahead slower (it evicts what
     /// is still in use). Past a panel's end this is the next panel, which the same
     /// thread usually takes next.
-    fn prefetch_block(&self, end: usize) -> &[f32] {
-        let start = (end + KC * NR).min(self.packed.len());
-        &self.packed[start..(start + KC * NR).min(self.packed.len())]
+    fn prefetch_block(&self, end: usize, kc: usize) -> &[f32] {
+        let start = (end + kc * NR).min(self.packed.len());
+        &self.packed[start..(start + kc * NR).min(self.packed.len())]
     }
 
     /// `x` is `[m, in]`, f32. Returns `[m, out]` with `x Wᵀ + b` in every row for the
@@ -293,7 +296,7 @@ impl PackedLinear {
                 let mut k0 = 0;
                 while k0 < k {
                     let kc = block_len(k - k0);
-                    let ahead = self.prefetch_block(p * k * NR + (k0 + kc) * NR);
+                    let ahead = self.prefetch_block(p * k * NR + (k0 + kc) * NR, kc);
                     let share = (ahead.len().div_ceil(tiles * LINE) * LINE).max(LINE);
                     let mut shares = ahead.chunks(share);
                     for ((r0, mr), acc) in row_tiles(rows.clone()).zip(acc.iter_mut()) {
@@ -350,13 +353,13 @@ impl PackedLinear {
 /// short block costs about what a full one does (a pass per row tile, its accumulators
 /// loaded and stored), so MiniLM's 384 channels ran as 256 + 128 about 5% slower than as
 /// one block (one thread, 25 x 384 x 1152 with the weights streamed, alternating runs);
-/// the block outgrowing L1 did not show. Whole runs gained less, a percent at most
-/// (MiniLM on SST-2 dev, new / old wall: batch 1 0.991 and 1.003 over 8 and 10
-/// alternating pairs, batches of 32 0.983 and 0.993 over 8). The sums are the same
-/// either way: each runs through every channel in order, one FMA at a time. AVX-512
-/// hosts keep `KC` (not measured there: none was at hand).
+/// the block outgrowing L1 did not show. Whole runs gained less (MiniLM on SST-2 dev,
+/// new / old wall: one sentence at a time 0.984 over 10 alternating pairs, batches of
+/// 32 1.007 over 8, inside this machine's noise). The sums are the same either way:
+/// each runs through every channel in order, one FMA at a time. AVX-512 hosts keep `KC`
+/// (not measured there: none was at hand); so does the portable tile.
 fn block_len(left: usize) -> usize {
-    if left <= KC + KC / 2 && !super::avx512() {
+    if left <= KC + KC / 2 && super::avx2() && !super::avx512() {
         left
     } else {
         KC.min(left)
