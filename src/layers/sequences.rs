@@ -26,6 +26,12 @@ pub struct Sequences {
 }
 
 impl Sequences {
+    /// Whether `lay_out` lays the real tokens back to back (no padding rows) on
+    /// `backend` when asked for `first_tokens_only`.
+    pub fn drops_padding(backend: Backend, first_tokens_only: bool) -> bool {
+        backend == Backend::Kernels && first_tokens_only
+    }
+
     /// Lays out the embeddings `x`, `[batch, seq, hidden]`, with `mask` `[batch, seq]`
     /// (1 for real tokens, 0 for padding). `first_tokens_only`: the caller will read
     /// nothing but each sequence's first token at the end (the last layer runs with
@@ -49,7 +55,7 @@ impl Sequences {
             return Ok((x, padded(mask_bias, Vec::new())));
         }
         let bias = mask_bias.flatten_all()?.to_vec1::<f32>()?;
-        if !first_tokens_only || t == 0 {
+        if !Self::drops_padding(backend, first_tokens_only) || t == 0 {
             return Ok((x, padded(mask_bias, bias)));
         }
         let (mut starts, mut rows, mut kept) = (vec![0], Vec::new(), Vec::new());

@@ -228,7 +228,7 @@ impl Encoder {
     /// on the kernels, when the last layer may run for the first token alone (the rows
     /// then need not stay in place).
     pub fn skips_padding(&self) -> bool {
-        self.backend == Backend::Kernels && self.first_token_last
+        Sequences::drops_padding(self.backend, self.first_token_last)
     }
 
     /// Has the layers `quantize_q8` converts record the range of their inputs from now
