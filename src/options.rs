@@ -12,7 +12,7 @@ use crate::cli::{
 };
 use crate::engine::EngineOptions;
 use crate::hub::HubOptions;
-use crate::input::{self, InputFormat, InputOptions, Records};
+use crate::input::{self, Arrival, InputFormat, InputOptions, Records};
 use crate::models::config::Scoring;
 use crate::output::attention::{DumpFormat, DumpOptions};
 use crate::output::{FormatKind, FormatOptions};
@@ -24,7 +24,7 @@ use crate::task::{Aggregate, LongText};
 pub struct Source {
     /// The records.
     pub records: Records,
-    /// The input file's size in bytes, when it is a regular file.
+    /// Bytes left to read, when the input is a regular file (`--input FILE` or `< FILE`).
     pub size: Option<u64>,
     /// Typed at a terminal or given as arguments.
     pub interactive: bool,
@@ -248,8 +248,14 @@ impl InputArgs {
                     .filter(|m| m.is_file())
                     .map(|m| m.len());
                 let name = p.display().to_string();
+                // A FIFO or a device named as a file still streams.
+                let arrival = if size.is_some() {
+                    Arrival::Ready
+                } else {
+                    Arrival::Stream
+                };
                 Ok(Source {
-                    records: input::open(Box::new(file), &name, opts)?,
+                    records: input::open(Box::new(file), &name, opts)?.arriving(arrival),
                     size,
                     interactive: false,
                 })
@@ -267,14 +273,40 @@ impl InputArgs {
                     };
                     eprintln!("bert-cli: reading {what} from standard input (Ctrl-D to end)");
                 }
+                // `< FILE` is as complete as --input FILE (and has a size for the bar).
+                let size = if interactive { None } else { stdin_file_size() };
+                let arrival = match (interactive, size) {
+                    (true, _) => Arrival::Typed,
+                    (false, Some(_)) => Arrival::Ready,
+                    (false, None) => Arrival::Stream,
+                };
                 Ok(Source {
-                    records: input::open(Box::new(io::stdin()), "stdin", opts)?,
-                    size: None,
+                    records: input::open(Box::new(io::stdin()), "stdin", opts)?.arriving(arrival),
+                    size,
                     interactive,
                 })
             }
         }
     }
+}
+
+/// The size of the regular file standard input reads, if it is one.
+#[cfg(unix)]
+fn stdin_file_size() -> Option<u64> {
+    use std::io::Seek;
+    use std::os::fd::AsFd;
+    let fd = io::stdin().as_fd().try_clone_to_owned().ok()?;
+    let mut file = std::fs::File::from(fd);
+    let meta = file.metadata().ok()?;
+    // What is left to read: a shell may hand over a file already partly read.
+    let read = file.stream_position().unwrap_or(0);
+    meta.is_file().then(|| meta.len().saturating_sub(read))
+}
+
+/// The size of the regular file standard input reads, if it is one.
+#[cfg(not(unix))]
+fn stdin_file_size() -> Option<u64> {
+    None
 }
 
 impl Source {

@@ -1,17 +1,19 @@
 //! Streams inputs through the engine in batches and hands results to the outputs in input
-//! order. A reader thread keeps memory bounded; a window of inputs is cut as soon as no
-//! more input is waiting, so an interactive pipe sees each answer without waiting for end
-//! of input. Within a window, inputs are sorted by length so each padded batch wastes
-//! little work on padding, then results are put back in input order.
+//! order. A reader thread keeps memory bounded; a window of inputs is filled from a file
+//! or arguments, and cut early from a pipe that pauses or a terminal, so an interactive
+//! stream sees each answer without waiting for end of input. Within a window, inputs are
+//! sorted by length so each padded batch wastes little work on padding, then results are
+//! put back in input order.
 
-use std::sync::mpsc::{sync_channel, Receiver, TryRecvError};
+use std::sync::mpsc::{sync_channel, Receiver};
 use std::thread;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 
 use crate::engine::{Engine, Prediction};
-use crate::input::{Item, Records};
+use crate::input::{Arrival, Item, Records};
 use crate::output::attention::AttentionDump;
 use crate::output::{Format, Record};
 use crate::progress::Progress;
@@ -60,8 +62,9 @@ impl PipelineOptions {
 const ATTENTION_CELLS_PER_TOKEN: usize = 64;
 
 /// Inputs sorted together; larger windows pad less but hold more results back. 32 batches
-/// beat 8 by 8% on mixed-length review snippets; a window is cut early anyway whenever
-/// no more input is waiting, so an interactive stream still answers line by line.
+/// beat 8 by 8% on mixed-length review snippets; a window from a pipe that pauses or a
+/// terminal is cut early (`next_window`), so an interactive stream still answers line by
+/// line.
 const WINDOW_BATCHES: usize = 32;
 
 /// How a run went.
@@ -96,19 +99,14 @@ pub fn run(
     let quiet = !opts.warn;
     let window = opts.batch_size.max(1) * WINDOW_BATCHES;
     let mut summary = Summary::default();
+    let arrival = records.arrival;
     let rx = spawn_reader(records, window * 2);
     loop {
         let first = match rx.recv() {
             Ok(item) => item?,
             Err(_) => break,
         };
-        let mut items = vec![first];
-        while items.len() < window {
-            match rx.try_recv() {
-                Ok(item) => items.push(item?),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-            }
-        }
+        let (items, failed_read) = next_window(&rx, first, window, arrival);
         let results = classify_window(engine, task, &items, dump.is_some(), opts)?;
         progress.suspend(|| -> Result<()> {
             for (item, result) in items.iter().zip(&results) {
@@ -136,6 +134,9 @@ pub fn run(
         })?;
         summary.inputs += items.len();
         progress.update(summary.inputs, items.last().map_or(0, |i| i.end_byte));
+        if let Some(e) = failed_read {
+            return Err(e);
+        }
     }
     if !quiet && summary.failed > MAX_WARNINGS {
         eprintln!(
@@ -144,6 +145,42 @@ pub fn run(
         );
     }
     Ok(summary)
+}
+
+/// How long a window from a pipe waits for more records after its first: long enough
+/// for a writer that is only slower than the model (`cat`, a decompressor) to fill it,
+/// so its batches come out as they would from the file, and too short to notice for a
+/// stream that trickles.
+const STREAM_WAIT: Duration = Duration::from_millis(20);
+
+/// `first` and the records after it, up to `window` in all: every one there is for input
+/// that is `Ready` (the batches are then the same in every run), what comes within
+/// `STREAM_WAIT` for a `Stream`, what is already read for `Typed` input. A failed read
+/// ends the window and comes back beside the records read before it, which are still
+/// classified and written.
+fn next_window(
+    rx: &Receiver<Result<Item>>,
+    first: Item,
+    window: usize,
+    arrival: Arrival,
+) -> (Vec<Item>, Option<anyhow::Error>) {
+    let deadline = Instant::now() + STREAM_WAIT;
+    let mut items = vec![first];
+    while items.len() < window {
+        let next = match arrival {
+            Arrival::Ready => rx.recv().ok(),
+            Arrival::Stream => rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .ok(),
+            Arrival::Typed => rx.try_recv().ok(),
+        };
+        match next {
+            Some(Ok(item)) => items.push(item),
+            Some(Err(e)) => return (items, Some(e)),
+            None => break,
+        }
+    }
+    (items, None)
 }
 
 /// Reads records on a thread into a bounded channel, so parsing overlaps the model and
@@ -288,7 +325,79 @@ fn answer(task: &Task, item: &Item, planned: Planned, preds: Vec<Option<Predicti
 
 #[cfg(test)]
 mod tests {
-    use super::{plan_batches, PipelineOptions};
+    use std::sync::mpsc::sync_channel;
+    use std::thread;
+    use std::time::Duration;
+
+    use super::{next_window, plan_batches, Arrival, Item, PipelineOptions, STREAM_WAIT};
+
+    fn item(number: usize) -> Item {
+        Item {
+            number,
+            ..Item::default()
+        }
+    }
+
+    /// The numbers in the window after record 1, and whether it ended in a failed read,
+    /// from a reader that sends records 2, 3 and 4 with `gap` before each (all of them
+    /// before the window starts if `gap` is zero), then a read error if `fail`.
+    fn window_after(arrival: Arrival, gap: Duration, fail: bool) -> (Vec<usize>, bool) {
+        let (tx, rx) = sync_channel(8);
+        let reader = thread::spawn(move || {
+            for n in 2..=4 {
+                thread::sleep(gap);
+                tx.send(Ok(item(n))).unwrap();
+            }
+            if fail {
+                tx.send(Err(anyhow::anyhow!("disk gone"))).unwrap();
+            }
+        });
+        if gap.is_zero() {
+            // No timing in the test: the records are all waiting.
+            while !reader.is_finished() {
+                thread::yield_now();
+            }
+        }
+        let (items, failure) = next_window(&rx, item(1), 8, arrival);
+        reader.join().unwrap();
+        (items.iter().map(|i| i.number).collect(), failure.is_some())
+    }
+
+    #[test]
+    fn windows_wait_for_complete_input_and_not_for_a_terminal() {
+        let slow = STREAM_WAIT * 5;
+        // A file or arguments: however slow the reader, the window holds every record.
+        assert_eq!(
+            window_after(Arrival::Ready, slow, false),
+            (vec![1, 2, 3, 4], false)
+        );
+        // A pipe: what comes within the wait; a writer slower than that is not awaited.
+        assert_eq!(window_after(Arrival::Stream, slow, false), (vec![1], false));
+        assert_eq!(
+            window_after(Arrival::Stream, Duration::ZERO, false),
+            (vec![1, 2, 3, 4], false)
+        );
+        // A terminal: only what is already read.
+        assert_eq!(window_after(Arrival::Typed, slow, false), (vec![1], false));
+        // A full window is cut whatever the input.
+        let (tx, rx) = sync_channel(16);
+        for n in 2..=12 {
+            tx.send(Ok(item(n))).unwrap();
+        }
+        let (items, _) = next_window(&rx, item(1), 8, Arrival::Ready);
+        assert_eq!(items.len(), 8);
+    }
+
+    #[test]
+    fn a_failed_read_ends_the_window_and_keeps_the_records_before_it() {
+        for arrival in [Arrival::Ready, Arrival::Stream, Arrival::Typed] {
+            assert_eq!(
+                window_after(arrival, Duration::ZERO, true),
+                (vec![1, 2, 3, 4], true),
+                "{arrival:?}"
+            );
+        }
+    }
 
     #[test]
     fn batches_are_sorted_and_respect_both_limits() {

@@ -376,3 +376,71 @@ fn a_closed_pipe_leaves_no_half_dump() {
         .collect();
     assert_eq!(left.len(), 1, "only the old file: {left:?}");
 }
+
+/// Collects what the pipeline writes: each record's number and whether it has an answer.
+#[derive(Default)]
+struct Written(Vec<(usize, bool)>);
+
+impl bert_cli::output::Format for Written {
+    fn write(&mut self, record: &bert_cli::output::Record) -> std::io::Result<()> {
+        self.0.push((record.item.number, record.outcome.is_ok()));
+        Ok(())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failed_read_loses_none_of_the_records_read_before_it() {
+    use bert_cli::input::{Arrival, Item, Records};
+    // Five records, then the stream fails (a disk error, a dropped mount): the run ends
+    // with that error, and the five are classified and written first, however the
+    // reader's timing cut them into windows.
+    let engine = family_engine("distilbert");
+    let mut items: Vec<anyhow::Result<Item>> = (1..=5)
+        .map(|n| {
+            Ok(Item {
+                number: n,
+                text: format!("record number {n}"),
+                ..Item::default()
+            })
+        })
+        .collect();
+    items.push(Err(anyhow::anyhow!(
+        "cannot read in.txt at line 6: Input/output error"
+    )));
+    for arrival in [Arrival::Ready, Arrival::Stream, Arrival::Typed] {
+        let records = Records {
+            columns: None,
+            items: Box::new(
+                items
+                    .iter()
+                    .map(|i| match i {
+                        Ok(item) => Ok(item.clone()),
+                        Err(e) => Err(anyhow::anyhow!("{e}")),
+                    })
+                    .collect::<Vec<_>>()
+                    .into_iter(),
+            ),
+            arrival,
+        };
+        let mut out = Written::default();
+        let err = bert_cli::pipeline::run(
+            &engine,
+            &bert_cli::task::Task::Classify(Default::default()),
+            records,
+            &mut out,
+            None,
+            Default::default(),
+            &bert_cli::progress::Progress::hidden(),
+        )
+        .expect_err("a failed read must end the run with an error");
+        assert!(err.to_string().contains("line 6"), "{arrival:?}: {err:#}");
+        assert_eq!(
+            out.0,
+            (1..=5).map(|n| (n, true)).collect::<Vec<_>>(),
+            "{arrival:?}: every record read before the failure is written, in order"
+        );
+    }
+}

@@ -106,6 +106,7 @@ pub fn open(reader: Box<dyn Read + Send>, name: &str, opts: &InputOptions) -> Re
     Ok(Records {
         columns: Some(columns),
         items: Box::new(rows),
+        arrival: super::Arrival::Stream,
     })
 }
 

@@ -118,10 +118,34 @@ pub struct Records {
     pub columns: Option<Vec<String>>,
     /// The records, in order; an `Err` (the stream could not be read) ends them.
     pub items: Box<dyn Iterator<Item = Result<Item>> + Send>,
+    /// Whether reading them can wait on someone else.
+    pub arrival: Arrival,
 }
 
-/// Opens `reader` (called `name` in messages) as records of `opts.format`. CSV/TSV read
-/// their header here, so a column that does not exist fails before any model work.
+/// How records become available, which decides how long the pipeline waits to gather
+/// inputs it sorts and batches together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrival {
+    /// All there already (arguments, a regular file): nothing to wait for but the reader,
+    /// so batches never depend on timing, and neither do scores on the paths whose last
+    /// digits move with a batch's padded length.
+    Ready,
+    /// From a pipe or socket, as fast as the writer goes.
+    Stream,
+    /// Typed at a terminal: each line is answered as soon as it is read.
+    Typed,
+}
+
+impl Records {
+    /// The same records, arriving as `arrival` says.
+    pub fn arriving(self, arrival: Arrival) -> Self {
+        Self { arrival, ..self }
+    }
+}
+
+/// Opens `reader` (called `name` in messages) as records of `opts.format`, arriving as a
+/// stream until the caller says otherwise. CSV/TSV read their header here, so a column
+/// that does not exist fails before any model work.
 pub fn open(reader: Box<dyn Read + Send>, name: &str, opts: &InputOptions) -> Result<Records> {
     if opts.pair_tab && opts.format != InputFormat::Lines {
         anyhow::bail!("--pair splits plain lines at a tab; for JSONL, CSV or TSV records name the second text with --pair-field (--pair-column)");
@@ -141,11 +165,13 @@ pub fn open(reader: Box<dyn Read + Send>, name: &str, opts: &InputOptions) -> Re
             Ok(Records {
                 columns: None,
                 items,
+                arrival: Arrival::Stream,
             })
         }
         InputFormat::Jsonl => Ok(Records {
             columns: None,
             items: Box::new(jsonl::JsonLines::new(reader, name, opts)?),
+            arrival: Arrival::Stream,
         }),
         InputFormat::Csv | InputFormat::Tsv => delimited::open(reader, name, opts),
     }
@@ -163,6 +189,7 @@ pub fn from_args(texts: Vec<String>, pair: Option<String>) -> Records {
                 ..Item::default()
             })
         })),
+        arrival: Arrival::Ready,
     }
 }
 
