@@ -607,6 +607,32 @@ fn completions_and_man_page_are_generated_from_the_flags() {
         "{}",
         String::from_utf8_lossy(&check.stderr)
     );
+    // Completion as bash runs it: the words typed so far, the function the script
+    // registers, the candidates it offers. Subcommands, then a subcommand's flags (a
+    // hyphenated one too), then a flag's values.
+    for (words, want) in [
+        ("bert-cli cl", "classify"),
+        ("bert-cli classify --for", "--format"),
+        ("bert-cli zero-shot --hyp", "--hypothesis-template"),
+        ("bert-cli classify --format j", "jsonl"),
+    ] {
+        let words: Vec<&str> = words.split(' ').collect();
+        let line = format!(
+            "source {}; COMP_WORDS=({}); COMP_CWORD={}; _bert__cli bert-cli {} {}; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            path.display(),
+            words.join(" "),
+            words.len() - 1,
+            words[words.len() - 1],
+            words[words.len() - 2],
+        );
+        let out = Command::new("bash").arg("-c").arg(&line).output().unwrap();
+        let offered = stdout(&out);
+        assert!(
+            offered.lines().any(|w| w == want),
+            "completing {words:?} offers {offered:?}, not {want}; {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     for shell in ["zsh", "fish", "powershell", "elvish"] {
         let out = bert_cli().args(["completions", shell]).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{shell}");
@@ -620,6 +646,7 @@ fn completions_and_man_page_are_generated_from_the_flags() {
         "BERT-CLI CLASSIFY",
         "\\-\\-field",
         "\\-\\-threshold",
+        "[alias: \\-\\-column]",
         "BERT-CLI COMPLETIONS",
     ] {
         assert!(page.contains(want), "man page lacks {want}");

@@ -11,10 +11,53 @@ use bert_cli::cli::Cli;
 
 /// Prints the completion script for `shell`.
 pub fn completions(shell: clap_complete::Shell) -> Result<u8> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "bert-cli", &mut script);
+    if shell == clap_complete::Shell::Bash {
+        script = mend_bash(&String::from_utf8_lossy(&script)).into_bytes();
+    }
     let mut out = io::stdout().lock();
-    clap_complete::generate(shell, &mut Cli::command(), "bert-cli", &mut out);
+    out.write_all(&script)?;
     out.flush()?;
     Ok(EXIT_OK)
+}
+
+/// clap_complete's bash script (4.6) names a subcommand's state `bert__cli__subcmd__X`
+/// where it walks the words, but `bert__subcmd__cli__subcmd__X` where it completes them:
+/// the hyphen in `bert-cli` is spelled two ways (clap-rs/clap#6421), so nothing after a
+/// subcommand ever completed. One spelling for both.
+fn mend_bash(script: &str) -> String {
+    script.replace("bert__subcmd__cli__subcmd__", "bert__cli__subcmd__")
+}
+
+/// `cmd` with each flag's visible aliases named at the end of its help, as `--help`
+/// shows them: clap_mangen (0.2) leaves aliases out of the page.
+fn with_aliases_in_help(cmd: clap::Command) -> clap::Command {
+    let aliased: Vec<(clap::Id, String)> = cmd
+        .get_arguments()
+        .filter_map(|a| {
+            let aliases = a.get_visible_aliases()?;
+            let names: Vec<String> = aliases.iter().map(|n| format!("--{n}")).collect();
+            Some((
+                a.get_id().clone(),
+                format!(" [alias: {}]", names.join(", ")),
+            ))
+        })
+        .collect();
+    aliased.into_iter().fold(cmd, |cmd, (id, note)| {
+        cmd.mut_arg(id, |a| {
+            let help = a.get_help().map(|h| format!("{h}{note}"));
+            let long = a.get_long_help().map(|h| format!("{h}{note}"));
+            let a = match help {
+                Some(h) => a.help(h),
+                None => a,
+            };
+            match long {
+                Some(h) => a.long_help(h),
+                None => a,
+            }
+        })
+    })
 }
 
 /// Prints one man page: the tool, then each subcommand with its options.
@@ -28,7 +71,7 @@ pub fn man() -> Result<u8> {
     top.render_description_section(&mut page)?;
     for sub in cmd.get_subcommands() {
         let name = format!("bert-cli {}", sub.get_name());
-        let sub = sub.clone().bin_name(name.clone());
+        let sub = with_aliases_in_help(sub.clone()).bin_name(name.clone());
         let mut part = Vec::new();
         let man = clap_mangen::Man::new(sub.clone());
         man.render_synopsis_section(&mut part)?;
