@@ -91,6 +91,7 @@ impl SafetensorsFiles {
         let header: HashMap<String, serde_json::Value> =
             serde_json::from_slice(&header).context("the safetensors header is not valid JSON")?;
         let data_start = 8 + header_len;
+        let mut ranges = Vec::with_capacity(header.len());
         for (name, info) in header {
             if name == "__metadata__" {
                 continue;
@@ -116,6 +117,7 @@ impl SafetensorsFiles {
                     info.shape
                 );
             }
+            ranges.push((start, end, name.clone()));
             let entry = Entry {
                 file: self.files.len(),
                 dtype,
@@ -124,6 +126,15 @@ impl SafetensorsFiles {
                 len,
             };
             self.entries.insert(name, entry);
+        }
+        // Two tensors on the same bytes read as if they were fine (one of them wrong),
+        // so a damaged or doctored header is refused as Python's safetensors refuses it.
+        ranges.sort();
+        for pair in ranges.windows(2) {
+            let ((_, end_a, a), (start_b, _, b)) = (&pair[0], &pair[1]);
+            if start_b < end_a {
+                bail!("tensors {a} and {b} overlap in the file (bytes {start_b}..{end_a} of the data): the file is damaged; replace it");
+            }
         }
         self.files.push((path.to_path_buf(), file));
         Ok(())

@@ -265,6 +265,129 @@ fn view_turns_a_json_dump_into_the_page_and_filters_keep_less() {
 }
 
 #[test]
+fn view_refuses_a_damaged_dump_naming_what_is_wrong() {
+    // A short row panicked in the rollout; the others made a page of nonsense.
+    let dir = tempfile::tempdir().unwrap();
+    let good = json_dump(&dump(dir.path(), "attn.json", &[]));
+    type Damage = fn(&mut Value);
+    let cases: [(&str, Damage, &str); 5] = [
+        (
+            "short row",
+            |e| e["attention"][0][0][0] = serde_json::json!([0.5]),
+            "attention is not",
+        ),
+        (
+            "missing layers",
+            |e| e["attention"].as_array_mut().unwrap().truncate(2),
+            "has 2 layers but the entry says 6",
+        ),
+        (
+            "negative",
+            |e| e["attention"][1][2][0][0] = serde_json::json!(-5.0),
+            "holds -5",
+        ),
+        (
+            "huge",
+            |e| e["attention"][1][2][0][0] = serde_json::json!(1e30),
+            "not a probability",
+        ),
+        (
+            "scores",
+            |e| {
+                e["prediction"]["probs"].as_array_mut().unwrap().pop();
+            },
+            "2 labels but 1 scores",
+        ),
+    ];
+    for (what, damage, want) in cases {
+        let mut entries = good.clone();
+        damage(&mut entries[0]);
+        let json = dir.path().join(format!("{}.json", what.replace(' ', "-")));
+        std::fs::write(&json, serde_json::to_vec(&entries).unwrap()).unwrap();
+        let page = dir.path().join("page.html");
+        let out = bert_cli()
+            .args(["view", json.to_str().unwrap(), "-o", page.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        assert!(
+            stderr.contains("record 1") && stderr.contains(want),
+            "{what}: {stderr}"
+        );
+        assert!(!page.exists(), "{what}: a page was left behind");
+    }
+}
+
+#[test]
+fn dumps_go_through_links_into_pipes_and_never_over_the_input() {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = tempfile::tempdir().unwrap();
+    let at = |name: &str| dir.path().join(name);
+    // A link: the file it names gets the dump, and the link stays (it was replaced by
+    // a plain file).
+    std::fs::write(at("real.json"), "old").unwrap();
+    std::os::unix::fs::symlink("real.json", at("link.json")).unwrap();
+    dump(dir.path(), "link.json", &[]);
+    assert!(std::fs::symlink_metadata(at("link.json"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(json_dump(&at("real.json")).len(), 2);
+
+    // A FIFO: its reader gets the dump, and it stays a FIFO (it was replaced, and the
+    // reader got nothing).
+    let fifo = at("pipe.json");
+    match Command::new("mkfifo").arg(&fifo).status() {
+        Ok(s) if s.success() => {
+            let reader = std::thread::spawn({
+                let fifo = fifo.clone();
+                move || std::fs::read_to_string(fifo).unwrap()
+            });
+            dump(dir.path(), "pipe.json", &[]);
+            let got: Value = serde_json::from_str(&reader.join().unwrap()).unwrap();
+            assert_eq!(got.as_array().unwrap().len(), 2);
+            assert!(std::fs::symlink_metadata(&fifo)
+                .unwrap()
+                .file_type()
+                .is_fifo());
+        }
+        _ => say("mkfifo is not available: the FIFO case was not run"),
+    }
+
+    // The input itself, for a dump and for a page: refused before anything is written.
+    let input = at("in.txt");
+    std::fs::write(&input, "a fine film\n").unwrap();
+    let out = classify_with(
+        &minilm_sst2(),
+        &[
+            "-i",
+            input.to_str().unwrap(),
+            "--dump-attention",
+            input.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is also the input"));
+    assert_eq!(std::fs::read_to_string(&input).unwrap(), "a fine film\n");
+    let json = at("real.json");
+    let before = std::fs::read(&json).unwrap();
+    let out = bert_cli()
+        .args([
+            "view",
+            json.to_str().unwrap(),
+            "-o",
+            at("link.json").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is also the input"));
+    assert_eq!(std::fs::read(&json).unwrap(), before);
+}
+
+#[test]
 fn a_failed_run_leaves_no_dump_and_an_existing_file_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("attn.json");

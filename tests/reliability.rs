@@ -68,6 +68,82 @@ fn impossible_config_values_are_refused_at_load() {
     assert!(stderr.contains("layer_norm_eps -1"), "{stderr}");
 }
 
+/// `bytes` (a safetensors file) with its header edited by `edit`.
+fn with_header(bytes: &mut Vec<u8>, edit: impl FnOnce(&mut Value)) {
+    let (mut h, data) = header(bytes);
+    edit(&mut h);
+    let text = serde_json::to_vec(&h).unwrap();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[data..]);
+    *bytes = out;
+}
+
+#[test]
+fn a_classifier_without_outputs_is_refused_at_load() {
+    // It panicked printing the first answer (no label to index).
+    let dir = tempfile::tempdir().unwrap();
+    let m = variant(
+        &family_dir("roberta"),
+        dir.path(),
+        |c| {
+            c["id2label"] = serde_json::json!({});
+            c["label2id"] = serde_json::json!({});
+        },
+        |bytes| {
+            with_header(bytes, |h| {
+                for (name, shape) in [
+                    ("classifier.out_proj.weight", serde_json::json!([0, 64])),
+                    ("classifier.out_proj.bias", serde_json::json!([0])),
+                ] {
+                    let start = h[name]["data_offsets"][0].clone();
+                    h[name]["shape"] = shape;
+                    h[name]["data_offsets"] = serde_json::json!([start, start]);
+                }
+            })
+        },
+    );
+    for format in ["human", "jsonl", "tsv"] {
+        let (code, stdout, stderr) = run(&m, &["-f", format, "--all-scores", "a fine film"]);
+        assert_eq!(code, Some(2), "{format}: {stderr}");
+        assert!(stdout.is_empty(), "{format}: {stdout}");
+        assert!(
+            stderr.contains("classifier.out_proj.weight") && stderr.contains("[0, 64]"),
+            "{format}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn tensors_sharing_bytes_are_refused() {
+    // The bias pointed into the weight's bytes: loaded, and the answer changed.
+    let dir = tempfile::tempdir().unwrap();
+    let m = variant(
+        &family_dir("roberta"),
+        dir.path(),
+        |_| {},
+        |bytes| {
+            with_header(bytes, |h| {
+                let start = h["classifier.out_proj.weight"]["data_offsets"][0]
+                    .as_u64()
+                    .unwrap();
+                let len = h["classifier.out_proj.bias"]["shape"][0].as_u64().unwrap() * 4;
+                h["classifier.out_proj.bias"]["data_offsets"] =
+                    serde_json::json!([start, start + len]);
+            })
+        },
+    );
+    let (code, stdout, stderr) = run(&m, &["a fine film"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(
+        stderr.contains("classifier.out_proj.weight")
+            && stderr.contains("classifier.out_proj.bias")
+            && stderr.contains("overlap"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn config_and_checkpoint_that_disagree_are_named() {
     // Fewer layers in the config than in the checkpoint.
@@ -154,31 +230,39 @@ fn integer_weights_are_refused_not_cast() {
 
 #[test]
 fn nan_results_are_error_records_not_answers() {
-    let dir = tempfile::tempdir().unwrap();
-    let m = variant(
-        &family_dir("roberta"),
-        dir.path(),
-        |_| {},
-        |bytes| {
-            let (h, data) = header(bytes);
-            let start = h["classifier.out_proj.bias"]["data_offsets"][0]
-                .as_u64()
-                .unwrap() as usize;
-            bytes[data + start..data + start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
-        },
-    );
-    let (code, stdout, stderr) = run(&m, &["-f", "jsonl", "a fine film", "another"]);
-    assert_eq!(code, Some(2), "{stderr}");
-    let recs: Vec<Value> = stdout
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(recs.len(), 2, "one record per input");
-    for r in &recs {
-        assert!(r.get("label").is_none(), "a NaN printed as an answer: {r}");
-        assert!(r["error"].as_str().unwrap().contains("non-finite"), "{r}");
+    // A NaN in the last bias; and one early in DistilBERT, whose head has a ReLU: there
+    // a ReLU that turned NaN into 0 printed the classifier's bias as a confident answer.
+    for (family, tensor) in [
+        ("roberta", "classifier.out_proj.bias"),
+        ("distilbert", "distilbert.embeddings.LayerNorm.weight"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let m = variant(
+            &family_dir(family),
+            dir.path(),
+            |_| {},
+            |bytes| {
+                let (h, data) = header(bytes);
+                let start = h[tensor]["data_offsets"][0].as_u64().unwrap() as usize;
+                bytes[data + start..data + start + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+            },
+        );
+        let (code, stdout, stderr) = run(&m, &["-f", "jsonl", "a fine film", "another"]);
+        assert_eq!(code, Some(2), "{family}: {stderr}");
+        let recs: Vec<Value> = stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(recs.len(), 2, "{family}: one record per input");
+        for r in &recs {
+            assert!(
+                r.get("label").is_none(),
+                "{family}: a NaN made an answer: {r}"
+            );
+            assert!(r["error"].as_str().unwrap().contains("non-finite"), "{r}");
+        }
+        assert!(!stdout.contains("NaN\t") && !stdout.contains(": NaN"));
     }
-    assert!(!stdout.contains("NaN\t") && !stdout.contains(": NaN"));
 }
 
 #[test]

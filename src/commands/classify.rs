@@ -76,7 +76,12 @@ pub fn open_io(
 ) -> Result<(Option<AttentionDump>, Source)> {
     let dump = output
         .dump_options(run.quiet)
-        .map(|(path, opts)| AttentionDump::create(path, opts))
+        .map(|(path, opts)| {
+            if let Some(file) = input.input.as_deref() {
+                bert_cli::output::atomic::not_the_input(path, file)?;
+            }
+            AttentionDump::create(path, opts)
+        })
         .transpose()?;
     let source = input.take_source(opts, text_pair, run.quiet)?;
     run.apply_threads();

@@ -32,7 +32,9 @@ impl Activation {
             }
             Self::GeluErf => y.gelu_erf()?,
             Self::GeluTanh => y.gelu()?,
-            Self::Relu => y.relu()?,
+            // NaN stays NaN, as in PyTorch: `max(NaN, 0)` is 0, and a model broken
+            // before DistilBERT's head ReLU then printed its bias as an answer.
+            Self::Relu => y.ne(&y)?.where_cond(&y, &y.relu()?)?,
             Self::Tanh => y.tanh()?,
         })
     }
@@ -46,5 +48,24 @@ impl std::fmt::Display for Activation {
             Self::Relu => "ReLU",
             Self::Tanh => "tanh",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relu_keeps_nan_and_zeroes_the_rest_below_zero() -> Result<()> {
+        let x = Tensor::new(
+            &[f32::NAN, -1.0, 2.0, f32::NEG_INFINITY, -0.0],
+            &candle_core::Device::Cpu,
+        )?;
+        let y = Activation::Relu
+            .apply_fresh(x, Backend::Candle)?
+            .to_vec1::<f32>()?;
+        assert!(y[0].is_nan(), "{y:?}");
+        assert_eq!(&y[1..], &[0.0, 2.0, 0.0, 0.0]);
+        Ok(())
     }
 }

@@ -44,6 +44,9 @@ fn classifier_weight(
             "tensor {full_name} has shape [{num_labels}, {in_dim}], expected [num_labels, {width}]"
         );
     }
+    if num_labels == 0 {
+        bail!("tensor {full_name} has shape [0, {in_dim}]: a classifier without outputs has no label to give");
+    }
     Ok((w, num_labels))
 }
 

@@ -11,7 +11,7 @@ use serde::de::{Deserializer, SeqAccess, Visitor};
 use serde::Deserialize;
 
 use super::html::{self, PageEntry};
-use crate::output::atomic::AtomicFile;
+use crate::output::atomic::{self, AtomicFile};
 
 /// The fields of a JSON dump entry the page needs.
 #[derive(Deserialize)]
@@ -32,6 +32,10 @@ struct DumpEntry {
     parts: Option<usize>,
     tokens: Vec<String>,
     #[serde(default)]
+    num_layers: Option<usize>,
+    #[serde(default)]
+    num_heads: Option<usize>,
+    #[serde(default)]
     layers: Option<Vec<usize>>,
     #[serde(default)]
     heads: Option<Vec<usize>>,
@@ -49,6 +53,7 @@ struct DumpPrediction {
 /// Writes the page for the dump at `input` to `output`; returns how many inputs it shows.
 pub fn json_to_html(input: &Path, output: &Path) -> Result<usize> {
     let file = File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
+    atomic::not_the_input(output, input)?;
     let mut out = AtomicFile::create(output)?;
     let mut count = 0;
     let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(1 << 20, file));
@@ -65,6 +70,7 @@ pub fn json_to_html(input: &Path, output: &Path) -> Result<usize> {
             .heads
             .clone()
             .unwrap_or_else(|| (0..e.attention.first().map_or(0, Vec::len)).collect());
+        check(&e, &layers, &heads)?;
         // Rollout multiplies through every layer, so a dump that kept only some has none.
         let rollout = e.layers.is_none() && e.heads.is_none();
         let page = PageEntry {
@@ -94,6 +100,50 @@ pub fn json_to_html(input: &Path, output: &Path) -> Result<usize> {
     out.write(html::closing().as_bytes())?;
     out.commit()?;
     Ok(count)
+}
+
+/// That `e`'s attention is one `n x n` matrix of probabilities per listed layer and head
+/// for its `n` tokens, and its prediction one probability per label: the page and its
+/// rollout index by these, and a hand-edited or damaged dump must not reach them.
+fn check(e: &DumpEntry, layers: &[usize], heads: &[usize]) -> Result<()> {
+    let (n, at) = (e.tokens.len(), format!("record {}", e.record));
+    let num_layers = e.num_layers.unwrap_or(layers.len());
+    if e.attention.len() != layers.len() || e.attention.len() != num_layers {
+        anyhow::bail!(
+            "{at}: attention has {} layers but the entry says {num_layers}",
+            e.attention.len(),
+        );
+    }
+    let num_heads = e.num_heads.unwrap_or(heads.len());
+    for (layer, matrices) in layers.iter().zip(&e.attention) {
+        if matrices.len() != heads.len() || matrices.len() != num_heads {
+            anyhow::bail!(
+                "{at}: layer {layer} has {} heads but the entry says {num_heads}",
+                matrices.len(),
+            );
+        }
+        for (head, m) in heads.iter().zip(matrices) {
+            if m.len() != n || m.iter().any(|row| row.len() != n) {
+                anyhow::bail!("{at}: layer {layer} head {head}: attention is not {n} x {n} for its {n} tokens");
+            }
+            // Rounding leaves a probability a hair past 1 at most.
+            if let Some(v) = m
+                .iter()
+                .flatten()
+                .find(|v| !(-1e-6..=1.0 + 1e-4).contains(*v))
+            {
+                anyhow::bail!("{at}: layer {layer} head {head}: attention holds {v}, which is not a probability");
+            }
+        }
+    }
+    if e.prediction.labels.len() != e.prediction.probs.len() {
+        anyhow::bail!(
+            "{at}: {} labels but {} scores",
+            e.prediction.labels.len(),
+            e.prediction.probs.len()
+        );
+    }
+    Ok(())
 }
 
 /// Visits the dump's array, handing each entry to the callback as soon as it is read.
