@@ -47,7 +47,7 @@ pub enum Command {
 
     /// Score each document (TEXT arguments, or records of --input or standard input)
     /// against --query with a cross-encoder, and print them best first with their
-    /// original record numbers.
+    /// 0-based index in the input.
     ///
     /// Exit status: as classify.
     Rerank(Box<RerankArgs>),
@@ -162,7 +162,8 @@ pub struct HubArgs {
 /// rerank).
 #[derive(Debug, Args)]
 pub struct InputArgs {
-    /// Texts to classify. Without any, records are read from --input or standard input.
+    /// Texts to classify (documents, for rerank). Without any, records are read from
+    /// --input or standard input.
     #[arg(value_name = "TEXT")]
     pub texts: Vec<String>,
 
@@ -432,8 +433,8 @@ pub struct RerankArgs {
     #[arg(short, long, value_name = "ID_OR_DIR", default_value = DEFAULT_RERANK_MODEL)]
     pub model: String,
 
-    /// Print only the K best documents.
-    #[arg(short = 'k', long, value_name = "K")]
+    /// Print only the K best documents (0 or "all": every one).
+    #[arg(short = 'k', long, value_name = "K", value_parser = parse_top_k)]
     pub top_k: Option<usize>,
 
     /// Print the model's raw scores (logits). Default: what the model's config says
@@ -512,13 +513,15 @@ pub enum QuantizeArg {
 /// `--format` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum FormatArg {
-    /// Aligned columns: [id,] label, score, text.
+    /// Aligned columns: [id,] label, score, text (rerank: rank, score, #index, text).
     Human,
     /// One JSON object per input: a JSONL input object with "prediction" added, or
-    /// record, [id,] text, label, score, tokens, truncated.
+    /// record, [id,] text, label, score, tokens, truncated (rerank: index, text, rank,
+    /// score).
     Jsonl,
     /// Comma-separated with a header: a CSV/TSV input row with label, score, ..., error
-    /// appended, or record, [id,] label, score, ..., text.
+    /// appended, or record, [id,] label, score, ..., text (rerank: rank, index, score,
+    /// text).
     Csv,
     /// Tab-separated, like csv; tabs, newlines and backslashes in text escaped.
     Tsv,

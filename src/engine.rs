@@ -21,6 +21,8 @@ pub struct EngineOptions {
     pub max_length: Option<usize>,
     /// Label names that replace generic `LABEL_n` ones.
     pub labels: Option<Vec<String>>,
+    /// The flag that gave `labels`, for messages (`--labels` when empty).
+    pub labels_flag: &'static str,
     /// Run a checkpoint that has no classifier with a seeded random head.
     pub allow_untrained_head: bool,
     /// Number format of weights and activations; `None` picks the device's default.
@@ -130,10 +132,14 @@ impl Engine {
         if opts.quantize_q8 && (!device.is_cpu() || dtype != DType::F32) {
             bail!("--quantize q8 runs on the CPU in f32 only; use --device cpu and no --dtype, or drop --quantize");
         }
+        let flag = match opts.labels_flag {
+            "" => "--labels",
+            flag => flag,
+        };
         let labels = label_names(
             &files.id,
             &cfg.labels,
-            opts.labels.as_deref(),
+            opts.labels.as_deref().map(|l| (l, flag)),
             model.num_labels(),
         )?;
         let tokenizer = match &files.tokenizer {
@@ -301,22 +307,22 @@ impl Engine {
 fn label_names(
     model_id: &str,
     config: &[String],
-    given: Option<&[String]>,
+    given: Option<(&[String], &str)>,
     num_labels: usize,
 ) -> Result<Vec<String>> {
-    if let Some(given) = given {
+    if let Some((given, flag)) = given {
         if given.len() != num_labels {
             bail!(
-                "--labels names {} labels but the model has {num_labels} outputs",
+                "{flag} names {} labels but the model has {num_labels} outputs",
                 given.len()
             );
         }
         if let Some(blank) = given.iter().position(|l| l.trim().is_empty()) {
-            bail!("--labels: label {} is blank", blank + 1);
+            bail!("{flag}: label {} is blank", blank + 1);
         }
         for (i, l) in given.iter().enumerate() {
             if given[..i].contains(l) {
-                bail!("--labels names {l:?} twice; every label needs its own name");
+                bail!("{flag} names {l:?} twice; every label needs its own name");
             }
         }
         return Ok(given.to_vec());
@@ -371,18 +377,32 @@ mod tests {
     fn label_names_prefer_flag_then_config_then_builtin() {
         let generic = strings(&["LABEL_0", "LABEL_1"]);
         let named = strings(&["neg", "pos"]);
-        assert_eq!(label_names("x", &generic, Some(&named), 2).unwrap(), named);
+        assert_eq!(
+            label_names("x", &generic, Some((&named, "--labels")), 2).unwrap(),
+            named
+        );
         assert_eq!(label_names("x", &named, None, 2).unwrap(), named);
         assert_eq!(
             label_names(DEFAULT_MODEL, &generic, None, 2).unwrap(),
             strings(&DEFAULT_MODEL_LABELS)
         );
         assert_eq!(label_names("x", &generic, None, 2).unwrap(), generic);
-        let err = label_names("x", &generic, Some(&strings(&["a"])), 2).unwrap_err();
+        let err = label_names("x", &generic, Some((&strings(&["a"]), "--labels")), 2).unwrap_err();
         assert!(err.to_string().contains("1 labels"), "{err}");
-        let err = label_names("x", &generic, Some(&strings(&["a", "a"])), 2).unwrap_err();
-        assert!(err.to_string().contains("twice"), "{err}");
-        let err = label_names("x", &generic, Some(&strings(&["a", " "])), 2).unwrap_err();
+        let err = label_names(
+            "x",
+            &generic,
+            Some((&strings(&["a", "a"]), "--model-labels")),
+            2,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--model-labels names \"a\" twice"),
+            "{err}"
+        );
+        let err =
+            label_names("x", &generic, Some((&strings(&["a", " "]), "--labels")), 2).unwrap_err();
         assert!(err.to_string().contains("label 2 is blank"), "{err}");
         let three = strings(&["a", "b", "c"]);
         let err = label_names("x", &three, None, 2).unwrap_err();

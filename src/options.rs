@@ -50,6 +50,7 @@ impl RunArgs {
         EngineOptions {
             max_length: self.max_length,
             labels,
+            labels_flag: "--labels",
             allow_untrained_head: self.allow_untrained_head,
             dtype: match self.dtype {
                 DTypeArg::Auto => None,
@@ -237,6 +238,9 @@ impl InputArgs {
                 size: None,
                 interactive: true,
             });
+        }
+        if text_pair.is_some() {
+            anyhow::bail!("--text-pair pairs the TEXT arguments; records from --input or standard input carry their second text with --pair (TEXT<TAB>TEXT_PAIR lines) or --pair-field");
         }
         match &self.input {
             Some(p) if p.as_os_str() != "-" => {

@@ -65,6 +65,8 @@ impl ZeroShot {
         multi_label: bool,
         model_labels: &[String],
     ) -> Result<Self> {
+        // As transformers' pipeline reads "a, b": each label stripped.
+        let labels: Vec<String> = labels.iter().map(|l| l.trim().to_string()).collect();
         if labels.is_empty() {
             bail!("--labels names no candidate labels; give them as --labels \"sports,politics,tech\"");
         }

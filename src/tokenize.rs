@@ -142,8 +142,9 @@ impl TextTokenizer {
         };
         if max_length <= this.added(true) {
             bail!(
-                "--max-length {max_length} leaves no room for text besides the {} special tokens",
-                this.added(true)
+                "--max-length {max_length} leaves no room for text: a text pair takes {} special tokens (a single text {})",
+                this.added(true),
+                this.added(false)
             );
         }
         Ok(this)

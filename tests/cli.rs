@@ -199,6 +199,23 @@ fn empty_input_exits_1_and_errors_exit_2() {
 
     let out = classify(&["--format", "yaml", "x"], b"");
     assert_eq!(out.status.code(), Some(2), "clap usage errors exit 2 too");
+
+    let out = bert_cli()
+        .args(["classify", "--model", "", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the model name is empty"));
+
+    // BERT: [CLS] a [SEP] fits in 3, a pair's [CLS] a [SEP] b [SEP] does not fit in 3.
+    let out = classify(&["--max-length", "2", "x"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("a text pair takes 3 special tokens (a single text 2)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[cfg(not(feature = "cuda"))]

@@ -671,3 +671,60 @@ fn completions_and_man_page_are_generated_from_the_flags() {
         )),
     }
 }
+
+#[test]
+fn flags_the_input_would_ignore_are_refused() {
+    // Each of these was ignored: the whole line classified as the text, or the pair
+    // left out, with exit 0.
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("reviews.json");
+    std::fs::write(
+        &json,
+        "{\"body\": \"an utterly terrible film\", \"id\": 1}\n",
+    )
+    .unwrap();
+    let file = json.to_str().unwrap();
+    for (args, want) in [
+        (
+            vec!["-i", file, "--field", "body"],
+            "--field names a JSONL field",
+        ),
+        (
+            vec!["-i", file, "--id-field", "id"],
+            "--id-field names a JSONL field",
+        ),
+        (
+            vec!["-i", file, "--no-header"],
+            "--no-header is for CSV/TSV",
+        ),
+        (
+            vec!["-i", file, "--input-format", "jsonl", "-0"],
+            "--null-data",
+        ),
+        (
+            vec!["-i", file, "--text-pair", "QQQ"],
+            "--text-pair pairs the TEXT arguments",
+        ),
+    ] {
+        let out = classify(&args, b"");
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}: {}", stdout(&out));
+        assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
+    }
+    // Named as JSONL, the same file reads as it should.
+    let out = classify(
+        &[
+            "-i",
+            file,
+            "--input-format",
+            "jsonl",
+            "--field",
+            "body",
+            "-f",
+            "jsonl",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(pred(&jsonl(&out)[0])["label"], "NEGATIVE");
+}

@@ -363,6 +363,13 @@ fn zero_shot_refuses_models_and_labels_it_cannot_use() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("twice"), "{err}");
+    // `-l "a, b"` means a and b, as transformers strips each label.
+    let err = ZeroShot::new(vec!["a".into(), " a".into()], "{}", false, &nli)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("twice"), "{err}");
+    let z = ZeroShot::new(vec!["a".into(), " b ".into()], "{}", false, &nli).unwrap();
+    assert_eq!(z.labels, ["a", "b"]);
     let err = ZeroShot::new(vec!["a".into()], "no slot", false, &nli)
         .unwrap_err()
         .to_string();
@@ -646,6 +653,44 @@ fn rerank_command_prints_documents_best_first_with_their_index() {
         "raw logit {raw}: {}",
         lines[1]
     );
+    // Rows and objects that come back whole carry their index too (they had only the
+    // rank, so nothing tied a result to its input row), and -k 0 keeps every one (it
+    // printed nothing).
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("docs.csv");
+    let body: String = docs
+        .iter()
+        .map(|d| format!("\"{}\",x\n", d.replace('"', "\"\"")))
+        .collect();
+    std::fs::write(&csv, format!("text,other\n{body}")).unwrap();
+    let out = common::command_with(
+        "rerank",
+        &model,
+        &[
+            "--query",
+            query,
+            "-i",
+            csv.to_str().unwrap(),
+            "-f",
+            "csv",
+            "-k",
+            "0",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut rdr = csv::Reader::from_reader(text.as_bytes());
+    assert_eq!(
+        rdr.headers().unwrap().iter().collect::<Vec<_>>(),
+        ["text", "other", "rank", "index", "score", "error"]
+    );
+    let indices: Vec<u32> = rdr
+        .records()
+        .map(|r| r.unwrap()[3].parse().unwrap())
+        .collect();
+    assert_eq!(indices, ids(&r["order"]));
+
     // A one-output cross-encoder is required.
     let out = common::command_with("rerank", &minilm_sst2(), &["--query", "q", "d"], b"");
     assert_eq!(out.status.code(), Some(2));

@@ -4,6 +4,7 @@ use anyhow::Result;
 
 use super::classify::{finish, load, on_pool, open_io, stdout};
 use bert_cli::cli::ZeroShotArgs;
+use bert_cli::engine::EngineOptions;
 use bert_cli::output;
 use bert_cli::task::{Task, ZeroShot};
 
@@ -12,7 +13,10 @@ pub fn run(mut args: ZeroShotArgs) -> Result<u8> {
     let opts = args.input.input_options(false, None);
     let (dump, source) = open_io(&mut args.input, &opts, None, &args.output, &args.run)?;
     on_pool(move || {
-        let options = args.run.engine_options(args.model_labels.clone());
+        let options = EngineOptions {
+            labels_flag: "--model-labels",
+            ..args.run.engine_options(args.model_labels.clone())
+        };
         let engine = load(&args.model, &args.run, &options)?;
         let zero_shot = ZeroShot::new(
             args.labels.clone(),

@@ -187,6 +187,9 @@ fn from_folder(dir: &Path) -> Result<ModelFiles> {
 
 /// The hub repo `model` names; a path-like name that is not a folder is an error.
 fn remote_for(model: &str, opts: &HubOptions) -> Result<Remote> {
+    if model.trim().is_empty() {
+        bail!("the model name is empty; give a repo id such as owner/name or a model folder");
+    }
     if model.starts_with(['.', '/', '~'])
         || model.matches('/').count() > 1
         || Path::new(model).exists()

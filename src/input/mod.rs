@@ -153,6 +153,29 @@ pub fn open(reader: Box<dyn Read + Send>, name: &str, opts: &InputOptions) -> Re
     if opts.pair_field.is_some() && opts.format == InputFormat::Lines {
         anyhow::bail!("--pair-field names a JSONL field or CSV/TSV column; for plain lines use --pair (TEXT<TAB>TEXT_PAIR)");
     }
+    // Flags that would otherwise be ignored, the whole line classified as the text.
+    let read_as = match opts.format {
+        InputFormat::Lines => "plain lines",
+        InputFormat::Jsonl => "JSON Lines",
+        InputFormat::Csv | InputFormat::Tsv => "CSV/TSV",
+    };
+    let hint = "name its format with --input-format (a file's is guessed from its name: .jsonl, .ndjson, .csv, .tsv, .tab)";
+    if opts.format == InputFormat::Lines && (opts.field.is_some() || opts.id_field.is_some()) {
+        let flag = if opts.field.is_some() {
+            "--field"
+        } else {
+            "--id-field"
+        };
+        anyhow::bail!(
+            "{flag} names a JSONL field or CSV/TSV column, but {name} is read as {read_as}; {hint}"
+        );
+    }
+    if !opts.header && !matches!(opts.format, InputFormat::Csv | InputFormat::Tsv) {
+        anyhow::bail!("--no-header is for CSV/TSV input, but {name} is read as {read_as}; {hint}");
+    }
+    if opts.null_data && opts.format != InputFormat::Lines {
+        anyhow::bail!("--null-data splits plain text at NUL bytes; JSONL, CSV and TSV records end at newlines");
+    }
     match opts.format {
         InputFormat::Lines => {
             let lines = lines::Lines::new(reader, name, if opts.null_data { b'\0' } else { b'\n' });

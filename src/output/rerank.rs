@@ -11,6 +11,9 @@ use super::human::printable;
 use super::{Format, FormatKind, Record};
 use crate::input::Carried;
 
+/// The columns a CSV/TSV input row gets (prefixed with the output key if one clashes).
+const ADDED: [&str; 4] = ["rank", "index", "score", "error"];
+
 /// One document, held until the ranking is complete.
 struct Held {
     /// 0-based position in the input (as TEI's `/rerank` and sentence-transformers'
@@ -90,10 +93,8 @@ impl Ranked {
     fn header(&mut self) -> io::Result<()> {
         let names: Vec<String> = match &self.columns {
             Some(columns) => {
-                let clash = ["rank", "score", "error"]
-                    .iter()
-                    .any(|a| columns.iter().any(|c| c == a));
-                let added = ["rank", "score", "error"].map(|a| {
+                let clash = ADDED.iter().any(|a| columns.iter().any(|c| c == a));
+                let added = ADDED.map(|a| {
                     if clash {
                         format!("{}_{a}", self.key)
                     } else {
@@ -119,7 +120,8 @@ impl Ranked {
         match self.kind {
             FormatKind::Human => match &h.score {
                 Ok(s) => {
-                    write!(self.out, "{rank_text:>4}  {s:.4}  #{:<4} ", h.index)?;
+                    // Seven wide: raw scores may be negative.
+                    write!(self.out, "{rank_text:>4}  {s:>7.4}  #{:<4} ", h.index)?;
                     if let Some(id) = &h.id {
                         write!(self.out, "{}  ", printable(id))?;
                     }
@@ -132,9 +134,15 @@ impl Ranked {
                 match &h.score {
                     Ok(s) => {
                         result.insert("rank".into(), json!(rank));
+                        if matches!(h.carried, Carried::Json(_)) {
+                            result.insert("index".into(), json!(h.index));
+                        }
                         result.insert("score".into(), json!(s));
                     }
                     Err(e) => {
+                        if matches!(h.carried, Carried::Json(_)) {
+                            result.insert("index".into(), json!(h.index));
+                        }
                         result.insert("error".into(), json!(e));
                     }
                 }
@@ -171,7 +179,7 @@ impl Ranked {
                     (Some(_), Carried::Row(row)) => row
                         .iter()
                         .cloned()
-                        .chain([rank_text, score, error])
+                        .chain([rank_text, h.index.to_string(), score, error])
                         .collect(),
                     _ => {
                         let mut f = vec![rank_text, h.index.to_string()];
@@ -212,7 +220,7 @@ impl Format for Ranked {
         self.held.push(held);
         // Only the best K can be printed: keep memory to 2K documents.
         if let Some(k) = self.top_k {
-            if self.held.len() >= 2 * k.max(512) {
+            if self.held.len() >= k.max(512).saturating_mul(2) {
                 self.sort();
             }
         }
