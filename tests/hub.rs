@@ -410,6 +410,20 @@ fn download_and_info_prepare_and_describe_an_offline_model() {
     assert!(!home.path().join("hf-home/hub").exists());
     server.stop();
 
+    // Offline, `download` finds the files but cannot check them, and says so.
+    let out = bert_cli(home.path(), &server.endpoint())
+        .env("HF_HUB_CACHE", &hub_cache)
+        .args(["download", "--offline", "acme/minilm-sst2"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stdout.contains("offline: not checked against the hub")
+            && !stdout.contains("checked and ready"),
+        "{stdout}"
+    );
+
     let out = bert_cli(home.path(), &server.endpoint())
         .env("HF_HUB_CACHE", &hub_cache)
         .args(["info", "--offline", "acme/minilm-sst2"])
@@ -458,7 +472,18 @@ fn offline_without_cache_names_the_file_and_the_fix() {
     let (_, stderr) = text(&out);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr.contains("config.json") && stderr.contains("bert-cli download acme/absent"),
+        stderr.contains("config.json") && stderr.contains("bert-cli download acme/absent`"),
+        "{stderr}"
+    );
+    // At another revision, the fix names it.
+    let out = classify(
+        &mut bert_cli(home.path(), "http://127.0.0.1:9"),
+        "acme/absent",
+        &["--offline", "--revision", "v2"],
+    );
+    let (_, stderr) = text(&out);
+    assert!(
+        stderr.contains("bert-cli download acme/absent --revision v2`"),
         "{stderr}"
     );
 }

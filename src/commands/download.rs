@@ -23,9 +23,15 @@ pub fn run(args: DownloadArgs) -> Result<u8> {
         writeln!(out, "{:>10}  {}", human_size(file_size(f)), f.display())?;
     }
     if files.cache_dir.is_some() {
+        // Offline, the cache is all there is to compare with: nothing was checked.
+        let how = if opts.offline || hub::env::offline() {
+            "in the cache (offline: not checked against the hub)"
+        } else {
+            "checked and ready for offline use"
+        };
         writeln!(
             out,
-            "checked and ready for offline use: bert-cli classify --offline --model {}",
+            "{how}: bert-cli classify --offline --model {}",
             files.id
         )?;
     }

@@ -243,9 +243,13 @@ impl Remote {
     /// to run online first to have `file` cached.
     fn online(&self, file: &str, command: &str) -> Result<&ApiRepo, Miss> {
         let Some(api) = &self.api else {
+            let revision = match self.revision.as_str() {
+                "main" => String::new(),
+                other => format!(" --revision {other}"),
+            };
             return Err(Miss::Absent(anyhow!(
                 "offline, and {file} of {} (revision {}) is not in the cache at {}; \
-                 run `bert-cli {command} {}` while online first",
+                 run `bert-cli {command} {}{revision}` while online first",
                 self.id,
                 self.revision,
                 self.repo_dir.display(),
