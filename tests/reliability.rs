@@ -115,6 +115,27 @@ fn a_classifier_without_outputs_is_refused_at_load() {
 }
 
 #[test]
+fn a_config_without_model_type_says_bert_was_assumed() {
+    // Old BERT configs have no model_type, so BERT is assumed; a DistilBERT checkpoint
+    // whose config lost it was only told that BERT's tensors are missing.
+    let dir = tempfile::tempdir().unwrap();
+    let m = variant(
+        &family_dir("distilbert"),
+        dir.path(),
+        |c| {
+            c.as_object_mut().unwrap().remove("model_type");
+        },
+        |_| {},
+    );
+    let (code, _, stderr) = run(&m, &["a fine film"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("names no model_type, so BERT was assumed"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn tensors_sharing_bytes_are_refused() {
     // The bias pointed into the weight's bytes: loaded, and the answer changed.
     let dir = tempfile::tempdir().unwrap();

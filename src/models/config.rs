@@ -199,6 +199,8 @@ pub struct Config {
     pub family: Family,
     /// `model_type` as written (or `bert` when absent), for messages.
     pub model_type: String,
+    /// Whether `model_type` was absent and BERT assumed.
+    pub model_type_assumed: bool,
     /// Rows of the word-embedding table.
     pub vocab_size: usize,
     /// Width of every hidden state.
@@ -257,6 +259,7 @@ impl Config {
             model_type: Option<String>,
         }
         let kind: Kind = serde_json::from_str(text)?;
+        let model_type_assumed = kind.model_type.is_none();
         let model_type = kind.model_type.unwrap_or_else(|| "bert".into());
         let family = Family::from_model_type(&model_type)?;
         let raw: RawConfig = serde_json::from_str(text)?;
@@ -351,6 +354,7 @@ impl Config {
         Ok(Self {
             family,
             model_type,
+            model_type_assumed,
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
             embedding_size: raw.embedding_size.unwrap_or(raw.hidden_size),

@@ -370,8 +370,13 @@ pub fn encoder_root<'a>(vb: &VarBuilder<'a>, prefix: &str, cfg: &Config) -> Resu
     } else if vb.contains_tensor(probe) {
         Ok(vb.clone())
     } else {
+        let assumed = if cfg.model_type_assumed {
+            "; config.json names no model_type, so BERT was assumed: add the right one (such as \"distilbert\" or \"roberta\")"
+        } else {
+            ""
+        };
         anyhow::bail!(
-            "no {} encoder weights: expected tensor {probe} (with or without the \"{prefix}.\" prefix)",
+            "no {} encoder weights: expected tensor {probe} (with or without the \"{prefix}.\" prefix){assumed}",
             cfg.family_name()
         )
     }
