@@ -1,7 +1,7 @@
 //! Streams inputs through the engine in batches and hands results to the outputs in input
-//! order. A reader thread keeps memory bounded; a window of inputs is filled from a file
-//! or arguments, and cut early from a pipe that pauses or a terminal, so an interactive
-//! stream sees each answer without waiting for end of input. Within a window, inputs are
+//! order. A reader thread keeps memory bounded; a window of inputs (the first one batch)
+//! is filled from a file or arguments, and cut early from a pipe that pauses or a
+//! terminal, so an interactive stream sees each answer without waiting for end of input. Within a window, inputs are
 //! sorted by length so each padded batch wastes little work on padding, then results are
 //! put back in input order.
 
@@ -97,16 +97,20 @@ pub fn run(
     progress: &Progress,
 ) -> Result<Summary> {
     let quiet = !opts.warn;
-    let window = opts.batch_size.max(1) * WINDOW_BATCHES;
+    let full = opts.batch_size.max(1) * WINDOW_BATCHES;
+    // The first window is one batch, so the first answers come after one forward pass
+    // (to `| head`, or a user watching) rather than after a thousand inputs.
+    let mut window = opts.batch_size.max(1);
     let mut summary = Summary::default();
     let arrival = records.arrival;
-    let rx = spawn_reader(records, window * 2);
+    let rx = spawn_reader(records, full * 2);
     loop {
         let first = match rx.recv() {
             Ok(item) => item?,
             Err(_) => break,
         };
         let (items, failed_read) = next_window(&rx, first, window, arrival);
+        window = full;
         let results = classify_window(engine, task, &items, dump.is_some(), opts)?;
         progress.suspend(|| -> Result<()> {
             for (item, result) in items.iter().zip(&results) {

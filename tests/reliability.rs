@@ -482,9 +482,10 @@ fn a_closed_pipe_leaves_no_half_dump() {
     assert_eq!(left.len(), 1, "only the old file: {left:?}");
 }
 
-/// Collects what the pipeline writes: each record's number and whether it has an answer.
+/// Collects what the pipeline writes: each record's number and whether it has an answer,
+/// and how many had been written at each flush (once per window).
 #[derive(Default)]
-struct Written(Vec<(usize, bool)>);
+struct Written(Vec<(usize, bool)>, Vec<usize>);
 
 impl bert_cli::output::Format for Written {
     fn write(&mut self, record: &bert_cli::output::Record) -> std::io::Result<()> {
@@ -492,8 +493,45 @@ impl bert_cli::output::Format for Written {
         Ok(())
     }
     fn flush(&mut self) -> std::io::Result<()> {
+        self.1.push(self.0.len());
         Ok(())
     }
+}
+
+#[test]
+fn the_first_answers_come_after_one_batch_and_windows_are_fixed() {
+    use bert_cli::input::{Arrival, Item, Records};
+    // A file of 200 texts in batches of 3: one batch first (they used to wait for a
+    // window of 96), then windows of 32 batches, the same in every run.
+    let engine = family_engine("distilbert");
+    let records = || Records {
+        columns: None,
+        items: Box::new((1..=200).map(|n| {
+            Ok(Item {
+                number: n,
+                text: "word ".repeat(n % 7 + 1),
+                ..Item::default()
+            })
+        })),
+        arrival: Arrival::Ready,
+    };
+    let opts = bert_cli::pipeline::PipelineOptions {
+        batch_size: 3,
+        ..Default::default()
+    };
+    let mut out = Written::default();
+    bert_cli::pipeline::run(
+        &engine,
+        &bert_cli::task::Task::Classify(Default::default()),
+        records(),
+        &mut out,
+        None,
+        opts,
+        &bert_cli::progress::Progress::hidden(),
+    )
+    .unwrap();
+    assert_eq!(out.1, [3, 99, 195, 200]);
+    assert_eq!(out.0, (1..=200).map(|n| (n, true)).collect::<Vec<_>>());
 }
 
 #[test]
