@@ -473,7 +473,7 @@ fn parse_top_k(s: &str) -> Result<usize, String> {
         "all" | "0" => Ok(usize::MAX),
         _ => s
             .parse()
-            .map_err(|_| format!("{s:?} is not a number of labels (or \"all\")")),
+            .map_err(|_| format!("{s:?} is not a count (or \"all\")")),
     }
 }
 

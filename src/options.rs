@@ -227,11 +227,12 @@ impl InputArgs {
             if self.field.is_some()
                 || self.id_field.is_some()
                 || self.input_format.is_some()
+                || self.no_header
                 || self.null_data
                 || opts.pair_tab
                 || opts.pair_field.is_some()
             {
-                anyhow::bail!("--input-format, --field, --id-field, --null-data, --pair and --pair-field describe --input records; TEXT arguments are classified as given (--text-pair gives them a second text)");
+                anyhow::bail!("--input-format, --field, --id-field, --no-header, --null-data, --pair and --pair-field describe --input records; TEXT arguments are classified as given (--text-pair gives them a second text)");
             }
             return Ok(Source {
                 records: input::from_args(std::mem::take(&mut self.texts), text_pair),

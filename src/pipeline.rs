@@ -151,15 +151,17 @@ pub fn run(
     Ok(summary)
 }
 
-/// How long a window from a pipe waits for more records after its first: long enough
-/// for a writer that is only slower than the model (`cat`, a decompressor) to fill it,
-/// so its batches come out as they would from the file, and too short to notice for a
-/// stream that trickles.
+/// How long a window from a pipe waits for more records after its first, and for each
+/// next one: long enough for a writer that is only slower than the model (`cat`, a
+/// decompressor) to fill it, so its batches come out as they would from the file; too
+/// short to notice for a stream that trickles, or for a writer that waits for each answer.
 const STREAM_WAIT: Duration = Duration::from_millis(20);
+const STREAM_GAP: Duration = Duration::from_millis(5);
 
 /// `first` and the records after it, up to `window` in all: every one there is for input
 /// that is `Ready` (the batches are then the same in every run), what comes within
-/// `STREAM_WAIT` for a `Stream`, what is already read for `Typed` input. A failed read
+/// `STREAM_WAIT`, none more than `STREAM_GAP` after the last, for a `Stream`, what is
+/// already read for `Typed` input. A failed read
 /// ends the window and comes back beside the records read before it, which are still
 /// classified and written.
 fn next_window(
@@ -173,9 +175,10 @@ fn next_window(
     while items.len() < window {
         let next = match arrival {
             Arrival::Ready => rx.recv().ok(),
-            Arrival::Stream => rx
-                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .ok(),
+            Arrival::Stream => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                rx.recv_timeout(left.min(STREAM_GAP)).ok()
+            }
             Arrival::Typed => rx.try_recv().ok(),
         };
         match next {
@@ -331,7 +334,6 @@ fn answer(task: &Task, item: &Item, planned: Planned, preds: Vec<Option<Predicti
 mod tests {
     use std::sync::mpsc::sync_channel;
     use std::thread;
-    use std::time::Duration;
 
     use super::{next_window, plan_batches, Arrival, Item, PipelineOptions, STREAM_WAIT};
 
@@ -342,47 +344,69 @@ mod tests {
         }
     }
 
+    /// When the reader sends records 2, 3 and 4.
+    #[derive(Clone, Copy)]
+    enum Send {
+        /// All before the window starts.
+        Before,
+        /// `STREAM_WAIT` apart, while the window is being cut.
+        Slowly,
+        /// Only after the window is cut: it cannot have waited for them.
+        After,
+    }
+
     /// The numbers in the window after record 1, and whether it ended in a failed read,
-    /// from a reader that sends records 2, 3 and 4 with `gap` before each (all of them
-    /// before the window starts if `gap` is zero), then a read error if `fail`.
-    fn window_after(arrival: Arrival, gap: Duration, fail: bool) -> (Vec<usize>, bool) {
+    /// from a reader that sends records 2, 3 and 4 as `send` says, then a read error if
+    /// `fail`.
+    fn window_after(arrival: Arrival, send: Send, fail: bool) -> (Vec<usize>, bool) {
         let (tx, rx) = sync_channel(8);
+        let (go, wait) = sync_channel::<()>(1);
         let reader = thread::spawn(move || {
+            if let Send::After = send {
+                wait.recv().unwrap();
+            }
             for n in 2..=4 {
-                thread::sleep(gap);
+                if let Send::Slowly = send {
+                    thread::sleep(STREAM_WAIT);
+                }
                 tx.send(Ok(item(n))).unwrap();
             }
             if fail {
                 tx.send(Err(anyhow::anyhow!("disk gone"))).unwrap();
             }
         });
-        if gap.is_zero() {
-            // No timing in the test: the records are all waiting.
+        if let Send::Before = send {
             while !reader.is_finished() {
                 thread::yield_now();
             }
         }
         let (items, failure) = next_window(&rx, item(1), 8, arrival);
+        let _ = go.send(());
         reader.join().unwrap();
         (items.iter().map(|i| i.number).collect(), failure.is_some())
     }
 
     #[test]
     fn windows_wait_for_complete_input_and_not_for_a_terminal() {
-        let slow = STREAM_WAIT * 5;
         // A file or arguments: however slow the reader, the window holds every record.
         assert_eq!(
-            window_after(Arrival::Ready, slow, false),
+            window_after(Arrival::Ready, Send::Slowly, false),
             (vec![1, 2, 3, 4], false)
         );
-        // A pipe: what comes within the wait; a writer slower than that is not awaited.
-        assert_eq!(window_after(Arrival::Stream, slow, false), (vec![1], false));
+        // A pipe: what comes within the wait; a writer that pauses is not awaited.
         assert_eq!(
-            window_after(Arrival::Stream, Duration::ZERO, false),
+            window_after(Arrival::Stream, Send::After, false),
+            (vec![1], false)
+        );
+        assert_eq!(
+            window_after(Arrival::Stream, Send::Before, false),
             (vec![1, 2, 3, 4], false)
         );
         // A terminal: only what is already read.
-        assert_eq!(window_after(Arrival::Typed, slow, false), (vec![1], false));
+        assert_eq!(
+            window_after(Arrival::Typed, Send::After, false),
+            (vec![1], false)
+        );
         // A full window is cut whatever the input.
         let (tx, rx) = sync_channel(16);
         for n in 2..=12 {
@@ -396,7 +420,7 @@ mod tests {
     fn a_failed_read_ends_the_window_and_keeps_the_records_before_it() {
         for arrival in [Arrival::Ready, Arrival::Stream, Arrival::Typed] {
             assert_eq!(
-                window_after(arrival, Duration::ZERO, true),
+                window_after(arrival, Send::Before, true),
                 (vec![1, 2, 3, 4], true),
                 "{arrival:?}"
             );

@@ -279,7 +279,7 @@ fn view_refuses_a_damaged_dump_naming_what_is_wrong() {
         (
             "missing layers",
             |e| e["attention"].as_array_mut().unwrap().truncate(2),
-            "has 2 layers but the entry says 6",
+            "has 2 layers but the entry says 6 (num_layers)",
         ),
         (
             "negative",
@@ -340,12 +340,37 @@ fn dumps_go_through_links_into_pipes_and_never_over_the_input() {
     let fifo = at("pipe.json");
     match Command::new("mkfifo").arg(&fifo).status() {
         Ok(s) if s.success() => {
-            let reader = std::thread::spawn({
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn({
                 let fifo = fifo.clone();
-                move || std::fs::read_to_string(fifo).unwrap()
+                move || tx.send(std::fs::read_to_string(fifo).unwrap())
             });
-            dump(dir.path(), "pipe.json", &[]);
-            let got: Value = serde_json::from_str(&reader.join().unwrap()).unwrap();
+            // Neither side may wait forever if the other went wrong.
+            let mut child = bert_cli()
+                .args(["classify", "--model"])
+                .arg(minilm_sst2())
+                .arg("--dump-attention")
+                .arg(&fifo)
+                .args(TEXTS)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let started = std::time::Instant::now();
+            let status = loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    break status;
+                }
+                if started.elapsed() > std::time::Duration::from_secs(60) {
+                    let _ = child.kill();
+                    panic!("writing the dump into a FIFO did not finish");
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            };
+            assert_eq!(status.code(), Some(0));
+            let text = rx
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the FIFO's reader got nothing");
+            let got: Value = serde_json::from_str(&text).unwrap();
             assert_eq!(got.as_array().unwrap().len(), 2);
             assert!(std::fs::symlink_metadata(&fifo)
                 .unwrap()
@@ -354,6 +379,32 @@ fn dumps_go_through_links_into_pipes_and_never_over_the_input() {
         }
         _ => say("mkfifo is not available: the FIFO case was not run"),
     }
+
+    // /dev/stdout with standard output redirected to a file: the dump goes down the same
+    // stream after the results (reopened by name, the file was replaced and the results
+    // lost).
+    let out_path = at("out.txt");
+    let out_file = std::fs::File::create(&out_path).unwrap();
+    let status = bert_cli()
+        .args(["classify", "--model"])
+        .arg(minilm_sst2())
+        .args([
+            "-f",
+            "jsonl",
+            "--dump-attention",
+            "/dev/stdout",
+            "a fine film",
+        ])
+        .stdout(out_file)
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    let text = std::fs::read_to_string(&out_path).unwrap();
+    let (result, rest) = text.split_once('\n').unwrap();
+    let result: Value = serde_json::from_str(result).unwrap();
+    assert_eq!(result["text"], "a fine film");
+    let dumped: Value = serde_json::from_str(rest).unwrap();
+    assert_eq!(dumped[0]["text"], "a fine film");
 
     // The input itself, for a dump and for a page: refused before anything is written.
     let input = at("in.txt");
@@ -369,6 +420,16 @@ fn dumps_go_through_links_into_pipes_and_never_over_the_input() {
         b"",
     );
     assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is also the input"));
+    assert_eq!(std::fs::read_to_string(&input).unwrap(), "a fine film\n");
+    let out = bert_cli()
+        .args(["classify", "--model"])
+        .arg(minilm_sst2())
+        .args(["--dump-attention", input.to_str().unwrap()])
+        .stdin(std::fs::File::open(&input).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "< FILE is the input too");
     assert!(String::from_utf8_lossy(&out.stderr).contains("is also the input"));
     assert_eq!(std::fs::read_to_string(&input).unwrap(), "a fine film\n");
     let json = at("real.json");

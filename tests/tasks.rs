@@ -690,6 +690,31 @@ fn rerank_command_prints_documents_best_first_with_their_index() {
         .map(|r| r.unwrap()[3].parse().unwrap())
         .collect();
     assert_eq!(indices, ids(&r["order"]));
+    let jsonl_in = dir.path().join("docs.jsonl");
+    let body: String = docs
+        .iter()
+        .map(|d| serde_json::json!({ "text": d, "other": "x" }).to_string() + "\n")
+        .collect();
+    std::fs::write(&jsonl_in, body).unwrap();
+    let out = common::command_with(
+        "rerank",
+        &model,
+        &[
+            "--query",
+            query,
+            "-i",
+            jsonl_in.to_str().unwrap(),
+            "-f",
+            "jsonl",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let indices: Vec<u32> = jsonl(&out)
+        .iter()
+        .map(|x| x["prediction"]["index"].as_u64().unwrap() as u32)
+        .collect();
+    assert_eq!(indices, ids(&r["order"]));
 
     // A one-output cross-encoder is required.
     let out = common::command_with("rerank", &minilm_sst2(), &["--query", "q", "d"], b"");

@@ -77,9 +77,8 @@ pub fn open_io(
     let dump = output
         .dump_options(run.quiet)
         .map(|(path, opts)| {
-            if let Some(file) = input.input.as_deref() {
-                bert_cli::output::atomic::not_the_input(path, file)?;
-            }
+            let file = input.input.as_deref().filter(|p| p.as_os_str() != "-");
+            bert_cli::output::atomic::not_the_input(path, file)?;
             AttentionDump::create(path, opts)
         })
         .transpose()?;

@@ -173,9 +173,6 @@ pub fn open(reader: Box<dyn Read + Send>, name: &str, opts: &InputOptions) -> Re
     if !opts.header && !matches!(opts.format, InputFormat::Csv | InputFormat::Tsv) {
         anyhow::bail!("--no-header is for CSV/TSV input, but {name} is read as {read_as}; {hint}");
     }
-    if opts.null_data && opts.format != InputFormat::Lines {
-        anyhow::bail!("--null-data splits plain text at NUL bytes; JSONL, CSV and TSV records end at newlines");
-    }
     match opts.format {
         InputFormat::Lines => {
             let lines = lines::Lines::new(reader, name, if opts.null_data { b'\0' } else { b'\n' });

@@ -23,21 +23,30 @@ pub struct AtomicFile {
 impl AtomicFile {
     /// Creates the temporary file (failing at once on a bad folder or permissions).
     pub fn create(path: &Path) -> Result<Self> {
-        if let Ok(meta) = std::fs::metadata(path) {
-            if !meta.is_file() && !meta.is_dir() {
-                let file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(path)
-                    .with_context(|| format!("cannot open {} for writing", path.display()))?;
-                return Ok(Self {
-                    out: Some(BufWriter::with_capacity(1 << 20, file)),
-                    tmp: None,
-                    path: path.to_path_buf(),
-                    written: 0,
-                });
-            }
+        let in_place = |file: File| Self {
+            out: Some(BufWriter::with_capacity(1 << 20, file)),
+            tmp: None,
+            path: path.to_path_buf(),
+            written: 0,
+        };
+        let target = link_target(path)?;
+        // `/dev/stdout` and its kin: the stream this process already has, offset and
+        // append mode included (reopened by name, a redirected file would be rewritten
+        // from its start, or replaced).
+        if let Some(fd) = target.own_fd {
+            let file = own_stream(fd)
+                .with_context(|| format!("cannot write to {} (descriptor {fd})", path.display()))?;
+            return Ok(in_place(file));
         }
-        let path = &link_target(path);
+        let target = target.path;
+        match std::fs::metadata(&target) {
+            Ok(meta) if meta.is_dir() => {
+                anyhow::bail!("{} is a folder; name a file in it", path.display())
+            }
+            Ok(meta) if !meta.is_file() => return Ok(in_place(open_pipe(path)?)),
+            _ => {}
+        }
+        let path = &target;
         let name = path
             .file_name()
             .with_context(|| format!("{} is not a file name", path.display()))?;
@@ -115,12 +124,25 @@ impl AtomicFile {
     }
 }
 
-/// The file `path` names once its symbolic links are followed (as far as they lead: a
-/// link to a file not yet there names that file).
-fn link_target(path: &Path) -> PathBuf {
+/// Where a path leads once its symbolic links are followed.
+struct Target {
+    /// The file (as far as the links lead: a link to a file not yet there names it).
+    path: PathBuf,
+    /// The descriptor of this process the path stands for (`/dev/stdout`, `/dev/fd/N`,
+    /// `/proc/self/fd/N`), if it passes through one.
+    own_fd: Option<i32>,
+}
+
+fn link_target(path: &Path) -> Result<Target> {
     let mut path = path.to_path_buf();
-    // As many links as Linux follows before giving up on a loop.
+    // As many links as Linux follows before it gives up on a loop.
     for _ in 0..40 {
+        if let Some(fd) = fd_name(&path) {
+            return Ok(Target {
+                path,
+                own_fd: Some(fd),
+            });
+        }
         match std::fs::read_link(&path) {
             Ok(target) => {
                 path = match path.parent() {
@@ -128,16 +150,96 @@ fn link_target(path: &Path) -> PathBuf {
                     None => target,
                 }
             }
-            Err(_) => break,
+            Err(_) => return Ok(Target { path, own_fd: None }),
         }
     }
-    path
+    anyhow::bail!("{}: too many levels of symbolic links", path.display())
 }
 
-/// Refuses to write `output` where `input` is: the run would replace the file it reads.
-pub fn not_the_input(output: &Path, input: &Path) -> Result<()> {
-    if let (Ok(a), Ok(b)) = (std::fs::canonicalize(output), std::fs::canonicalize(input)) {
-        if a == b && a.is_file() {
+/// The descriptor a path names, if it is one of this process's: `/dev/stdin`, `/dev/stdout`,
+/// `/dev/stderr`, `/dev/fd/N`, `/proc/self/fd/N`, `/proc/<this pid>/fd/N`.
+fn fd_name(path: &Path) -> Option<i32> {
+    let text = path.to_str()?;
+    match text {
+        "/dev/stdin" => return Some(0),
+        "/dev/stdout" => return Some(1),
+        "/dev/stderr" => return Some(2),
+        _ => {}
+    }
+    let own = format!("/proc/{}/fd/", std::process::id());
+    let n = text
+        .strip_prefix("/dev/fd/")
+        .or_else(|| text.strip_prefix("/proc/self/fd/"))
+        .or_else(|| text.strip_prefix(own.as_str()))?;
+    n.parse().ok()
+}
+
+/// A new handle on this process's descriptor `fd`, sharing its offset.
+fn own_stream(fd: i32) -> std::io::Result<File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `dup` takes any integer and fails on one that is not an open descriptor;
+    // the new descriptor it returns is ours alone to own.
+    let new = unsafe { libc::dup(fd) };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh descriptor nothing else owns.
+    Ok(unsafe { File::from_raw_fd(new) })
+}
+
+/// Opens a FIFO, socket or device to write; a FIFO with no reader yet is said to be
+/// waited on (opening it blocks until one comes).
+fn open_pipe(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |flags| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(flags)
+            .open(path)
+    };
+    let what = || format!("cannot open {} for writing", path.display());
+    match open(libc::O_NONBLOCK) {
+        Ok(file) => {
+            // Opened without waiting; writes should wait for a full pipe to drain. (This
+            // handle must be the one kept: closing it would hand its reader an end of file.)
+            use std::os::fd::AsRawFd;
+            let fd = file.as_raw_fd();
+            // SAFETY: `fd` is open for as long as `file` lives; F_GETFL/F_SETFL only
+            // read and set its status flags.
+            let cleared = unsafe {
+                let flags = libc::fcntl(fd, libc::F_GETFL);
+                flags >= 0 && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) >= 0
+            };
+            if !cleared {
+                return Err(std::io::Error::last_os_error()).with_context(what);
+            }
+            Ok(file)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            eprintln!("bert-cli: waiting for a reader on {}", path.display());
+            open(0).with_context(what)
+        }
+        Err(e) => Err(e).with_context(what),
+    }
+}
+
+/// Refuses to write `output` where `input` is (standard input when `None`): the run would
+/// replace the file it reads.
+pub fn not_the_input(output: &Path, input: Option<&Path>) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(out) = std::fs::metadata(output) else {
+        return Ok(());
+    };
+    let read = match input {
+        Some(p) => std::fs::metadata(p).ok(),
+        None => {
+            use std::os::fd::AsFd;
+            let fd = std::io::stdin().as_fd().try_clone_to_owned().ok();
+            fd.and_then(|fd| File::from(fd).metadata().ok())
+        }
+    };
+    if let Some(read) = read {
+        if out.is_file() && out.dev() == read.dev() && out.ino() == read.ino() {
             anyhow::bail!(
                 "{} is also the input: writing it would replace what is being read; name another file",
                 output.display()

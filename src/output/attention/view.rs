@@ -53,7 +53,7 @@ struct DumpPrediction {
 /// Writes the page for the dump at `input` to `output`; returns how many inputs it shows.
 pub fn json_to_html(input: &Path, output: &Path) -> Result<usize> {
     let file = File::open(input).with_context(|| format!("cannot open {}", input.display()))?;
-    atomic::not_the_input(output, input)?;
+    atomic::not_the_input(output, Some(input))?;
     let mut out = AtomicFile::create(output)?;
     let mut count = 0;
     let mut de = serde_json::Deserializer::from_reader(BufReader::with_capacity(1 << 20, file));
@@ -110,16 +110,18 @@ fn check(e: &DumpEntry, layers: &[usize], heads: &[usize]) -> Result<()> {
     let num_layers = e.num_layers.unwrap_or(layers.len());
     if e.attention.len() != layers.len() || e.attention.len() != num_layers {
         anyhow::bail!(
-            "{at}: attention has {} layers but the entry says {num_layers}",
+            "{at}: attention has {} layers but the entry says {num_layers} (num_layers) and lists {} (layers)",
             e.attention.len(),
+            layers.len()
         );
     }
     let num_heads = e.num_heads.unwrap_or(heads.len());
     for (layer, matrices) in layers.iter().zip(&e.attention) {
         if matrices.len() != heads.len() || matrices.len() != num_heads {
             anyhow::bail!(
-                "{at}: layer {layer} has {} heads but the entry says {num_heads}",
+                "{at}: layer {layer} has {} heads but the entry says {num_heads} (num_heads) and lists {} (heads)",
                 matrices.len(),
+                heads.len()
             );
         }
         for (head, m) in heads.iter().zip(matrices) {
