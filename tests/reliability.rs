@@ -53,6 +53,20 @@ fn run(model: &Path, args: &[&str]) -> (Option<i32>, String, String) {
     )
 }
 
+/// Runs `args` on `m` and checks the model was refused: status 2, no answer, and every
+/// one of `wants` in the message.
+fn assert_refused(m: &Path, args: &[&str], wants: &[&str]) {
+    let (code, stdout, stderr) = run(m, args);
+    assert_eq!(code, Some(2), "{args:?}: {stderr}");
+    assert!(
+        stdout.is_empty(),
+        "{args:?}: nothing printed as an answer: {stdout}"
+    );
+    for want in wants {
+        assert!(stderr.contains(want), "{args:?}: no {want:?} in {stderr}");
+    }
+}
+
 #[test]
 fn impossible_config_values_are_refused_at_load() {
     let dir = tempfile::tempdir().unwrap();
@@ -104,12 +118,10 @@ fn a_classifier_without_outputs_is_refused_at_load() {
         },
     );
     for format in ["human", "jsonl", "tsv"] {
-        let (code, stdout, stderr) = run(&m, &["-f", format, "--all-scores", "a fine film"]);
-        assert_eq!(code, Some(2), "{format}: {stderr}");
-        assert!(stdout.is_empty(), "{format}: {stdout}");
-        assert!(
-            stderr.contains("classifier.out_proj.weight") && stderr.contains("[0, 64]"),
-            "{format}: {stderr}"
+        assert_refused(
+            &m,
+            &["-f", format, "--all-scores", "a fine film"],
+            &["classifier.out_proj.weight", "[0, 64]"],
         );
     }
 }
@@ -127,11 +139,10 @@ fn a_config_without_model_type_says_bert_was_assumed() {
         },
         |_| {},
     );
-    let (code, _, stderr) = run(&m, &["a fine film"]);
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(
-        stderr.contains("names no model_type, so BERT was assumed"),
-        "{stderr}"
+    assert_refused(
+        &m,
+        &["a fine film"],
+        &["names no model_type, so BERT was assumed"],
     );
 }
 
@@ -154,14 +165,14 @@ fn tensors_sharing_bytes_are_refused() {
             })
         },
     );
-    let (code, stdout, stderr) = run(&m, &["a fine film"]);
-    assert_eq!(code, Some(2), "{stderr}");
-    assert!(stdout.is_empty(), "{stdout}");
-    assert!(
-        stderr.contains("classifier.out_proj.weight")
-            && stderr.contains("classifier.out_proj.bias")
-            && stderr.contains("overlap"),
-        "{stderr}"
+    assert_refused(
+        &m,
+        &["a fine film"],
+        &[
+            "classifier.out_proj.weight",
+            "classifier.out_proj.bias",
+            "overlap",
+        ],
     );
 }
 

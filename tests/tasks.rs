@@ -657,30 +657,29 @@ fn rerank_command_prints_documents_best_first_with_their_index() {
     // rank, so nothing tied a result to its input row), and -k 0 keeps every one (it
     // printed nothing).
     let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("docs.csv");
+    let rerank_file = |name: &str, body: String, format: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, body).unwrap();
+        let args = [
+            "--query",
+            query,
+            "-i",
+            path.to_str().unwrap(),
+            "-f",
+            format,
+            "-k",
+            "0",
+        ];
+        let out = common::command_with("rerank", &model, &args, b"");
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        out
+    };
     let body: String = docs
         .iter()
         .map(|d| format!("\"{}\",x\n", d.replace('"', "\"\"")))
         .collect();
-    std::fs::write(&csv, format!("text,other\n{body}")).unwrap();
-    let out = common::command_with(
-        "rerank",
-        &model,
-        &[
-            "--query",
-            query,
-            "-i",
-            csv.to_str().unwrap(),
-            "-f",
-            "csv",
-            "-k",
-            "0",
-        ],
-        b"",
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
-    let text = String::from_utf8(out.stdout).unwrap();
-    let mut rdr = csv::Reader::from_reader(text.as_bytes());
+    let out = rerank_file("docs.csv", format!("text,other\n{body}"), "csv");
+    let mut rdr = csv::Reader::from_reader(&out.stdout[..]);
     assert_eq!(
         rdr.headers().unwrap().iter().collect::<Vec<_>>(),
         ["text", "other", "rank", "index", "score", "error"]
@@ -690,26 +689,11 @@ fn rerank_command_prints_documents_best_first_with_their_index() {
         .map(|r| r.unwrap()[3].parse().unwrap())
         .collect();
     assert_eq!(indices, ids(&r["order"]));
-    let jsonl_in = dir.path().join("docs.jsonl");
     let body: String = docs
         .iter()
         .map(|d| serde_json::json!({ "text": d, "other": "x" }).to_string() + "\n")
         .collect();
-    std::fs::write(&jsonl_in, body).unwrap();
-    let out = common::command_with(
-        "rerank",
-        &model,
-        &[
-            "--query",
-            query,
-            "-i",
-            jsonl_in.to_str().unwrap(),
-            "-f",
-            "jsonl",
-        ],
-        b"",
-    );
-    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = rerank_file("docs.jsonl", body, "jsonl");
     let indices: Vec<u32> = jsonl(&out)
         .iter()
         .map(|x| x["prediction"]["index"].as_u64().unwrap() as u32)
