@@ -21,8 +21,8 @@ pub struct EngineOptions {
     pub max_length: Option<usize>,
     /// Label names that replace generic `LABEL_n` ones.
     pub labels: Option<Vec<String>>,
-    /// The flag that gave `labels`, for messages (`--labels` when empty).
-    pub labels_flag: &'static str,
+    /// The flag that gave `labels`, for messages (`--labels` when not said).
+    pub labels_flag: Option<&'static str>,
     /// Run a checkpoint that has no classifier with a seeded random head.
     pub allow_untrained_head: bool,
     /// Number format of weights and activations; `None` picks the device's default.
@@ -132,10 +132,7 @@ impl Engine {
         if opts.quantize_q8 && (!device.is_cpu() || dtype != DType::F32) {
             bail!("--quantize q8 runs on the CPU in f32 only; use --device cpu and no --dtype, or drop --quantize");
         }
-        let flag = match opts.labels_flag {
-            "" => "--labels",
-            flag => flag,
-        };
+        let flag = opts.labels_flag.unwrap_or("--labels");
         let labels = label_names(
             &files.id,
             &cfg.labels,

@@ -50,7 +50,7 @@ impl RunArgs {
         EngineOptions {
             max_length: self.max_length,
             labels,
-            labels_flag: "--labels",
+            labels_flag: None,
             allow_untrained_head: self.allow_untrained_head,
             dtype: match self.dtype {
                 DTypeArg::Auto => None,
@@ -295,23 +295,14 @@ impl InputArgs {
     }
 }
 
-/// The size of the regular file standard input reads, if it is one.
-#[cfg(unix)]
+/// Bytes left to read in the regular file standard input reads, if it is one.
 fn stdin_file_size() -> Option<u64> {
     use std::io::Seek;
-    use std::os::fd::AsFd;
-    let fd = io::stdin().as_fd().try_clone_to_owned().ok()?;
-    let mut file = std::fs::File::from(fd);
+    let mut file = input::process_stream(0).ok()?;
     let meta = file.metadata().ok()?;
     // What is left to read: a shell may hand over a file already partly read.
     let read = file.stream_position().unwrap_or(0);
     meta.is_file().then(|| meta.len().saturating_sub(read))
-}
-
-/// The size of the regular file standard input reads, if it is one.
-#[cfg(not(unix))]
-fn stdin_file_size() -> Option<u64> {
-    None
 }
 
 impl Source {

@@ -24,7 +24,7 @@ pub fn run(args: DownloadArgs) -> Result<u8> {
     }
     if files.cache_dir.is_some() {
         // Offline, the cache is all there is to compare with: nothing was checked.
-        let how = if opts.offline || hub::env::offline() {
+        let how = if opts.is_offline() {
             "in the cache (offline: not checked against the hub)"
         } else {
             "checked and ready for offline use"

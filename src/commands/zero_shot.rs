@@ -14,7 +14,7 @@ pub fn run(mut args: ZeroShotArgs) -> Result<u8> {
     let (dump, source) = open_io(&mut args.input, &opts, None, &args.output, &args.run)?;
     on_pool(move || {
         let options = EngineOptions {
-            labels_flag: "--model-labels",
+            labels_flag: Some("--model-labels"),
             ..args.run.engine_options(args.model_labels.clone())
         };
         let engine = load(&args.model, &args.run, &options)?;

@@ -109,6 +109,13 @@ pub struct HubOptions {
     pub verify_cached: bool,
 }
 
+impl HubOptions {
+    /// Whether to use only the cache: `--offline` or `HF_HUB_OFFLINE`.
+    pub fn is_offline(&self) -> bool {
+        self.offline || env::offline()
+    }
+}
+
 impl Default for HubOptions {
     fn default() -> Self {
         Self {
@@ -200,7 +207,7 @@ fn remote_for(model: &str, opts: &HubOptions) -> Result<Remote> {
         model,
         &opts.revision,
         &RemoteOptions {
-            offline: opts.offline || env::offline(),
+            offline: opts.is_offline(),
             progress: opts.progress,
             force: opts.force,
             verify_cached: opts.verify_cached,

@@ -111,6 +111,20 @@ pub struct Item {
     pub end_byte: u64,
 }
 
+/// A new handle on this process's descriptor `fd` (0 for standard input), sharing its
+/// offset: to ask what it is (a regular file, its size), or to write where it writes.
+pub fn process_stream(fd: i32) -> std::io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `dup` takes any integer and fails on one that is not an open descriptor;
+    // the new descriptor it returns is ours alone to own.
+    let new = unsafe { libc::dup(fd) };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `new` is a fresh descriptor nothing else owns.
+    Ok(unsafe { std::fs::File::from_raw_fd(new) })
+}
+
 /// A stream of records and what is known about them before the first one.
 pub struct Records {
     /// CSV/TSV column names (the header row, or `1, 2, ...` without one), for outputs

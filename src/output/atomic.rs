@@ -34,7 +34,7 @@ impl AtomicFile {
         // append mode included (reopened by name, a redirected file would be rewritten
         // from its start, or replaced).
         if let Some(fd) = target.own_fd {
-            let file = own_stream(fd)
+            let file = crate::input::process_stream(fd)
                 .with_context(|| format!("cannot write to {} (descriptor {fd})", path.display()))?;
             return Ok(in_place(file));
         }
@@ -174,19 +174,6 @@ fn fd_name(path: &Path) -> Option<i32> {
     n.parse().ok()
 }
 
-/// A new handle on this process's descriptor `fd`, sharing its offset.
-fn own_stream(fd: i32) -> std::io::Result<File> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: `dup` takes any integer and fails on one that is not an open descriptor;
-    // the new descriptor it returns is ours alone to own.
-    let new = unsafe { libc::dup(fd) };
-    if new < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `new` is a fresh descriptor nothing else owns.
-    Ok(unsafe { File::from_raw_fd(new) })
-}
-
 /// Opens a FIFO, socket or device to write; a FIFO with no reader yet is said to be
 /// waited on (opening it blocks until one comes).
 fn open_pipe(path: &Path) -> Result<File> {
@@ -232,11 +219,9 @@ pub fn not_the_input(output: &Path, input: Option<&Path>) -> Result<()> {
     };
     let read = match input {
         Some(p) => std::fs::metadata(p).ok(),
-        None => {
-            use std::os::fd::AsFd;
-            let fd = std::io::stdin().as_fd().try_clone_to_owned().ok();
-            fd.and_then(|fd| File::from(fd).metadata().ok())
-        }
+        None => crate::input::process_stream(0)
+            .and_then(|f| f.metadata())
+            .ok(),
     };
     if let Some(read) = read {
         if out.is_file() && out.dev() == read.dev() && out.ino() == read.ino() {

@@ -131,21 +131,17 @@ impl Ranked {
             },
             FormatKind::Jsonl => {
                 let mut result = Map::new();
-                match &h.score {
-                    Ok(s) => {
-                        result.insert("rank".into(), json!(rank));
-                        if matches!(h.carried, Carried::Json(_)) {
-                            result.insert("index".into(), json!(h.index));
-                        }
-                        result.insert("score".into(), json!(s));
-                    }
-                    Err(e) => {
-                        if matches!(h.carried, Carried::Json(_)) {
-                            result.insert("index".into(), json!(h.index));
-                        }
-                        result.insert("error".into(), json!(e));
-                    }
+                if h.score.is_ok() {
+                    result.insert("rank".into(), json!(rank));
                 }
+                // A compact object has the index at its front; a carried one here.
+                if matches!(h.carried, Carried::Json(_)) {
+                    result.insert("index".into(), json!(h.index));
+                }
+                match &h.score {
+                    Ok(s) => result.insert("score".into(), json!(s)),
+                    Err(e) => result.insert("error".into(), json!(e)),
+                };
                 if let Carried::Json(input) = &h.carried {
                     self.out.write_all(b"{")?;
                     for (k, v) in &input.0 {
