@@ -4,9 +4,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 use crate::hub::{ModelFiles, TokenizerPaths};
-use crate::layers::Backend;
-use crate::models::config::{labels_are_generic, Config, Scoring};
-use crate::models::head::HeadPolicy;
+use crate::layers::{Backend, Loader};
+use crate::models::config::{labels_are_generic, Scoring};
+use crate::models::HeadPolicy;
 use crate::models::{Batch, Classifier, DEFAULT_MODEL};
 use crate::tokenize::{Encoded, PairTruncation, TextTokenizer, TokenizerFiles};
 use crate::weights::open_weights;
@@ -104,7 +104,7 @@ pub fn default_dtype(device: &Device) -> DType {
 impl Engine {
     /// Loads config, weights and tokenizer; every error names the file at fault.
     pub fn load(files: &ModelFiles, device: Device, opts: &EngineOptions) -> Result<Self> {
-        let cfg = Config::from_file(&files.config)?;
+        let cfg = crate::models::read_config(&files.config)?;
         let max_length = match opts.max_length {
             None => cfg.max_tokens(),
             Some(n) if n > cfg.max_tokens() => bail!(
@@ -127,7 +127,7 @@ impl Engine {
             num_labels: opts.labels.as_ref().map_or(cfg.labels.len(), Vec::len),
         };
         let backend = Backend::choose(&device, dtype);
-        let model = crate::models::load(vb, &cfg, policy, backend)
+        let model = crate::models::load(Loader::new(vb, backend), &cfg, policy)
             .with_context(|| format!("cannot build the model from {weight_names}"))?;
         if opts.quantize_q8 && (!device.is_cpu() || dtype != DType::F32) {
             bail!("--quantize q8 runs on the CPU in f32 only; use --device cpu and no --dtype, or drop --quantize");

@@ -9,17 +9,15 @@ use serde_json::json;
 use super::{file_size, human_size, EXIT_OK};
 use bert_cli::cli::{InfoArgs, InfoFormat};
 use bert_cli::hub::{self, Peek};
-use bert_cli::models::config::Config;
-
-/// Names of a trained classification head's output weights, across the families.
-const HEAD_TENSORS: [&str; 2] = ["classifier.weight", "classifier.out_proj.weight"];
+use bert_cli::models;
 
 /// Describes the model.
 pub fn run(args: InfoArgs) -> Result<u8> {
     let model = args.model;
     let peek = hub::peek(&model.model, &model.hub.options(model.quiet))?;
-    let cfg = Config::from_file(&peek.config)?;
-    let head = head_state(&peek)?;
+    let cfg = models::read_config(&peek.config)?;
+    let (family, _) = models::family(&cfg.model_type)?;
+    let head = head_state(&peek, &format!("{}.weight", family.head))?;
     let params: Option<usize> = peek
         .weights
         .iter()
@@ -56,7 +54,7 @@ pub fn run(args: InfoArgs) -> Result<u8> {
             let obj = json!({
                 "model": peek.id,
                 "cache": peek.cache_dir,
-                "architecture": cfg.family_name(),
+                "architecture": cfg.family_name,
                 "model_type": cfg.model_type,
                 "layers": cfg.num_layers,
                 "heads": cfg.num_heads,
@@ -84,7 +82,7 @@ pub fn run(args: InfoArgs) -> Result<u8> {
             writeln!(
                 out,
                 "architecture: {} (model_type {}), {} layers, {} heads, hidden size {}, feed-forward {}, {}",
-                cfg.family_name(),
+                cfg.family_name,
                 cfg.model_type,
                 cfg.num_layers,
                 cfg.num_heads,
@@ -142,13 +140,14 @@ pub fn run(args: InfoArgs) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// Whether a trained head is there; `None` when no header says (remote pytorch_model.bin).
-fn head_state(peek: &Peek) -> Result<Option<bool>> {
+/// Whether a trained head (its output layer's `head` tensor) is there; `None` when no
+/// header says (remote pytorch_model.bin).
+fn head_state(peek: &Peek, head: &str) -> Result<Option<bool>> {
     let mut unknown = false;
     for w in &peek.weights {
         match (&w.tensors, &w.local) {
             (Some(ts), _) => {
-                if ts.iter().any(|t| HEAD_TENSORS.contains(&t.name.as_str())) {
+                if ts.iter().any(|t| t.name == head) {
                     return Ok(Some(true));
                 }
             }
@@ -158,7 +157,7 @@ fn head_state(peek: &Peek) -> Result<Option<bool>> {
                     candle_core::DType::F32,
                     &candle_core::Device::Cpu,
                 )?;
-                if HEAD_TENSORS.iter().any(|t| vb.contains_tensor(t)) {
+                if vb.contains_tensor(head) {
                     return Ok(Some(true));
                 }
             }

@@ -4,9 +4,8 @@
 
 use anyhow::Result;
 use candle_core::{DType, Tensor};
-use candle_nn::VarBuilder;
 
-use super::{Backend, Linear, Sequences};
+use super::{Backend, Linear, Loader, Sequences};
 use crate::kernels::cpu;
 
 pub use crate::kernels::cpu::Queries;
@@ -37,13 +36,12 @@ impl SelfAttention {
     /// first-token head), so on the CPU kernels its keys and values are also kept folded
     /// into the form a lone query uses (`cls_attention`).
     pub fn load(
-        query: VarBuilder,
-        key: VarBuilder,
-        value: VarBuilder,
+        query: &Loader,
+        key: &Loader,
+        value: &Loader,
         hidden: usize,
         heads: usize,
         fold_first_token: bool,
-        backend: Backend,
     ) -> Result<Self> {
         let h = hidden;
         let shape = cpu::Shape {
@@ -54,7 +52,7 @@ impl SelfAttention {
         let (qw, qb) = (query.get((h, h), "weight")?, query.get(h, "bias")?);
         let (kw, kb) = (key.get((h, h), "weight")?, key.get(h, "bias")?);
         let (vw, vb) = (value.get((h, h), "weight")?, value.get(h, "bias")?);
-        let scores = match backend {
+        let scores = match query.backend {
             Backend::Kernels => Scores::Fused {
                 folded: (fold_first_token && cpu::ClsAttention::fits(shape))
                     .then(|| cpu::ClsAttention::new(&kw, &vw, &vb, shape))
@@ -66,7 +64,7 @@ impl SelfAttention {
         let weight = Tensor::cat(&[(qw * scale)?, kw, vw], 0)?;
         let bias = Tensor::cat(&[(qb * scale)?, kb, vb], 0)?;
         Ok(Self {
-            qkv: Linear::new(weight, bias, backend)?,
+            qkv: Linear::new(weight, bias, query)?,
             scores,
             shape,
         })

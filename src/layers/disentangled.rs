@@ -11,10 +11,9 @@
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 
 use super::attention::{separate_qkv, softmax_context};
-use super::{Backend, Linear, Sequences};
+use super::{Backend, Linear, Loader, Sequences};
 
 /// Relative-position settings of one attention layer.
 #[derive(Debug, Clone, Copy)]
@@ -51,11 +50,10 @@ impl DisentangledAttention {
     /// `pos_query_proj` unless keys are shared); `rel` is the encoder's relative-position
     /// table `[2 * span, hidden]`, already normalised, when relative attention is on.
     pub fn load(
-        vb: VarBuilder,
+        vb: &Loader,
         hidden: usize,
         heads: usize,
         rel: Option<(&Tensor, RelativePositions)>,
-        backend: Backend,
     ) -> Result<Self> {
         let h = hidden;
         let d = h / heads.max(1);
@@ -103,13 +101,13 @@ impl DisentangledAttention {
         let weight = Tensor::cat(&[(qw * scale)?, kw, vw], 0)?;
         let bias = Tensor::cat(&[(qb * scale)?, kb, vb_], 0)?;
         Ok(Self {
-            qkv: Linear::new(weight, bias, backend)?,
+            qkv: Linear::new(weight, bias, vb)?,
             position_keys,
             position_queries,
             relative: rel.map(|(_, r)| r),
             span,
             heads,
-            cpu_softmax: backend != Backend::Candle,
+            cpu_softmax: vb.backend != Backend::Candle,
         })
     }
 

@@ -4,7 +4,7 @@ use anyhow::Result;
 use candle_core::Tensor;
 use candle_nn::{Embedding, Module};
 
-use super::Backend;
+use super::Loader;
 use crate::kernels::cpu;
 
 /// How a family numbers the positions it looks up.
@@ -66,12 +66,12 @@ pub struct Embeddings {
 }
 
 impl Embeddings {
-    /// From `[rows, width]` tables.
+    /// From `[rows, width]` tables, on `ld`'s backend.
     pub fn new(
         word: Tensor,
         position: Option<(Tensor, Positions)>,
         token_type: Option<Tensor>,
-        backend: Backend,
+        ld: &Loader,
     ) -> Result<Self> {
         let table = |t: Tensor| -> Result<Embedding> {
             let hidden = t.dim(1)?;
@@ -83,7 +83,7 @@ impl Embeddings {
                 .map(|(t, scheme)| Ok::<_, anyhow::Error>((table(t)?, scheme)))
                 .transpose()?,
             token_type: token_type.map(table).transpose()?,
-            cpu: backend.cpu_f32(),
+            cpu: ld.backend.cpu_f32(),
         })
     }
 

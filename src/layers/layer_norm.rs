@@ -2,9 +2,7 @@
 
 use anyhow::Result;
 use candle_core::{Module, Tensor};
-use candle_nn::VarBuilder;
-
-use super::Backend;
+use super::Loader;
 use crate::kernels::cpu;
 
 /// A LayerNorm layer: candle's, or the CPU kernel that normalises in place.
@@ -20,9 +18,9 @@ pub enum LayerNorm {
 }
 
 impl LayerNorm {
-    /// From `weight` and `bias`, both `[hidden]`.
-    pub fn new(weight: Tensor, bias: Tensor, eps: f64, backend: Backend) -> Result<Self> {
-        Ok(if backend.cpu_f32() {
+    /// From `weight` and `bias`, both `[hidden]`, on `ld`'s backend.
+    pub fn new(weight: Tensor, bias: Tensor, eps: f64, ld: &Loader) -> Result<Self> {
+        Ok(if ld.backend.cpu_f32() {
             Self::Cpu {
                 weight: weight.to_vec1()?,
                 bias: bias.to_vec1()?,
@@ -33,15 +31,15 @@ impl LayerNorm {
         })
     }
 
-    /// `weight`/`bias` of size `hidden` under `vb`, or `gamma`/`beta` as old TensorFlow
+    /// `weight`/`bias` of size `hidden` under `ld`, or `gamma`/`beta` as old TensorFlow
     /// ports name them.
-    pub fn load(vb: VarBuilder, hidden: usize, eps: f64, backend: Backend) -> Result<Self> {
-        let (w, b) = if vb.contains_tensor("weight") || !vb.contains_tensor("gamma") {
-            (vb.get(hidden, "weight")?, vb.get(hidden, "bias")?)
+    pub fn load(ld: &Loader, hidden: usize, eps: f64) -> Result<Self> {
+        let (w, b) = if ld.contains_tensor("weight") || !ld.contains_tensor("gamma") {
+            (ld.get(hidden, "weight")?, ld.get(hidden, "bias")?)
         } else {
-            (vb.get(hidden, "gamma")?, vb.get(hidden, "beta")?)
+            (ld.get(hidden, "gamma")?, ld.get(hidden, "beta")?)
         };
-        Self::new(w, b, eps, backend)
+        Self::new(w, b, eps, ld)
     }
 
     /// Normalises `x`, `[.., hidden]`. The CPU kernel overwrites `x`'s own buffer, so `x`

@@ -5,9 +5,7 @@ use std::sync::Mutex;
 
 use anyhow::Result;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-
-use super::{Activation, Backend};
+use super::{Activation, Backend, Loader};
 use crate::kernels::cpu;
 
 /// A dense layer applied to `[batch, seq, in]` as one `[batch * seq, in]` matrix product:
@@ -44,8 +42,13 @@ enum Then<'a> {
 }
 
 impl Linear {
-    /// From a checkpoint-layout `[out, in]` weight and its `[out]` bias.
-    pub fn new(weight: Tensor, bias: Tensor, backend: Backend) -> Result<Self> {
+    /// From a checkpoint-layout `[out, in]` weight and its `[out]` bias, on `ld`'s
+    /// backend.
+    pub fn new(weight: Tensor, bias: Tensor, ld: &Loader) -> Result<Self> {
+        Self::on(weight, bias, ld.backend)
+    }
+
+    fn on(weight: Tensor, bias: Tensor, backend: Backend) -> Result<Self> {
         let weights = match backend {
             Backend::Kernels => Weights::Packed(cpu::PackedLinear::new(&weight, &bias)?),
             Backend::Candle | Backend::CandleCpu { .. } => Weights::Candle(transpose(&weight)?),
@@ -58,13 +61,9 @@ impl Linear {
         })
     }
 
-    /// `weight` `[out, in]` and `bias` `[out]` under `vb`, shapes checked.
-    pub fn load(vb: VarBuilder, in_dim: usize, out_dim: usize, backend: Backend) -> Result<Self> {
-        Self::new(
-            vb.get((out_dim, in_dim), "weight")?,
-            vb.get(out_dim, "bias")?,
-            backend,
-        )
+    /// `weight` `[out, in]` and `bias` `[out]` under `ld`, shapes checked.
+    pub fn load(ld: &Loader, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Self::new(ld.get((out_dim, in_dim), "weight")?, ld.get(out_dim, "bias")?, ld)
     }
 
     /// From now on, keeps the largest `|x|` of each input channel that passes through,

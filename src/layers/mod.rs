@@ -1,9 +1,9 @@
 //! The building blocks every encoder family is made of: dense layers, LayerNorm, the
 //! embedding sum, self-attention, activations, and the row layout they share.
 //!
-//! Each block picks its implementation once, at load, from the model's `Backend`, and
-//! keeps it as an enum: its forward pass only dispatches on that. Model files build on
-//! these blocks and never see which implementation runs.
+//! Each block picks its implementation once, at load, from the `Backend` its `Loader`
+//! carries, and keeps it as an enum: its forward pass only dispatches on that. Model
+//! files hand blocks a `Loader` and never see which implementation runs.
 
 mod activation;
 mod attention;
@@ -11,6 +11,7 @@ mod disentangled;
 mod embeddings;
 mod layer_norm;
 mod linear;
+mod loader;
 mod sequences;
 
 use candle_core::{DType, Device};
@@ -21,7 +22,8 @@ pub use disentangled::{DisentangledAttention, RelativePositions};
 pub use embeddings::{Embeddings, Positions};
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
-pub use sequences::Sequences;
+pub use loader::Loader;
+pub use sequences::{RowLayout, Sequences};
 
 /// How a model's layers compute, chosen once when it loads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use candle_core::{DType, Tensor};
 
-use super::{Backend, Queries};
+use super::{Backend, Loader, Queries};
 use crate::kernels::cpu;
 
 /// Padding bias added to attention scores before softmax. Large enough that `exp`
@@ -25,11 +25,23 @@ pub struct Sequences {
     bias: Vec<f32>,
 }
 
+/// Where a model's rows may go, read off its `Loader` once at load: the CPU kernels can
+/// drop padding rows, candle's ops keep the padded batch.
+#[derive(Debug, Clone, Copy)]
+pub struct RowLayout(Backend);
+
+impl RowLayout {
+    /// The layout of the layers `ld` loads.
+    pub fn of(ld: &Loader) -> Self {
+        Self(ld.backend)
+    }
+}
+
 impl Sequences {
     /// Whether `lay_out` lays the real tokens back to back (no padding rows) on
-    /// `backend` when asked for `first_tokens_only`.
-    pub fn drops_padding(backend: Backend, first_tokens_only: bool) -> bool {
-        backend == Backend::Kernels && first_tokens_only
+    /// `layout` when asked for `first_tokens_only`.
+    pub fn drops_padding(layout: RowLayout, first_tokens_only: bool) -> bool {
+        layout.0 == Backend::Kernels && first_tokens_only
     }
 
     /// Lays out the embeddings `x`, `[batch, seq, hidden]`, with `mask` `[batch, seq]`
@@ -39,7 +51,7 @@ impl Sequences {
     pub fn lay_out(
         x: Tensor,
         mask: &Tensor,
-        backend: Backend,
+        layout: RowLayout,
         first_tokens_only: bool,
     ) -> Result<(Tensor, Self)> {
         let (b, t, h) = x.dims3()?;
@@ -50,12 +62,12 @@ impl Sequences {
             starts: (0..=b).map(|s| s * t).collect(),
             bias,
         };
-        if backend != Backend::Kernels {
+        if layout.0 != Backend::Kernels {
             // candle's path reads the padded mask tensor itself.
             return Ok((x, padded(mask_bias, Vec::new())));
         }
         let bias = mask_bias.flatten_all()?.to_vec1::<f32>()?;
-        if !Self::drops_padding(backend, first_tokens_only) || t == 0 {
+        if !Self::drops_padding(layout, first_tokens_only) || t == 0 {
             return Ok((x, padded(mask_bias, bias)));
         }
         let (mut starts, mut rows, mut kept) = (vec![0], Vec::new(), Vec::new());
@@ -131,7 +143,7 @@ mod tests {
         let x = Tensor::arange(0f32, 24.0, &dev)?.reshape((2, 4, 3))?;
         let mask = Tensor::new(&[[1u32, 1, 1, 0], [1, 1, 0, 0]], &dev)?;
         for backend in [Backend::Kernels, Backend::CandleCpu { model_f32: true }] {
-            let (kept, seqs) = Sequences::lay_out(x.clone(), &mask, backend, false)?;
+            let (kept, seqs) = Sequences::lay_out(x.clone(), &mask, RowLayout(backend), false)?;
             assert_eq!(kept.dims(), [2, 4, 3]);
             assert_eq!(seqs.starts, [0, 4, 8]);
         }
@@ -139,11 +151,11 @@ mod tests {
         let (same, _) = Sequences::lay_out(
             x.clone(),
             &mask,
-            Backend::CandleCpu { model_f32: true },
+            RowLayout(Backend::CandleCpu { model_f32: true }),
             true,
         )?;
         assert_eq!(same.dims(), [2, 4, 3]);
-        let (packed, seqs) = Sequences::lay_out(x, &mask, Backend::Kernels, true)?;
+        let (packed, seqs) = Sequences::lay_out(x, &mask, RowLayout(Backend::Kernels), true)?;
         assert_eq!(seqs.starts, [0, 3, 5]);
         assert_eq!(seqs.bias, [0.0; 5]);
         let rows = packed.squeeze(0)?.to_vec2::<f32>()?;

@@ -4,12 +4,22 @@
 //! as `weight`/`bias` or `gamma`/`beta`.
 
 use anyhow::Result;
-use candle_nn::VarBuilder;
 
-use super::config::Config;
+use super::classifier::{Classifier, HeadPolicy};
+use super::config::{Config, Defaults};
 use super::encoder::{encoder_root, Encoder, NormedEmbeddings, SequenceClassifier, BERT_NAMES};
-use super::head::{FirstTokenHead, HeadPolicy};
-use crate::layers::{Activation, Backend, Positions};
+use super::family::{no_check, Family};
+use super::head::{FirstTokenHead, HeadSpec};
+use crate::layers::{Activation, Loader, Positions};
+
+/// `bert`, and configs without a `model_type` (old BERT ones).
+pub const FAMILY: Family = Family {
+    model_types: &[("bert", "BERT")],
+    config: Defaults::BERT,
+    check: no_check,
+    head: "classifier",
+    load: |ld, cfg, policy| Ok(Box::new(load(ld, cfg, policy)?) as Box<dyn Classifier>),
+};
 
 /// `BertForSequenceClassification`: `bert.embeddings`, `bert.encoder.layer.N`,
 /// `bert.pooler.dense` + tanh, `classifier`.
@@ -17,10 +27,9 @@ pub type BertForSequenceClassification = SequenceClassifier<NormedEmbeddings>;
 
 /// Builds the model from a checkpoint.
 pub fn load(
-    vb: VarBuilder,
+    vb: Loader,
     cfg: &Config,
     policy: HeadPolicy,
-    backend: Backend,
 ) -> Result<BertForSequenceClassification> {
     let bert = encoder_root(&vb, "bert", cfg)?;
     let h = cfg.hidden_size;
@@ -29,22 +38,22 @@ pub fn load(
         // buffers come and go (loaded after them, it could not reuse their freed memory:
         // 15 MiB more peak with MiniLM).
         embeddings: NormedEmbeddings::load(
-            bert.pp("embeddings"),
+            &bert.pp("embeddings"),
             cfg,
             h,
             Positions::FromZero,
             true,
-            backend,
         )?,
-        encoder: Encoder::load(bert.pp("encoder").pp("layer"), cfg, &BERT_NAMES, backend)?,
+        encoder: Encoder::load(&bert.pp("encoder").pp("layer"), cfg, &BERT_NAMES)?,
         head: FirstTokenHead::load(
-            bert.pp("pooler").pp("dense"),
-            vb.pp("classifier"),
-            h,
-            Activation::Tanh,
+            HeadSpec {
+                dense: bert.pp("pooler").pp("dense"),
+                out: vb.pp(FAMILY.head),
+                width: h,
+                act: Activation::Tanh,
+            },
             cfg,
             policy,
-            backend,
         )?,
     })
 }

@@ -3,12 +3,34 @@
 //! `pre_classifier` + ReLU + `classifier` on `[CLS]`.
 
 use anyhow::Result;
-use candle_nn::VarBuilder;
 
-use super::config::Config;
+use super::classifier::{Classifier, HeadPolicy};
+use super::config::{Config, Defaults};
 use super::encoder::{encoder_root, Encoder, LayerNames, NormedEmbeddings, SequenceClassifier};
-use super::head::{FirstTokenHead, HeadPolicy};
-use crate::layers::{Activation, Backend, Positions};
+use super::family::{no_check, Family};
+use super::head::{FirstTokenHead, HeadSpec};
+use crate::layers::{Activation, Loader, Positions};
+
+/// `distilbert`: its config names the sizes its own way, and its LayerNorms are fixed at
+/// 1e-12 whatever the config says.
+pub const FAMILY: Family = Family {
+    model_types: &[("distilbert", "DistilBERT")],
+    config: Defaults {
+        type_vocab_size: 0,
+        eps_fixed: true,
+        renames: &[
+            ("dim", "hidden_size"),
+            ("n_layers", "num_hidden_layers"),
+            ("n_heads", "num_attention_heads"),
+            ("hidden_dim", "intermediate_size"),
+            ("activation", "hidden_act"),
+        ],
+        ..Defaults::BERT
+    },
+    check: no_check,
+    head: "classifier",
+    load: |ld, cfg, policy| Ok(Box::new(load(ld, cfg, policy)?) as Box<dyn Classifier>),
+};
 
 /// `distilbert.transformer.layer.N`'s names.
 const NAMES: LayerNames = LayerNames {
@@ -27,31 +49,30 @@ pub type DistilBertForSequenceClassification = SequenceClassifier<NormedEmbeddin
 
 /// Builds the model from a checkpoint.
 pub fn load(
-    vb: VarBuilder,
+    vb: Loader,
     cfg: &Config,
     policy: HeadPolicy,
-    backend: Backend,
 ) -> Result<DistilBertForSequenceClassification> {
     let distil = encoder_root(&vb, "distilbert", cfg)?;
     let h = cfg.hidden_size;
     Ok(SequenceClassifier {
         embeddings: NormedEmbeddings::load(
-            distil.pp("embeddings"),
+            &distil.pp("embeddings"),
             cfg,
             h,
             Positions::FromZero,
             false,
-            backend,
         )?,
-        encoder: Encoder::load(distil.pp("transformer").pp("layer"), cfg, &NAMES, backend)?,
+        encoder: Encoder::load(&distil.pp("transformer").pp("layer"), cfg, &NAMES)?,
         head: FirstTokenHead::load(
-            vb.pp("pre_classifier"),
-            vb.pp("classifier"),
-            h,
-            Activation::Relu,
+            HeadSpec {
+                dense: vb.pp("pre_classifier"),
+                out: vb.pp(FAMILY.head),
+                width: h,
+                act: Activation::Relu,
+            },
             cfg,
             policy,
-            backend,
         )?,
     })
 }

@@ -5,14 +5,24 @@
 
 use anyhow::Result;
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 
-use super::config::Config;
+use super::classifier::{Classifier, HeadPolicy};
+use super::config::{Config, Defaults};
 use super::encoder::{
     encoder_root, Embed, Encoder, NormedEmbeddings, SequenceClassifier, BERT_NAMES,
 };
-use super::head::{FirstTokenHead, HeadPolicy};
-use crate::layers::{Activation, Backend, Linear, Positions};
+use super::family::{no_check, Family};
+use super::head::{FirstTokenHead, HeadSpec};
+use crate::layers::{Activation, Linear, Loader, Positions};
+
+/// `electra`: BERT's layers, embeddings projected when narrower than the encoder.
+pub const FAMILY: Family = Family {
+    model_types: &[("electra", "ELECTRA")],
+    config: Defaults::BERT,
+    check: no_check,
+    head: "classifier.out_proj",
+    load: |ld, cfg, policy| Ok(Box::new(load(ld, cfg, policy)?) as Box<dyn Classifier>),
+};
 
 /// `electra.embeddings`, then `electra.embeddings_project` when present.
 pub struct ElectraEmbeddings {
@@ -35,37 +45,35 @@ pub type ElectraForSequenceClassification = SequenceClassifier<ElectraEmbeddings
 
 /// Builds the model from a checkpoint.
 pub fn load(
-    vb: VarBuilder,
+    vb: Loader,
     cfg: &Config,
     policy: HeadPolicy,
-    backend: Backend,
 ) -> Result<ElectraForSequenceClassification> {
     let electra = encoder_root(&vb, "electra", cfg)?;
     let (e, h) = (cfg.embedding_size, cfg.hidden_size);
-    let classifier = vb.pp("classifier");
     Ok(SequenceClassifier {
         embeddings: ElectraEmbeddings {
             embeddings: NormedEmbeddings::load(
-                electra.pp("embeddings"),
+                &electra.pp("embeddings"),
                 cfg,
                 e,
                 Positions::FromZero,
                 true,
-                backend,
             )?,
             project: (e != h)
-                .then(|| Linear::load(electra.pp("embeddings_project"), e, h, backend))
+                .then(|| Linear::load(&electra.pp("embeddings_project"), e, h))
                 .transpose()?,
         },
-        encoder: Encoder::load(electra.pp("encoder").pp("layer"), cfg, &BERT_NAMES, backend)?,
+        encoder: Encoder::load(&electra.pp("encoder").pp("layer"), cfg, &BERT_NAMES)?,
         head: FirstTokenHead::load(
-            classifier.pp("dense"),
-            classifier.pp("out_proj"),
-            h,
-            Activation::GeluErf,
+            HeadSpec {
+                dense: vb.pp("classifier.dense"),
+                out: vb.pp(FAMILY.head),
+                width: h,
+                act: Activation::GeluErf,
+            },
             cfg,
             policy,
-            backend,
         )?,
     })
 }

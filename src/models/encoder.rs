@@ -5,14 +5,13 @@
 
 use anyhow::Result;
 use candle_core::{DType, Tensor};
-use candle_nn::VarBuilder;
 
+use super::classifier::{Batch, Classifier, Output};
 use super::config::Config;
 use super::head::FirstTokenHead;
-use super::{Batch, Classifier, Output};
 use crate::layers::{
-    Activation, Backend, DisentangledAttention, Embeddings, LayerNorm, Linear, Positions, Queries,
-    SelfAttention, Sequences,
+    Activation, DisentangledAttention, Embeddings, LayerNorm, Linear, Loader, Positions, Queries,
+    RowLayout, SelfAttention, Sequences,
 };
 
 /// Where a layer's tensors live, relative to the layer (`encoder.layer.N` or
@@ -85,7 +84,7 @@ pub struct Layer {
 /// The stack of layers.
 pub struct Encoder {
     layers: Vec<Layer>,
-    backend: Backend,
+    layout: RowLayout,
     /// The last layer may run for the first token alone: its attention is scaled
     /// dot-product (DeBERTa's relative scores are computed for whole sequences).
     first_token_last: bool,
@@ -94,32 +93,25 @@ pub struct Encoder {
 impl Encoder {
     /// `cfg.num_layers` layers under `vb` (`vb.pp(i)` each), with scaled dot-product
     /// attention.
-    pub fn load(
-        vb: VarBuilder,
-        cfg: &Config,
-        names: &LayerNames,
-        backend: Backend,
-    ) -> Result<Self> {
-        Self::load_with(vb, cfg, names, backend, |vb, last| {
+    pub fn load(vb: &Loader, cfg: &Config, names: &LayerNames) -> Result<Self> {
+        Self::load_with(vb, cfg, names, |vb, last| {
             Ok(Attention::Scaled(SelfAttention::load(
-                vb.pp(names.query),
-                vb.pp(names.key),
-                vb.pp(names.value),
+                &vb.pp(names.query),
+                &vb.pp(names.key),
+                &vb.pp(names.value),
                 cfg.hidden_size,
                 cfg.num_heads,
                 last,
-                backend,
             )?))
         })
     }
 
     /// As `load`, the attention of each layer built by `attention(layer_vb, is_last)`.
     pub fn load_with(
-        vb: VarBuilder,
+        vb: &Loader,
         cfg: &Config,
         names: &LayerNames,
-        backend: Backend,
-        attention: impl Fn(&VarBuilder, bool) -> Result<Attention>,
+        attention: impl Fn(&Loader, bool) -> Result<Attention>,
     ) -> Result<Self> {
         let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
         // A config that names more layers than the checkpoint has: said as such, not as
@@ -142,17 +134,12 @@ impl Encoder {
                 let vb = vb.pp(i);
                 Ok(Layer {
                     attention: attention(&vb, i + 1 == cfg.num_layers)?,
-                    attention_output: Linear::load(vb.pp(names.attention_output), h, h, backend)?,
-                    attention_norm: LayerNorm::load(vb.pp(names.attention_norm), h, eps, backend)?,
-                    intermediate: Linear::load(
-                        vb.pp(names.intermediate),
-                        h,
-                        cfg.intermediate_size,
-                        backend,
-                    )?,
+                    attention_output: Linear::load(&vb.pp(names.attention_output), h, h)?,
+                    attention_norm: LayerNorm::load(&vb.pp(names.attention_norm), h, eps)?,
+                    intermediate: Linear::load(&vb.pp(names.intermediate), h, cfg.intermediate_size)?,
                     act: cfg.hidden_act,
-                    output: Linear::load(vb.pp(names.output), cfg.intermediate_size, h, backend)?,
-                    output_norm: LayerNorm::load(vb.pp(names.output_norm), h, eps, backend)?,
+                    output: Linear::load(&vb.pp(names.output), cfg.intermediate_size, h)?,
+                    output_norm: LayerNorm::load(&vb.pp(names.output_norm), h, eps)?,
                 })
             })
             .collect::<Result<Vec<Layer>>>()?;
@@ -173,7 +160,7 @@ impl Encoder {
                 .all(|l| matches!(l.attention, Attention::Scaled(_)));
         Ok(Self {
             layers,
-            backend,
+            layout: RowLayout::of(vb),
             first_token_last,
         })
     }
@@ -191,7 +178,7 @@ impl Encoder {
         // The heads read only the first token, so the last layer skips the other tokens
         // unless their attention is wanted.
         let first_only = self.first_token_last && !keep_attention;
-        let (mut x, seqs) = Sequences::lay_out(x, mask, self.backend, first_only)?;
+        let (mut x, seqs) = Sequences::lay_out(x, mask, self.layout, first_only)?;
         let mut attentions = Vec::new();
         let last = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
@@ -228,7 +215,7 @@ impl Encoder {
     /// on the kernels, when the last layer may run for the first token alone (the rows
     /// then need not stay in place).
     pub fn skips_padding(&self) -> bool {
-        Sequences::drops_padding(self.backend, self.first_token_last)
+        Sequences::drops_padding(self.layout, self.first_token_last)
     }
 
     /// Has the layers `quantize_q8` converts record the range of their inputs from now
@@ -281,12 +268,11 @@ pub struct NormedEmbeddings {
 impl NormedEmbeddings {
     /// `token_types`: the family has a token-type table (`cfg.type_vocab_size` rows).
     pub fn load(
-        vb: VarBuilder,
+        vb: &Loader,
         cfg: &Config,
         width: usize,
         positions: Positions,
         token_types: bool,
-        backend: Backend,
     ) -> Result<Self> {
         let table = |name: &str, rows: usize| vb.pp(name).get((rows, width), "weight");
         Ok(Self {
@@ -299,9 +285,9 @@ impl NormedEmbeddings {
                 token_types
                     .then(|| table("token_type_embeddings", cfg.type_vocab_size))
                     .transpose()?,
-                backend,
+                vb,
             )?,
-            norm: LayerNorm::load(vb.pp("LayerNorm"), width, cfg.layer_norm_eps, backend)?,
+            norm: LayerNorm::load(&vb.pp("LayerNorm"), width, cfg.layer_norm_eps)?,
         })
     }
 
@@ -363,7 +349,7 @@ impl<E: Embed> Classifier for SequenceClassifier<E> {
 /// Where the encoder's tensors live: under `prefix.` (`bert.`, `roberta.`, ...) as
 /// `XForSequenceClassification` saves them, or at the top level as the bare model saves
 /// them.
-pub fn encoder_root<'a>(vb: &VarBuilder<'a>, prefix: &str, cfg: &Config) -> Result<VarBuilder<'a>> {
+pub fn encoder_root<'a>(vb: &Loader<'a>, prefix: &str, cfg: &Config) -> Result<Loader<'a>> {
     let probe = "embeddings.word_embeddings.weight";
     if vb.contains_tensor(&format!("{prefix}.{probe}")) {
         Ok(vb.pp(prefix))
@@ -377,7 +363,7 @@ pub fn encoder_root<'a>(vb: &VarBuilder<'a>, prefix: &str, cfg: &Config) -> Resu
         };
         anyhow::bail!(
             "no {} encoder weights: expected tensor {probe} (with or without the \"{prefix}.\" prefix){assumed}",
-            cfg.family_name()
+            cfg.family_name
         )
     }
 }

@@ -3,20 +3,10 @@
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
-use candle_nn::VarBuilder;
 
+use super::classifier::{HeadPolicy, DEFAULT_MODEL};
 use super::config::Config;
-use super::DEFAULT_MODEL;
-use crate::layers::{Activation, Backend, Linear};
-
-/// What to do when the checkpoint has no trained classification head.
-#[derive(Debug, Clone, Copy)]
-pub struct HeadPolicy {
-    /// Run anyway with a seeded random head instead of refusing.
-    pub allow_untrained: bool,
-    /// Labels the untrained head gets (the checkpoint cannot say).
-    pub num_labels: usize,
-}
+use crate::layers::{Activation, Linear, Loader};
 
 /// The refusal for a checkpoint without a trained classifier, unless the user allows a
 /// seeded one.
@@ -32,7 +22,7 @@ pub fn refuse_bare_encoder() -> anyhow::Error {
 /// A trained classifier's `[num_labels, width]` weight `name` under `vb` (`full_name`
 /// in messages), its shape checked; returns it with its label count.
 fn classifier_weight(
-    vb: &VarBuilder,
+    vb: &Loader,
     name: &str,
     full_name: &str,
     width: usize,
@@ -65,30 +55,38 @@ pub struct FirstTokenHead {
     pub trained: bool,
 }
 
+/// Where a family keeps its first-token head, and its shape.
+pub struct HeadSpec<'a> {
+    /// The dense layer's `weight` and `bias`: the hidden size to `width`.
+    pub dense: Loader<'a>,
+    /// The output layer's: `width` to the labels (as many as its weight has rows).
+    pub out: Loader<'a>,
+    /// Width of the dense layer's output.
+    pub width: usize,
+    /// Activation after the dense layer.
+    pub act: Activation,
+}
+
 impl FirstTokenHead {
-    /// `dense` and `out` are where the two layers' `weight` and `bias` live; `dense` maps
-    /// the hidden size to `width`, `out` maps `width` to the labels (as many as its
-    /// weight has rows). Without `out` the policy decides: refuse, or seed both layers
-    /// (the dense one only where the checkpoint lacks it).
-    pub fn load(
-        dense: VarBuilder,
-        out: VarBuilder,
-        width: usize,
-        act: Activation,
-        cfg: &Config,
-        policy: HeadPolicy,
-        backend: Backend,
-    ) -> Result<Self> {
+    /// The head `spec` describes. Without its output layer the policy decides: refuse,
+    /// or seed both layers (the dense one only where the checkpoint lacks it).
+    pub fn load(spec: HeadSpec, cfg: &Config, policy: HeadPolicy) -> Result<Self> {
+        let HeadSpec {
+            dense,
+            out,
+            width,
+            act,
+        } = spec;
         let h = cfg.hidden_size;
         let has_dense = dense.contains_tensor("weight");
-        let load_dense = || Linear::load(dense.clone(), h, width, backend);
+        let load_dense = || Linear::load(&dense, h, width);
         if out.contains_tensor("weight") {
             if !has_dense {
                 bail!(
                     "the checkpoint has {}.weight but no {}.weight; a {} sequence classifier needs both",
                     out.prefix(),
                     dense.prefix(),
-                    cfg.family_name()
+                    cfg.family_name
                 );
             }
             let name = format!("{}.weight", out.prefix());
@@ -97,7 +95,7 @@ impl FirstTokenHead {
             return Ok(Self {
                 dense: load_dense()?,
                 act,
-                out: Linear::new(w, bias, backend)?,
+                out: Linear::new(w, bias, &out)?,
                 num_labels,
                 trained: true,
             });
@@ -110,13 +108,13 @@ impl FirstTokenHead {
         let dense = if has_dense {
             load_dense()?
         } else {
-            seeder.linear(h, width, std, &out, backend)?
+            seeder.linear(h, width, std, &out)?
         };
         let n = policy.num_labels.max(1);
         Ok(Self {
             dense,
             act,
-            out: seeder.linear(width, n, std, &out, backend)?,
+            out: seeder.linear(width, n, std, &out)?,
             num_labels: n,
             trained: false,
         })
@@ -153,8 +151,7 @@ impl Seeder {
         in_dim: usize,
         out_dim: usize,
         std: f64,
-        vb: &VarBuilder,
-        backend: Backend,
+        vb: &Loader,
     ) -> Result<Linear> {
         let (dev, dtype) = (vb.device(), vb.dtype());
         let w: Vec<f32> = (0..in_dim * out_dim)
@@ -162,7 +159,7 @@ impl Seeder {
             .collect();
         let w = Tensor::from_vec(w, (out_dim, in_dim), dev)?.to_dtype(dtype)?;
         let b = Tensor::zeros(out_dim, dtype, dev)?;
-        Linear::new(w, b, backend)
+        Linear::new(w, b, vb)
     }
 }
 
