@@ -1,9 +1,9 @@
 //! LayerNorm over the last axis: `(x - mean) / sqrt(var + eps) * weight + bias`.
 
-use anyhow::Result;
-use candle_core::{Module, Tensor};
 use super::Loader;
 use crate::kernels::cpu;
+use anyhow::Result;
+use candle_core::{Module, Tensor};
 
 /// A LayerNorm layer: candle's, or the CPU kernel that normalises in place.
 pub enum LayerNorm {

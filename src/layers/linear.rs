@@ -3,10 +3,10 @@
 
 use std::sync::Mutex;
 
-use anyhow::Result;
-use candle_core::{DType, Device, Tensor};
 use super::{Activation, Backend, Loader};
 use crate::kernels::cpu;
+use anyhow::Result;
+use candle_core::{DType, Device, Tensor};
 
 /// A dense layer applied to `[batch, seq, in]` as one `[batch * seq, in]` matrix product:
 /// one large GEMM instead of `batch` small ones (what `candle_nn::Linear` does for 3-D
@@ -63,7 +63,11 @@ impl Linear {
 
     /// `weight` `[out, in]` and `bias` `[out]` under `ld`, shapes checked.
     pub fn load(ld: &Loader, in_dim: usize, out_dim: usize) -> Result<Self> {
-        Self::new(ld.get((out_dim, in_dim), "weight")?, ld.get(out_dim, "bias")?, ld)
+        Self::new(
+            ld.get((out_dim, in_dim), "weight")?,
+            ld.get(out_dim, "bias")?,
+            ld,
+        )
     }
 
     /// From now on, keeps the largest `|x|` of each input channel that passes through,

@@ -26,11 +26,7 @@ pub const FAMILY: Family = Family {
 pub type BertForSequenceClassification = SequenceClassifier<NormedEmbeddings>;
 
 /// Builds the model from a checkpoint.
-pub fn load(
-    vb: Loader,
-    cfg: &Config,
-    policy: HeadPolicy,
-) -> Result<BertForSequenceClassification> {
+pub fn load(vb: Loader, cfg: &Config, policy: HeadPolicy) -> Result<BertForSequenceClassification> {
     let bert = encoder_root(&vb, "bert", cfg)?;
     let h = cfg.hidden_size;
     Ok(SequenceClassifier {

@@ -136,7 +136,11 @@ impl Encoder {
                     attention: attention(&vb, i + 1 == cfg.num_layers)?,
                     attention_output: Linear::load(&vb.pp(names.attention_output), h, h)?,
                     attention_norm: LayerNorm::load(&vb.pp(names.attention_norm), h, eps)?,
-                    intermediate: Linear::load(&vb.pp(names.intermediate), h, cfg.intermediate_size)?,
+                    intermediate: Linear::load(
+                        &vb.pp(names.intermediate),
+                        h,
+                        cfg.intermediate_size,
+                    )?,
                     act: cfg.hidden_act,
                     output: Linear::load(&vb.pp(names.output), cfg.intermediate_size, h)?,
                     output_norm: LayerNorm::load(&vb.pp(names.output_norm), h, eps)?,

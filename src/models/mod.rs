@@ -82,7 +82,16 @@ pub fn parse_config(text: &str) -> Result<Config> {
         assumed,
         name,
     };
-    let cfg = Config::parse(json, kind, &family.config)?;
+    let cfg = Config::parse(json, kind, &family.config).map_err(|err| {
+        if assumed {
+            err.context(
+                "config.json names no model_type, so BERT was assumed: add the right one \
+                 (such as \"distilbert\" or \"roberta\")",
+            )
+        } else {
+            err
+        }
+    })?;
     (family.check)(&cfg)?;
     Ok(cfg)
 }
