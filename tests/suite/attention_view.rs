@@ -3,7 +3,7 @@
 //! in the JSON dump), rollout against a reference from PyTorch's attentions, `view` from a
 //! JSON dump, layer/head filters, atomic dump files, and the page's size for bert-base.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

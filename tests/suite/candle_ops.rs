@@ -1,9 +1,9 @@
 //! The path GPUs and Metal take (candle's ops alone, `Backend::Candle`), run on the CPU
 //! with `BERT_CLI_CANDLE_OPS=1`, against PyTorch: the MiniLM fixture and every family on
-//! a subset of cases, and their attention. One test, so that the variable is set in this
-//! process before any backend is chosen.
+//! a subset of cases, and their attention. The variable is set in a process of its own,
+//! before any backend is chosen.
 
-mod common;
+use crate::common;
 
 use bert_cli::engine::EngineOptions;
 use bert_cli::layers::Backend;
@@ -11,7 +11,19 @@ use common::*;
 
 #[test]
 fn candle_ops_path_matches_pytorch() {
-    std::env::set_var("BERT_CLI_CANDLE_OPS", "1");
+    in_own_process(
+        "candle_ops::candle_ops_path_alone",
+        &[("BERT_CLI_CANDLE_OPS", "1")],
+    );
+}
+
+#[test]
+#[ignore = "runs in its own process, from candle_ops_path_matches_pytorch"]
+fn candle_ops_path_alone() {
+    expect_own_process(
+        "BERT_CLI_CANDLE_OPS",
+        "candle_ops::candle_ops_path_matches_pytorch",
+    );
     let engine = engine_with(&minilm_sst2(), &EngineOptions::default()).unwrap();
     assert_eq!(engine.backend, Backend::Candle);
     assert_attention_matches_pytorch(&engine);

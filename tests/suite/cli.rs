@@ -1,7 +1,7 @@
 //! The built binary end to end: arguments, stdin streaming, formats, exit codes, errors,
 //! closed pipes and the attention dump.
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Output, Stdio};

@@ -3,7 +3,7 @@
 //! thresholds and score functions against PyTorch's logits; bad records; the progress
 //! bar on a pseudo-terminal; completions and the man page.
 
-mod common;
+use crate::common;
 
 use std::io::Read;
 use std::process::{Command, Output, Stdio};

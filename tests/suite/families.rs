@@ -4,7 +4,7 @@
 //! end to end. On this CPU's default backend; tests/portable.rs, tests/kernels.rs and
 //! tests/candle_ops.rs repeat a subset on the others.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -5,7 +5,7 @@
 //! generator (default 1, a few thousand cases in all); `BERT_CLI_FUZZ_SEED` picks the seed;
 //! `scripts/fuzz N` runs them longer. A failure names the seed and case to replay.
 
-mod common;
+use crate::common;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;

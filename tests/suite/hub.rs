@@ -2,7 +2,7 @@
 //! file protocol (the hub itself is unreachable from CI): downloads, the shared cache,
 //! offline use, tokens, and every failure's message.
 
-mod common;
+use crate::common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Write};

@@ -2,9 +2,10 @@
 //! padding-free rows, int8 on top) against PyTorch, on any x86-64 CPU:
 //! `BERT_CLI_FORCE_KERNELS=1` takes it even without AVX2, through the portable
 //! micro-kernel (same sums, slower). On CPUs with AVX-512, or AVX2 and FMA, it is the
-//! default path and tests/parity.rs covers it too. One test per file keeps the variable in its own process.
+//! default path and tests/suite/parity.rs covers it too. The variable is set in a process
+//! of its own.
 
-mod common;
+use crate::common;
 
 use bert_cli::engine::Engine;
 use bert_cli::layers::Backend;
@@ -41,7 +42,19 @@ fn engine(quantize_q8: bool) -> Engine {
 
 #[test]
 fn kernel_path_matches_pytorch_and_ignores_batching() {
-    std::env::set_var("BERT_CLI_FORCE_KERNELS", "1");
+    in_own_process(
+        "kernels::kernel_path_alone",
+        &[("BERT_CLI_FORCE_KERNELS", "1")],
+    );
+}
+
+#[test]
+#[ignore = "runs in its own process, from kernel_path_matches_pytorch_and_ignores_batching"]
+fn kernel_path_alone() {
+    expect_own_process(
+        "BERT_CLI_FORCE_KERNELS",
+        "kernels::kernel_path_matches_pytorch_and_ignores_batching",
+    );
     if !bert_cli::kernels::cpu::fast_kernels() {
         say("note: no AVX-512 or AVX2 here: the kernels run their portable micro-kernel");
     }

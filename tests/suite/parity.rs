@@ -1,7 +1,7 @@
 //! The model against PyTorch `transformers` on real weights (references committed by
 //! scripts/make_reference.py), plus loading variants and the errors bad checkpoints give.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

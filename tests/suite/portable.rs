@@ -1,9 +1,8 @@
 //! The portable path, which CPUs without AVX2 take (candle's matmul and split-head
-//! attention, portable int8 code), against PyTorch. `BERT_CLI_PORTABLE=1` forces it; this
-//! file holds one test so that the variable is set in its own process before any kernel
-//! is chosen.
+//! attention, portable int8 code), against PyTorch. `BERT_CLI_PORTABLE=1` forces it, set
+//! in a process of its own before any kernel is chosen.
 
-mod common;
+use crate::common;
 
 use bert_cli::engine::EngineOptions;
 use bert_cli::layers::Backend;
@@ -11,7 +10,19 @@ use common::*;
 
 #[test]
 fn portable_path_matches_pytorch() {
-    std::env::set_var("BERT_CLI_PORTABLE", "1");
+    in_own_process(
+        "portable::portable_path_alone",
+        &[("BERT_CLI_PORTABLE", "1")],
+    );
+}
+
+#[test]
+#[ignore = "runs in its own process, from portable_path_matches_pytorch"]
+fn portable_path_alone() {
+    expect_own_process(
+        "BERT_CLI_PORTABLE",
+        "portable::portable_path_matches_pytorch",
+    );
     let engine = engine_with(&minilm_sst2(), &EngineOptions::default()).unwrap();
     assert_eq!(engine.backend, Backend::CandleCpu { model_f32: true });
     assert!(!bert_cli::kernels::cpu::int8_simd());

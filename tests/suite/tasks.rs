@@ -2,7 +2,7 @@
 //! (`scripts/make_tasks_reference.py`): token ids and types identical, logits and scores
 //! within 1e-4, the same windows, the same order.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;

@@ -1,5 +1,4 @@
 //! Shared test helpers: the real-weights fixture and the committed PyTorch references.
-#![allow(dead_code)]
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -288,4 +287,43 @@ pub fn run_with_stdin(cmd: &mut Command, stdin: &[u8]) -> Output {
     let out = child.wait_with_output().unwrap();
     writer.join().unwrap();
     out
+}
+
+/// Runs the ignored test `test` (its path in this crate, such as `portable::alone`) in a
+/// process of its own with `env` set, and fails if it fails or does not run. For tests
+/// that choose a backend through a process-wide variable: set in this process, it would
+/// reach every test running beside it.
+pub fn in_own_process(test: &str, env: &[(&str, &str)]) {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let out = Command::new(exe)
+        .args([
+            test,
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .envs(env.iter().copied())
+        .output()
+        .expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    say(stderr.trim_end());
+    assert!(
+        out.status.success(),
+        "{test} failed in its own process:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("test result: ok. 1 passed"),
+        "{test} did not run in its own process:\n{stdout}"
+    );
+}
+
+/// For a test meant to run through `in_own_process`: fails, saying how to run it, when
+/// `variable` is not set.
+pub fn expect_own_process(variable: &str, parent: &str) {
+    assert!(
+        std::env::var_os(variable).is_some(),
+        "this test needs {variable} set in its own process: run {parent}, which runs it so"
+    );
 }
