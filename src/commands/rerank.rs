@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 
-use super::classify::{finish, load, on_pool, open_io, stdout};
+use super::job::{finish, load, on_pool, open_io, stdout};
 use bert_cli::cli::RerankArgs;
 use bert_cli::models::config::Scoring;
 use bert_cli::output::rerank::Ranked;
