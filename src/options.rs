@@ -154,6 +154,7 @@ impl OutputArgs {
                 .map(<[String]>::to_vec),
             ids,
             pairs: false,
+            ranking: false,
         };
         (kind, opts)
     }

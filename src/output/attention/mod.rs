@@ -34,7 +34,7 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::atomic::AtomicFile;
-use super::Record;
+use super::{Record, Scored};
 
 /// Dumps estimated past this many bytes get one warning, before they are written.
 const WARN_BYTES: u64 = 100_000_000;
@@ -159,7 +159,7 @@ impl AttentionDump {
     /// Appends one entry per model input of a record (one, or a window per chunk, or a
     /// pair per candidate label); failed records have no attention and are skipped.
     pub fn write(&mut self, r: &Record) -> Result<()> {
-        let Ok(answer) = r.outcome else {
+        let Ok(Scored::Answer(answer)) = r.outcome else {
             return Ok(());
         };
         for (i, part) in answer.parts.iter().enumerate() {
