@@ -17,7 +17,7 @@ pub fn run(mut args: ClassifyArgs) -> Result<u8> {
     let (dump, source) = open_io(&mut args.input, &opts, pair, &args.output, &args.run)?;
     on_pool(move || {
         let options = EngineOptions {
-            scoring: args.scoring(),
+            scoring: args.function_to_apply,
             ..args.run.engine_options(args.labels.clone())
         };
         let engine = load(&args.model, &args.run, &options)?;

@@ -106,16 +106,20 @@ impl FormatOptions {
     }
 }
 
-/// The formats `--format` offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The formats `--format` offers (each value's first paragraph is its `--help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FormatKind {
-    /// Aligned columns for people.
+    /// Aligned columns: [id,] label, score, text (rerank: rank, score, #index, text).
     Human,
-    /// One JSON object per line.
+    /// One JSON object per input: a JSONL input object with "prediction" added, or
+    /// record, [id,] text, label, score, tokens, truncated (rerank: index, text, rank,
+    /// score).
     Jsonl,
-    /// Comma-separated values with a header.
+    /// Comma-separated with a header: a CSV/TSV input row with label, score, ..., error
+    /// appended, or record, [id,] label, score, ..., text (rerank: rank, index, score,
+    /// text).
     Csv,
-    /// Tab-separated values with a header.
+    /// Tab-separated, like csv; tabs, newlines and backslashes in text escaped.
     Tsv,
 }
 

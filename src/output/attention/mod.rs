@@ -39,12 +39,14 @@ use super::{Record, Scored};
 /// Dumps estimated past this many bytes get one warning, before they are written.
 const WARN_BYTES: u64 = 100_000_000;
 
-/// JSON or HTML.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// JSON or HTML (`--attention-format`; each value's first paragraph is its `--help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DumpFormat {
-    /// A JSON array, one object per input (the schema in the README).
+    /// A JSON array, one object per input.
+    ///
+    /// The schema is in the README.
     Json,
-    /// One self-contained page with a head view, a model view and attention rollout.
+    /// One self-contained HTML page: head view, model view, rollout.
     Html,
 }
 
