@@ -2,10 +2,16 @@
 
 use std::path::PathBuf;
 
+use clap::builder::PossibleValue;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::device::DeviceSpec;
+use crate::input::InputFormat;
+use crate::models::config::Scoring;
 use crate::models::{DEFAULT_MODEL, DEFAULT_RERANK_MODEL, DEFAULT_ZERO_SHOT_MODEL};
+use crate::output::attention::DumpFormat;
+use crate::output::FormatKind;
+use crate::task::Aggregate;
 
 /// Classify text with a BERT-family model (BERT, DistilBERT, RoBERTa, XLM-R, CamemBERT,
 /// ELECTRA, DeBERTa-v2/v3), on CUDA, Metal or CPU.
@@ -89,15 +95,6 @@ pub struct ViewArgs {
     pub output: Option<PathBuf>,
 }
 
-/// `--attention-format` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AttentionFormatArg {
-    /// A JSON array, one object per input.
-    Json,
-    /// One self-contained HTML page: head view, model view, rollout.
-    Html,
-}
-
 /// Flags of `bert-cli info`.
 #[derive(Debug, Args)]
 pub struct InfoArgs {
@@ -174,7 +171,7 @@ pub struct InputArgs {
     /// How the input is split into records. Default: from the --input file's extension
     /// (.jsonl/.ndjson, .csv, .tsv/.tab), else lines.
     #[arg(long, value_enum, value_name = "FORMAT")]
-    pub input_format: Option<InputFormatArg>,
+    pub input_format: Option<InputFormat>,
 
     /// The text to classify: a JSONL field (a top-level key, or a JSON pointer such as
     /// /meta/body), or a CSV/TSV column (header name, or number from 1). Default: "text"
@@ -261,8 +258,8 @@ pub struct RunArgs {
 #[derive(Debug, Args)]
 pub struct OutputArgs {
     /// Output format.
-    #[arg(short, long, value_enum, default_value_t = FormatArg::Human)]
-    pub format: FormatArg,
+    #[arg(short, long, value_enum, default_value_t = FormatKind::Human)]
+    pub format: FormatKind,
 
     /// The JSONL key under which a JSONL input object gets its result (and, on a name
     /// clash, the prefix of the columns added to a CSV/TSV row).
@@ -277,7 +274,7 @@ pub struct OutputArgs {
 
     /// Format of --dump-attention. Default: html for .html/.htm names, else json.
     #[arg(long, value_enum, value_name = "FORMAT", requires = "dump_attention")]
-    pub attention_format: Option<AttentionFormatArg>,
+    pub attention_format: Option<DumpFormat>,
 
     /// Keep only these layers (numbered from 0) in the attention dump.
     #[arg(
@@ -357,7 +354,7 @@ pub struct ClassifyArgs {
     /// label's probability) or max (each label's highest). Default: max for multi-label
     /// (sigmoid) models, else mean.
     #[arg(long, value_enum, value_name = "HOW")]
-    pub aggregate: Option<AggregateArg>,
+    pub aggregate: Option<Aggregate>,
 
     #[command(flatten)]
     pub run: RunArgs,
@@ -371,7 +368,7 @@ pub struct ClassifyArgs {
     /// How logits become scores, as in transformers' pipeline. Default: sigmoid for
     /// multi-label or single-output models, else softmax.
     #[arg(long, value_enum, value_name = "FUNCTION")]
-    pub function_to_apply: Option<FunctionArg>,
+    pub function_to_apply: Option<Scoring>,
 }
 
 /// Flags of `bert-cli zero-shot`.
@@ -449,22 +446,14 @@ pub struct RerankArgs {
     pub output: OutputArgs,
 }
 
-/// `--long-text` values.
+/// `--long-text` values. Not `task::LongText` itself: its `Chunk` carries the window
+/// overlap and pooling (`--stride`, `--aggregate`), which a value name cannot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LongTextArg {
     /// Keep the first tokens the model reads.
     Truncate,
     /// Classify every window and pool the scores.
     Chunk,
-}
-
-/// `--aggregate` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum AggregateArg {
-    /// The mean of each label's probability over the windows.
-    Mean,
-    /// Each label's highest probability in any window.
-    Max,
 }
 
 /// `--top-k`: a count, or 0/"all" for every label (`usize::MAX`, capped at the labels).
@@ -485,7 +474,8 @@ fn parse_threshold(s: &str) -> Result<f32, String> {
     }
 }
 
-/// `--dtype` values.
+/// `--dtype` values. Not candle's `DType`: a foreign type cannot take clap's trait here,
+/// and `auto` is no `DType` (the engine picks one for the device).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DTypeArg {
     /// f32 on the CPU, f16 on a GPU.
@@ -498,7 +488,8 @@ pub enum DTypeArg {
     Bf16,
 }
 
-/// `--quantize` values.
+/// `--quantize` values. The engine takes a bool (`EngineOptions::quantize_q8`): there is
+/// no domain enum to derive this on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum QuantizeArg {
     /// Weights as in the checkpoint (converted to --dtype).
@@ -510,45 +501,24 @@ pub enum QuantizeArg {
     Q8,
 }
 
-/// `--format` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FormatArg {
-    /// Aligned columns: [id,] label, score, text (rerank: rank, score, #index, text).
-    Human,
-    /// One JSON object per input: a JSONL input object with "prediction" added, or
-    /// record, [id,] text, label, score, tokens, truncated (rerank: index, text, rank,
-    /// score).
-    Jsonl,
-    /// Comma-separated with a header: a CSV/TSV input row with label, score, ..., error
-    /// appended, or record, [id,] label, score, ..., text (rerank: rank, index, score,
-    /// text).
-    Csv,
-    /// Tab-separated, like csv; tabs, newlines and backslashes in text escaped.
-    Tsv,
-}
+/// `--function-to-apply` values: `Scoring` itself, implemented here rather than derived
+/// where it is declared (`models/config.rs` describes checkpoints, not flags).
+impl ValueEnum for Scoring {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[Self::Softmax, Self::Sigmoid, Self::None]
+    }
 
-/// `--input-format` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum InputFormatArg {
-    /// One record per line (per NUL-terminated chunk with --null-data).
-    Lines,
-    /// One JSON object per line (a bare JSON string is taken as the text).
-    Jsonl,
-    /// Comma-separated values with RFC 4180 quoting; header row unless --no-header.
-    Csv,
-    /// Tab-separated values, no quoting; header row unless --no-header.
-    Tsv,
-}
-
-/// `--function-to-apply` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum FunctionArg {
-    /// Probabilities that sum to 1 across labels.
-    Softmax,
-    /// An independent probability per label.
-    Sigmoid,
-    /// The raw logits.
-    None,
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            Self::Softmax => {
+                PossibleValue::new("softmax").help("Probabilities that sum to 1 across labels")
+            }
+            Self::Sigmoid => {
+                PossibleValue::new("sigmoid").help("An independent probability per label")
+            }
+            Self::None => PossibleValue::new("none").help("The raw logits"),
+        })
+    }
 }
 
 #[cfg(test)]

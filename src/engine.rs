@@ -3,12 +3,12 @@
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
-use crate::hub::{ModelFiles, TokenizerPaths};
+use crate::hub::ModelFiles;
 use crate::layers::{Backend, Loader};
 use crate::models::config::{labels_are_generic, Scoring};
 use crate::models::HeadPolicy;
 use crate::models::{Batch, Classifier, DEFAULT_MODEL};
-use crate::tokenize::{Encoded, PairTruncation, TextTokenizer, TokenizerFiles};
+use crate::tokenize::{Encoded, PairTruncation, TextTokenizer};
 use crate::weights::open_weights;
 
 /// The names the default model's generic `LABEL_n` stand for.
@@ -139,23 +139,7 @@ impl Engine {
             opts.labels.as_deref().map(|l| (l, flag)),
             model.num_labels(),
         )?;
-        let tokenizer = match &files.tokenizer {
-            TokenizerPaths::Json(p) => TokenizerFiles::Json(p),
-            TokenizerPaths::Vocab(v, c) => TokenizerFiles::Vocab {
-                vocab: v,
-                config: c.as_deref(),
-            },
-            TokenizerPaths::Bpe {
-                vocab,
-                merges,
-                config,
-            } => TokenizerFiles::Bpe {
-                vocab,
-                merges,
-                config: config.as_deref(),
-            },
-        };
-        let tokenizer = TextTokenizer::load(tokenizer, max_length, cfg.vocab_size)?;
+        let tokenizer = TextTokenizer::load(&files.tokenizer, max_length, cfg.vocab_size)?;
         let mut engine = Self {
             scoring: opts
                 .scoring

@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 use candle_core::{DType, Device};
 
 use crate::cli::{
-    AggregateArg, AttentionFormatArg, ClassifyArgs, DTypeArg, FormatArg, FunctionArg, HubArgs,
-    InputArgs, InputFormatArg, LongTextArg, OutputArgs, QuantizeArg, RankArgs, RunArgs,
+    ClassifyArgs, DTypeArg, HubArgs, InputArgs, LongTextArg, OutputArgs, QuantizeArg, RankArgs,
+    RunArgs,
 };
 use crate::engine::EngineOptions;
 use crate::hub::HubOptions;
@@ -87,15 +87,6 @@ impl RunArgs {
 }
 
 impl ClassifyArgs {
-    /// How logits become scores: the flag, else the config's.
-    pub fn scoring(&self) -> Option<Scoring> {
-        self.function_to_apply.map(|f| match f {
-            FunctionArg::Softmax => Scoring::Softmax,
-            FunctionArg::Sigmoid => Scoring::Sigmoid,
-            FunctionArg::None => Scoring::None,
-        })
-    }
-
     /// What to do with long texts; the aggregate defaults to max for multi-label models.
     pub fn long_text(&self, scoring: Scoring) -> LongText {
         match self.long_text {
@@ -103,8 +94,7 @@ impl ClassifyArgs {
             LongTextArg::Chunk => LongText::Chunk {
                 stride: self.stride,
                 aggregate: match self.aggregate {
-                    Some(AggregateArg::Mean) => Aggregate::Mean,
-                    Some(AggregateArg::Max) => Aggregate::Max,
+                    Some(aggregate) => aggregate,
                     None if scoring == Scoring::Sigmoid => Aggregate::Max,
                     None => Aggregate::Mean,
                 },
@@ -142,7 +132,7 @@ impl OutputArgs {
         ids: bool,
         columns: Option<&[String]>,
     ) -> (FormatKind, FormatOptions) {
-        let kind = self.kind();
+        let kind = self.format;
         let opts = FormatOptions {
             labels: labels.to_vec(),
             all_scores: rank.all_scores,
@@ -154,28 +144,17 @@ impl OutputArgs {
                 .map(<[String]>::to_vec),
             ids,
             pairs: false,
+            ranking: false,
         };
         (kind, opts)
-    }
-
-    /// `--format`.
-    pub fn kind(&self) -> FormatKind {
-        match self.format {
-            FormatArg::Human => FormatKind::Human,
-            FormatArg::Jsonl => FormatKind::Jsonl,
-            FormatArg::Csv => FormatKind::Csv,
-            FormatArg::Tsv => FormatKind::Tsv,
-        }
     }
 
     /// What the attention dump keeps, and its format (from the file name unless given).
     pub fn dump_options(&self, quiet: bool) -> Option<(&std::path::Path, DumpOptions)> {
         let path = self.dump_attention.as_deref()?;
-        let format = match self.attention_format {
-            Some(AttentionFormatArg::Json) => DumpFormat::Json,
-            Some(AttentionFormatArg::Html) => DumpFormat::Html,
-            None => DumpFormat::from_path(path),
-        };
+        let format = self
+            .attention_format
+            .unwrap_or_else(|| DumpFormat::from_path(path));
         Some((
             path,
             DumpOptions {
@@ -192,16 +171,11 @@ impl InputArgs {
     /// How input records are read: the flags, the format defaulting to the --input file's
     /// extension; `pair_tab` and `pair_field` read pairs.
     pub fn input_options(&self, pair_tab: bool, pair_field: Option<String>) -> InputOptions {
-        let format = match self.input_format {
-            Some(InputFormatArg::Lines) => InputFormat::Lines,
-            Some(InputFormatArg::Jsonl) => InputFormat::Jsonl,
-            Some(InputFormatArg::Csv) => InputFormat::Csv,
-            Some(InputFormatArg::Tsv) => InputFormat::Tsv,
-            None => self
-                .input
+        let format = self.input_format.unwrap_or_else(|| {
+            self.input
                 .as_deref()
-                .map_or(InputFormat::Lines, InputFormat::from_path),
-        };
+                .map_or(InputFormat::Lines, InputFormat::from_path)
+        });
         InputOptions {
             format,
             field: self.field.clone(),

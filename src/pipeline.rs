@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use crate::engine::{Engine, Prediction};
 use crate::input::{Arrival, Item, Records};
 use crate::output::attention::AttentionDump;
-use crate::output::{Format, Record};
+use crate::output::{Format, Record, Scored};
 use crate::progress::Progress;
 use crate::task::{Answer, Part, Planned, Task};
 
@@ -118,7 +118,7 @@ pub fn run(
                     Ok(answer) => {
                         summary.truncated += usize::from(answer.truncated());
                         summary.model_inputs += answer.parts.len();
-                        Ok(answer)
+                        Ok(Scored::Answer(answer))
                     }
                     Err(e) => {
                         summary.failed += 1;

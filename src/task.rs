@@ -28,13 +28,18 @@ pub enum LongText {
     },
 }
 
-/// How the scores of a document's windows are pooled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the scores of a document's windows are pooled (`--aggregate`; each value's first
+/// paragraph is its `--help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Aggregate {
-    /// The mean of each label's score (and of the logits).
+    /// The mean of each label's probability over the windows.
+    ///
+    /// The logits are pooled the same way.
     Mean,
-    /// Each label's highest score (and logit), for multi-label models: a label present
-    /// anywhere in the document.
+    /// Each label's highest probability in any window.
+    ///
+    /// For multi-label models: a label present anywhere in the document. The logits are
+    /// pooled the same way.
     Max,
 }
 

@@ -3,7 +3,7 @@
 //! from `vocab.txt` (BERT, DistilBERT, ELECTRA), byte-level BPE from `vocab.json` and
 //! `merges.txt` (RoBERTa).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
@@ -52,27 +52,49 @@ pub enum PairTruncation {
 /// follows the piece, not the text, and a truncated text is only read as far as needed.
 pub const PIECE_BYTES: usize = 64 * 1024;
 
-/// Where the tokenizer comes from.
-pub enum TokenizerFiles<'a> {
+/// Where the tokenizer comes from: `tokenizer.json`, or the family's own files it can be
+/// rebuilt from (as the hub finds them).
+#[derive(Debug, Clone)]
+pub enum TokenizerFiles {
     /// A `tokenizer.json` (fast tokenizer).
-    Json(&'a Path),
+    Json(PathBuf),
     /// `vocab.txt`, with `tokenizer_config.json` when present (for `do_lower_case`).
     Vocab {
         /// The WordPiece vocabulary, one token per line.
-        vocab: &'a Path,
+        vocab: PathBuf,
         /// Optional `tokenizer_config.json`.
-        config: Option<&'a Path>,
+        config: Option<PathBuf>,
     },
-    /// Byte-level BPE, with `tokenizer_config.json` when present (for
+    /// RoBERTa's byte-level BPE, with `tokenizer_config.json` when present (for
     /// `add_prefix_space`).
     Bpe {
         /// `vocab.json`: token to id.
-        vocab: &'a Path,
+        vocab: PathBuf,
         /// `merges.txt`: the merge rules, in order.
-        merges: &'a Path,
+        merges: PathBuf,
         /// Optional `tokenizer_config.json`.
-        config: Option<&'a Path>,
+        config: Option<PathBuf>,
     },
+}
+
+impl TokenizerFiles {
+    /// The files, in the order they are read.
+    pub fn files(&self) -> Vec<&Path> {
+        match self {
+            Self::Json(p) => vec![p],
+            Self::Vocab { vocab, config } => std::iter::once(vocab.as_path())
+                .chain(config.as_deref())
+                .collect(),
+            Self::Bpe {
+                vocab,
+                merges,
+                config,
+            } => [vocab.as_path(), merges.as_path()]
+                .into_iter()
+                .chain(config.as_deref())
+                .collect(),
+        }
+    }
 }
 
 /// A tokenizer that truncates to a fixed length and never pads (batches pad themselves).
@@ -114,15 +136,15 @@ impl TokenizerConfig {
 impl TextTokenizer {
     /// Loads the tokenizer; `max_length` counts `[CLS]` and `[SEP]`; ids must stay below
     /// `vocab_size` (the model's embedding rows).
-    pub fn load(files: TokenizerFiles, max_length: usize, vocab_size: usize) -> Result<Self> {
+    pub fn load(files: &TokenizerFiles, max_length: usize, vocab_size: usize) -> Result<Self> {
         let mut inner = match files {
             TokenizerFiles::Json(path) => tokenizer_json(path)?,
-            TokenizerFiles::Vocab { vocab, config } => from_vocab(vocab, config)?,
+            TokenizerFiles::Vocab { vocab, config } => from_vocab(vocab, config.as_deref())?,
             TokenizerFiles::Bpe {
                 vocab,
                 merges,
                 config,
-            } => from_bpe(vocab, merges, config)?,
+            } => from_bpe(vocab, merges, config.as_deref())?,
         };
         if max_length < 2 {
             bail!("--max-length must be at least 2 ([CLS] and [SEP]), got {max_length}");

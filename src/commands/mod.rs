@@ -3,6 +3,7 @@
 pub mod classify;
 pub mod download;
 pub mod info;
+pub mod job;
 pub mod rerank;
 pub mod shell;
 pub mod view;

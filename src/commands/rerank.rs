@@ -2,10 +2,10 @@
 
 use anyhow::{bail, Result};
 
-use super::classify::{finish, load, on_pool, open_io, stdout};
-use bert_cli::cli::RerankArgs;
+use super::job::{finish, load, on_pool, open_io, stdout};
+use bert_cli::cli::{RankArgs, RerankArgs};
 use bert_cli::models::config::Scoring;
-use bert_cli::output::rerank::Ranked;
+use bert_cli::output::{self, rerank::Ranked};
 use bert_cli::task::Task;
 
 /// Runs the job.
@@ -32,13 +32,17 @@ pub fn run(mut args: RerankArgs) -> Result<u8> {
         let task = Task::Rerank {
             query: args.query.clone(),
         };
-        let out = Box::new(Ranked::new(
-            stdout(),
-            args.output.kind(),
-            args.output.output_key.clone(),
-            args.top_k,
+        let (kind, mut format) = args.output.format(
+            &engine.labels,
+            false,
+            &RankArgs::default(),
             args.input.id_field.is_some(),
-            source.records.columns.clone(),
+            source.records.columns.as_deref(),
+        );
+        format.ranking = true;
+        let out = Box::new(Ranked::new(
+            output::writer(kind, stdout(), format),
+            args.top_k,
         ));
         finish(&engine, &task, source, out, dump, &args.run)
     })

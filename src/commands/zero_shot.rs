@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use super::classify::{finish, load, on_pool, open_io, stdout};
+use super::job::{finish, load, on_pool, open_io, stdout};
 use bert_cli::cli::ZeroShotArgs;
 use bert_cli::engine::EngineOptions;
 use bert_cli::output;

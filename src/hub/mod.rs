@@ -13,6 +13,8 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use remote::{Miss, Remote, RemoteOptions};
 
+use crate::tokenize::TokenizerFiles;
+
 /// The files a classifier needs, wherever they came from.
 #[derive(Debug, Clone)]
 pub struct ModelFiles {
@@ -23,7 +25,7 @@ pub struct ModelFiles {
     /// One `.safetensors` or `.bin` file, or every shard of a sharded checkpoint.
     pub weights: Vec<PathBuf>,
     /// The tokenizer.
-    pub tokenizer: TokenizerPaths,
+    pub tokenizer: TokenizerFiles,
     /// The repo's folder in the Hugging Face cache (`None` for a local folder).
     pub cache_dir: Option<PathBuf>,
 }
@@ -36,40 +38,6 @@ impl ModelFiles {
         files.extend(self.tokenizer.files());
         files
     }
-}
-
-impl TokenizerPaths {
-    /// The files, in the order they are read.
-    pub fn files(&self) -> Vec<&Path> {
-        match self {
-            Self::Json(p) => vec![p],
-            Self::Vocab(v, c) => std::iter::once(v.as_path()).chain(c.as_deref()).collect(),
-            Self::Bpe {
-                vocab,
-                merges,
-                config,
-            } => [vocab.as_path(), merges.as_path()]
-                .into_iter()
-                .chain(config.as_deref())
-                .collect(),
-        }
-    }
-}
-
-/// `tokenizer.json`, or the family's own files it can be rebuilt from.
-#[derive(Debug, Clone)]
-pub enum TokenizerPaths {
-    /// A fast-tokenizer file.
-    Json(PathBuf),
-    /// A WordPiece vocabulary and, when present, `tokenizer_config.json`.
-    Vocab(PathBuf, Option<PathBuf>),
-    /// RoBERTa's byte-level BPE: `vocab.json`, `merges.txt` and, when present,
-    /// `tokenizer_config.json`.
-    Bpe {
-        vocab: PathBuf,
-        merges: PathBuf,
-        config: Option<PathBuf>,
-    },
 }
 
 /// Tokenizer files in the order they are preferred (`merges.txt` goes with `vocab.json`).
@@ -170,11 +138,14 @@ fn from_folder(dir: &Path) -> Result<ModelFiles> {
     };
     let config_file = have("tokenizer_config.json");
     let tokenizer = if let Some(j) = have("tokenizer.json") {
-        TokenizerPaths::Json(j)
-    } else if let Some(v) = have("vocab.txt") {
-        TokenizerPaths::Vocab(v, config_file)
+        TokenizerFiles::Json(j)
+    } else if let Some(vocab) = have("vocab.txt") {
+        TokenizerFiles::Vocab {
+            vocab,
+            config: config_file,
+        }
     } else if let (Some(vocab), Some(merges)) = (have("vocab.json"), have("merges.txt")) {
-        TokenizerPaths::Bpe {
+        TokenizerFiles::Bpe {
             vocab,
             merges,
             config: config_file,
@@ -263,13 +234,14 @@ fn from_hub(id: &str, remote: &Remote) -> Result<ModelFiles> {
 }
 
 /// The tokenizer files of a hub repo: `tokenizer.json`, else WordPiece or BPE files.
-fn hub_tokenizer(id: &str, remote: &Remote) -> Result<TokenizerPaths> {
+fn hub_tokenizer(id: &str, remote: &Remote) -> Result<TokenizerFiles> {
     Ok(match first_of(remote, &TOKENIZER_FILES) {
-        Ok((name, p)) if name == "tokenizer.json" => TokenizerPaths::Json(p),
-        Ok((name, p)) if name == "vocab.txt" => {
-            TokenizerPaths::Vocab(p, remote.fetch("tokenizer_config.json").ok())
-        }
-        Ok((_, vocab)) => TokenizerPaths::Bpe {
+        Ok((name, p)) if name == "tokenizer.json" => TokenizerFiles::Json(p),
+        Ok((name, vocab)) if name == "vocab.txt" => TokenizerFiles::Vocab {
+            vocab,
+            config: remote.fetch("tokenizer_config.json").ok(),
+        },
+        Ok((_, vocab)) => TokenizerFiles::Bpe {
             vocab,
             merges: required(remote, "merges.txt")?,
             config: remote.fetch("tokenizer_config.json").ok(),

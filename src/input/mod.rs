@@ -18,16 +18,17 @@ use anyhow::Result;
 
 pub use jsonl::JsonObject;
 
-/// How the input is split into records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How the input is split into records (`--input-format`; each value's first paragraph is
+/// its `--help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum InputFormat {
-    /// One record per line (or per NUL-terminated chunk with `null_data`).
+    /// One record per line (per NUL-terminated chunk with --null-data).
     Lines,
-    /// One JSON object (or string) per line.
+    /// One JSON object per line (a bare JSON string is taken as the text).
     Jsonl,
-    /// Comma-separated values, RFC 4180 quoting.
+    /// Comma-separated values with RFC 4180 quoting; header row unless --no-header.
     Csv,
-    /// Tab-separated values, no quoting.
+    /// Tab-separated values, no quoting; header row unless --no-header.
     Tsv,
 }
 

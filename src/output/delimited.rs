@@ -5,14 +5,14 @@
 //! appended (`label`, `score`, ..., `error`; all prefixed `prediction_` if the input
 //! already has a column of one of those names). Otherwise the columns are `record`,
 //! [`id`,] `label`, `score`, ..., `text`, and a failed input has `ERROR` as its label and
-//! the message in the text column.
+//! the message in the text column. A ranking's columns are `rank`, `index`, [`id`,]
+//! `score`, `text`, or `rank`, `index`, `score`, `error` after an input row's.
 
 use std::borrow::Cow;
 use std::io::{self, Write};
 
-use super::{Format, FormatOptions, Record};
+use super::{index, Format, FormatOptions, Record, Scored};
 use crate::input::Carried;
-use crate::task::Answer;
 
 /// A CSV or TSV writer.
 pub struct Delimited {
@@ -20,7 +20,8 @@ pub struct Delimited {
     opts: FormatOptions,
     sep: u8,
     header_written: bool,
-    /// Names of the prediction's columns (after the input's, or between record and text).
+    /// Names of the result's columns: `label`, `score`, ... (or a ranking's `score`),
+    /// between the record's place and its text, or after an input row's columns.
     added: Vec<String>,
 }
 
@@ -37,23 +38,18 @@ impl Delimited {
     }
 
     fn new(out: Box<dyn Write>, opts: FormatOptions, sep: u8) -> Self {
-        let mut added = vec!["label".to_string(), "score".to_string()];
-        for i in 2..=opts.top_k.unwrap_or(0).min(opts.labels.len()) {
-            added.push(format!("label_{i}"));
-            added.push(format!("score_{i}"));
-        }
-        if opts.all_scores {
-            added.extend(opts.labels.iter().map(|l| format!("score_{l}")));
-        }
-        if opts.threshold.is_some() {
-            added.push("labels".into());
-        }
-        if let Some(columns) = &opts.columns {
-            added.push("error".into());
-            if added.iter().any(|a| columns.contains(a)) {
-                for a in &mut added {
-                    *a = format!("{}_{a}", opts.output_key);
-                }
+        let mut added = vec!["score".to_string()];
+        if !opts.ranking {
+            added.insert(0, "label".to_string());
+            for i in 2..=opts.top_k.unwrap_or(0).min(opts.labels.len()) {
+                added.push(format!("label_{i}"));
+                added.push(format!("score_{i}"));
+            }
+            if opts.all_scores {
+                added.extend(opts.labels.iter().map(|l| format!("score_{l}")));
+            }
+            if opts.threshold.is_some() {
+                added.push("labels".into());
             }
         }
         Self {
@@ -74,7 +70,9 @@ impl Delimited {
     /// from CSV with one inside (or holds other control characters), so a TSV file comes
     /// back byte for byte.
     fn carried_field<'a>(&self, s: &'a str) -> Cow<'a, str> {
-        if self.sep == b'\t' && !s.contains(|c: char| c.is_control()) {
+        // A ranking has always escaped the row's fields like its own (a backslash comes
+        // back doubled); kept so that no output byte changes.
+        if self.sep == b'\t' && !self.opts.ranking && !s.contains(|c: char| c.is_control()) {
             Cow::Borrowed(s)
         } else {
             self.field(s)
@@ -91,11 +89,57 @@ impl Delimited {
         self.out.write_all(b"\n")
     }
 
+    /// The columns that say where a record stands: a ranking's `rank` and `index`, else
+    /// `record` in a compact row (an input row is its own record).
+    fn place_names(&self, carried: bool) -> &'static [&'static str] {
+        match (self.opts.ranking, carried) {
+            (true, _) => &["rank", "index"],
+            (false, false) => &["record"],
+            (false, true) => &[],
+        }
+    }
+
+    /// The values of `place_names`.
+    fn place(&self, r: &Record, carried: bool) -> Vec<String> {
+        match (self.opts.ranking, carried) {
+            (true, _) => {
+                let rank = match r.outcome {
+                    Ok(Scored::Ranked { rank, .. }) => rank.to_string(),
+                    _ => String::new(),
+                };
+                vec![rank, index(r.item).to_string()]
+            }
+            (false, false) => vec![r.item.number.to_string()],
+            (false, true) => Vec::new(),
+        }
+    }
+
+    /// The header: an input row's columns and the ones the result adds to it (all
+    /// prefixed with the output key when one of them clashes with the input's), or a
+    /// compact row's.
     fn header(&mut self) -> io::Result<()> {
         let names: Vec<String> = match &self.opts.columns {
-            Some(columns) => columns.iter().chain(&self.added).cloned().collect(),
+            Some(columns) => {
+                let mut added: Vec<String> = self
+                    .place_names(true)
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect();
+                added.extend(self.added.iter().cloned());
+                added.push("error".into());
+                if added.iter().any(|a| columns.contains(a)) {
+                    for a in &mut added {
+                        *a = format!("{}_{a}", self.opts.output_key);
+                    }
+                }
+                columns.iter().cloned().chain(added).collect()
+            }
             None => {
-                let mut names = vec!["record".to_string()];
+                let mut names: Vec<String> = self
+                    .place_names(false)
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect();
                 if self.opts.ids {
                     names.push("id".into());
                 }
@@ -111,13 +155,27 @@ impl Delimited {
         self.row(&fields)
     }
 
-    /// The prediction's columns, in `added` order (`error` excluded).
-    fn prediction(&self, r: &Record) -> Vec<String> {
-        let Ok(Answer { prediction: p, .. }) = r.outcome else {
-            let mut v = vec!["ERROR".to_string()];
-            let carried = usize::from(self.opts.columns.is_some());
-            v.resize(self.added.len() - carried, String::new());
-            return v;
+    fn header_once(&mut self) -> io::Result<()> {
+        if !self.header_written {
+            self.header()?;
+            self.header_written = true;
+        }
+        Ok(())
+    }
+
+    /// The result's columns, in `added` order.
+    fn result(&self, r: &Record) -> Vec<String> {
+        let p = match r.outcome {
+            Ok(Scored::Answer(a)) => &a.prediction,
+            Ok(Scored::Ranked { score, .. }) => return vec![format!("{score:.6}")],
+            Err(_) => {
+                let mut v = Vec::new();
+                if !self.opts.ranking {
+                    v.push("ERROR".to_string());
+                }
+                v.resize(self.added.len(), String::new());
+                return v;
+            }
         };
         let mut v = vec![
             self.opts.labels[p.top].clone(),
@@ -195,24 +253,26 @@ fn tsv_escape(text: &str) -> String {
 
 impl Format for Delimited {
     fn write(&mut self, r: &Record) -> io::Result<()> {
-        if !self.header_written {
-            self.header()?;
-            self.header_written = true;
-        }
-        let prediction = self.prediction(r);
+        self.header_once()?;
+        let row = match (&self.opts.columns, &r.item.carried) {
+            (Some(_), Carried::Row(row)) => Some(row),
+            _ => None,
+        };
+        let place = self.place(r, row.is_some());
+        let result = self.result(r);
+        let error = r.outcome.err();
         let mut fields: Vec<Cow<str>> = Vec::new();
-        if let (Some(_), Carried::Row(row)) = (&self.opts.columns, &r.item.carried) {
+        if let Some(row) = row {
             fields.extend(row.iter().map(|f| self.carried_field(f)));
-            fields.extend(prediction.iter().map(|f| self.field(f)));
-            fields.push(self.field(r.outcome.err().unwrap_or("")));
+            fields.extend(place.iter().chain(&result).map(|f| self.field(f)));
+            fields.push(self.field(error.unwrap_or("")));
         } else {
-            let number = r.item.number.to_string();
-            fields.push(Cow::Owned(number));
+            fields.extend(place.iter().map(|f| self.field(f)));
             if self.opts.ids {
                 fields.push(self.field(r.item.id.as_deref().unwrap_or("")));
             }
-            fields.extend(prediction.iter().map(|f| self.field(f)));
-            fields.push(self.field(r.outcome.err().unwrap_or(&r.item.text)));
+            fields.extend(result.iter().map(|f| self.field(f)));
+            fields.push(self.field(error.unwrap_or(&r.item.text)));
             if self.opts.pairs {
                 fields.push(self.field(r.item.pair.as_deref().unwrap_or("")));
             }
@@ -222,6 +282,14 @@ impl Format for Delimited {
 
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
+    }
+
+    /// A ranking, written whole at the end, has its header even when it ranks nothing.
+    fn finish(&mut self) -> io::Result<()> {
+        if self.opts.ranking {
+            self.header_once()?;
+        }
+        self.flush()
     }
 }
 

@@ -1,8 +1,9 @@
-//! `--format human`: `[id]  LABEL  score  [more labels]  text`, labels padded to one width.
+//! `--format human`: `[id]  LABEL  score  [more labels]  text`, labels padded to one width;
+//! for a ranking, `rank  score  #index  [id]  text`.
 
 use std::io::{self, Write};
 
-use super::{Format, FormatOptions, Record};
+use super::{index, Format, FormatOptions, Record, Scored};
 
 /// Aligned columns for a terminal.
 pub struct Human {
@@ -22,6 +23,19 @@ impl Human {
             .unwrap_or(0)
             .max(5);
         Self { out, opts, width }
+    }
+
+    /// The record's text (and its pair's), ending the line.
+    fn text(&mut self, r: &Record) -> io::Result<()> {
+        match &r.item.pair {
+            Some(pair) => writeln!(
+                self.out,
+                "{}  ||  {}",
+                printable(&r.item.text),
+                printable(pair)
+            ),
+            None => writeln!(self.out, "{}", printable(&r.item.text)),
+        }
     }
 }
 
@@ -43,7 +57,7 @@ impl Format for Human {
     fn write(&mut self, r: &Record) -> io::Result<()> {
         let w = self.width;
         match r.outcome {
-            Ok(a) => {
+            Ok(Scored::Answer(a)) => {
                 let p = &a.prediction;
                 if let Some(id) = &r.item.id {
                     write!(self.out, "{}  ", printable(id))?;
@@ -69,17 +83,25 @@ impl Format for Human {
                     }
                     write!(self.out, " ")?;
                 }
-                match &r.item.pair {
-                    Some(pair) => writeln!(
-                        self.out,
-                        "{}  ||  {}",
-                        printable(&r.item.text),
-                        printable(pair)
-                    ),
-                    None => writeln!(self.out, "{}", printable(&r.item.text)),
-                }
+                self.text(r)
             }
-            Err(e) => writeln!(self.out, "{:<w$}  {:6}  {}", "ERROR", "-", printable(e)),
+            Ok(Scored::Ranked { rank, score }) => {
+                // Seven wide: raw scores may be negative.
+                write!(self.out, "{rank:>4}  {score:>7.4}  #{:<4} ", index(r.item))?;
+                if let Some(id) = &r.item.id {
+                    write!(self.out, "{}  ", printable(id))?;
+                }
+                self.text(r)
+            }
+            Err(e) if self.opts.ranking => writeln!(
+                self.out,
+                "ERROR  -       #{:<4} {}",
+                index(r.item),
+                printable(e)
+            ),
+            Err(e) => {
+                writeln!(self.out, "{:<w$}  {:6}  {}", "ERROR", "-", printable(e))
+            }
         }
     }
 

@@ -4,15 +4,16 @@ use std::io::{self, Write};
 
 use serde_json::{json, Map, Value};
 
-use super::{Format, FormatOptions, Record};
+use super::{index, Format, FormatOptions, Record, Scored};
 use crate::engine::Prediction;
-use crate::input::Carried;
+use crate::input::{Carried, JsonObject};
 use crate::task::Answer;
 
 /// For a JSONL input object: the object as it came (values byte for byte) with the
 /// prediction added under `output_key`. Otherwise compact: `{"record", ["id",] "text",
 /// "label", "score", ...}`. A failed input has `"error"` (and, carried, `"record"`)
-/// in place of the prediction.
+/// in place of the prediction. A ranking's result is `{"rank", "score"}` (carried, with
+/// `"index"` between them), after `"index"`, [`"id"`,] `"text"` when compact.
 pub struct Jsonl {
     out: Box<dyn Write>,
     opts: FormatOptions,
@@ -57,36 +58,58 @@ impl Jsonl {
         }
         obj.insert("truncated".into(), json!(a.truncated()));
     }
+
+    /// The input object as it came, the input's own bytes for every value so nothing in
+    /// it changes, with `result` under `output_key` (last; in place of any value it had).
+    fn splice(&mut self, input: &JsonObject, result: &Map<String, Value>) -> io::Result<()> {
+        self.out.write_all(b"{")?;
+        for (k, v) in &input.0 {
+            if *k != self.opts.output_key {
+                serde_json::to_writer(&mut self.out, k)?;
+                write!(self.out, ":{},", v.get())?;
+            }
+        }
+        serde_json::to_writer(&mut self.out, &self.opts.output_key)?;
+        self.out.write_all(b":")?;
+        serde_json::to_writer(&mut self.out, result)?;
+        self.out.write_all(b"}\n")
+    }
 }
 
 impl Format for Jsonl {
     fn write(&mut self, r: &Record) -> io::Result<()> {
+        let carried = matches!(r.item.carried, Carried::Json(_));
+        // Where the record stands: its number, or a ranked document's index.
+        let (place, at) = if self.opts.ranking {
+            ("index", index(r.item))
+        } else {
+            ("record", r.item.number)
+        };
         let mut result = Map::new();
         match r.outcome {
-            Ok(a) => self.prediction(a, &mut result),
+            Ok(Scored::Answer(a)) => self.prediction(a, &mut result),
+            Ok(Scored::Ranked { rank, score }) => {
+                result.insert("rank".into(), json!(rank));
+                if carried {
+                    result.insert(place.into(), json!(at));
+                }
+                result.insert("score".into(), json!(score));
+            }
             Err(e) => {
+                if carried && self.opts.ranking {
+                    result.insert(place.into(), json!(at));
+                }
                 result.insert("error".into(), json!(e));
+                if carried && !self.opts.ranking {
+                    result.insert(place.into(), json!(at));
+                }
             }
         }
         if let Carried::Json(input) = &r.item.carried {
-            if r.outcome.is_err() {
-                result.insert("record".into(), json!(r.item.number));
-            }
-            // The input's own bytes for every value, so nothing in it changes.
-            self.out.write_all(b"{")?;
-            for (k, v) in &input.0 {
-                if *k != self.opts.output_key {
-                    serde_json::to_writer(&mut self.out, k)?;
-                    write!(self.out, ":{},", v.get())?;
-                }
-            }
-            serde_json::to_writer(&mut self.out, &self.opts.output_key)?;
-            self.out.write_all(b":")?;
-            serde_json::to_writer(&mut self.out, &result)?;
-            return self.out.write_all(b"}\n");
+            return self.splice(input, &result);
         }
         let mut obj = Map::new();
-        obj.insert("record".into(), json!(r.item.number));
+        obj.insert(place.into(), json!(at));
         if self.opts.ids {
             obj.insert("id".into(), json!(r.item.id));
         }

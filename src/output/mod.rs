@@ -14,12 +14,32 @@ use crate::engine::Prediction;
 use crate::input::Item;
 use crate::task::Answer;
 
-/// The result for one input record, in input order.
+/// The result for one input record: in input order, or in a ranking's order.
 pub struct Record<'a> {
     /// The input: number, text, id, and the object or row it came in.
     pub item: &'a Item,
-    /// The prediction and the model inputs it was made from, or why this input failed.
-    pub outcome: Result<&'a Answer, &'a str>,
+    /// What the model made of it, or why this input failed.
+    pub outcome: Result<Scored<'a>, &'a str>,
+}
+
+/// What the model made of one input record.
+#[derive(Clone, Copy)]
+pub enum Scored<'a> {
+    /// The prediction and the model inputs it was made from (classify, zero-shot).
+    Answer(&'a Answer),
+    /// Its place in a ranking (rerank).
+    Ranked {
+        /// 1 for the best.
+        rank: usize,
+        /// The score it was ranked by.
+        score: f32,
+    },
+}
+
+/// A ranked document's 0-based position in the input (as TEI's `/rerank` and
+/// sentence-transformers' `rank` number documents).
+fn index(item: &Item) -> usize {
+    item.number.saturating_sub(1)
 }
 
 /// An output format.
@@ -55,6 +75,9 @@ pub struct FormatOptions {
     pub ids: bool,
     /// Whether records are pairs, so compact CSV/TSV has a `text_pair` column.
     pub pairs: bool,
+    /// Whether records are a ranking (rerank): each says its rank, 0-based index in the
+    /// input and score, instead of labels.
+    pub ranking: bool,
 }
 
 impl FormatOptions {
@@ -83,16 +106,20 @@ impl FormatOptions {
     }
 }
 
-/// The formats `--format` offers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The formats `--format` offers (each value's first paragraph is its `--help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum FormatKind {
-    /// Aligned columns for people.
+    /// Aligned columns: [id,] label, score, text (rerank: rank, score, #index, text).
     Human,
-    /// One JSON object per line.
+    /// One JSON object per input: a JSONL input object with "prediction" added, or
+    /// record, [id,] text, label, score, tokens, truncated (rerank: index, text, rank,
+    /// score).
     Jsonl,
-    /// Comma-separated values with a header.
+    /// Comma-separated with a header: a CSV/TSV input row with label, score, ..., error
+    /// appended, or record, [id,] label, score, ..., text (rerank: rank, index, score,
+    /// text).
     Csv,
-    /// Tab-separated values with a header.
+    /// Tab-separated, like csv; tabs, newlines and backslashes in text escaped.
     Tsv,
 }
 

@@ -224,7 +224,7 @@ fn tokenizer(dir: &Path, max_length: usize) -> TextTokenizer {
     let cfg: Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     TextTokenizer::load(
-        TokenizerFiles::Json(&dir.join("tokenizer.json")),
+        &TokenizerFiles::Json(dir.join("tokenizer.json")),
         max_length,
         cfg["vocab_size"].as_u64().unwrap() as usize,
     )

@@ -258,7 +258,7 @@ fn tokenizer(dir: &std::path::Path, max_length: usize) -> TextTokenizer {
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     let vocab = cfg["vocab_size"].as_u64().unwrap() as usize;
     TextTokenizer::load(
-        TokenizerFiles::Json(&dir.join("tokenizer.json")),
+        &TokenizerFiles::Json(dir.join("tokenizer.json")),
         max_length,
         vocab,
     )

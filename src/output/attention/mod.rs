@@ -34,17 +34,19 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 
 use super::atomic::AtomicFile;
-use super::Record;
+use super::{Record, Scored};
 
 /// Dumps estimated past this many bytes get one warning, before they are written.
 const WARN_BYTES: u64 = 100_000_000;
 
-/// JSON or HTML.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// JSON or HTML (`--attention-format`; each value's first paragraph is its `--help`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DumpFormat {
-    /// A JSON array, one object per input (the schema in the README).
+    /// A JSON array, one object per input.
+    ///
+    /// The schema is in the README.
     Json,
-    /// One self-contained page with a head view, a model view and attention rollout.
+    /// One self-contained HTML page: head view, model view, rollout.
     Html,
 }
 
@@ -159,7 +161,7 @@ impl AttentionDump {
     /// Appends one entry per model input of a record (one, or a window per chunk, or a
     /// pair per candidate label); failed records have no attention and are skipped.
     pub fn write(&mut self, r: &Record) -> Result<()> {
-        let Ok(answer) = r.outcome else {
+        let Ok(Scored::Answer(answer)) = r.outcome else {
             return Ok(());
         };
         for (i, part) in answer.parts.iter().enumerate() {
