@@ -116,14 +116,17 @@ fn check(cfg: &Config) -> Result<()> {
             fields.conv_kernel_size.unwrap_or(0)
         );
     }
-    relative(cfg)?;
+    relative_from(cfg, &fields)?;
     pooler(cfg, &fields)?;
     Ok(())
 }
 
 /// The relative-attention settings, when on.
 pub fn relative(cfg: &Config) -> Result<Option<Relative>> {
-    let fields: Fields = cfg.fields()?;
+    relative_from(cfg, &cfg.fields()?)
+}
+
+fn relative_from(cfg: &Config, fields: &Fields) -> Result<Option<Relative>> {
     if !fields.relative_attention {
         return Ok(None);
     }
@@ -226,7 +229,7 @@ pub fn load(
         norm: LayerNorm::load(&emb.pp("LayerNorm"), h, cfg.layer_norm_eps)?,
     };
     let encoder = deberta.pp("encoder");
-    let rel = match relative(cfg)? {
+    let rel = match relative_from(cfg, &fields)? {
         Some(r) => {
             let table = encoder
                 .pp("rel_embeddings")
