@@ -145,6 +145,21 @@ FAMILY_BASES = {
                                            norm_rel_ebd="layer_norm", position_biased_input=False,
                                            type_vocab_size=0, layer_norm_eps=1e-7, pooler_hidden_size=768,
                                            pooler_hidden_act="gelu")),
+    # answerdotai/ModernBERT-base's shape (22 layers, GeGLU 1152, a global layer every 3rd,
+    # local window 128); the ids are the fixture tokenizer's.
+    "modernbert-base": ("modernbert", dict(vocab_size=50368, hidden_size=768, num_hidden_layers=22,
+                                           num_attention_heads=12, intermediate_size=1152,
+                                           max_position_embeddings=8192, global_attn_every_n_layers=3,
+                                           local_attention=128, global_rope_theta=160000.0,
+                                           local_rope_theta=10000.0, classifier_pooling="mean",
+                                           pad_token_id=1003, bos_token_id=1001, eos_token_id=1002,
+                                           cls_token_id=1001, sep_token_id=1002)),
+    # facebook/bart-large-mnli's shape (12 + 12 layers of 1024, 16 heads, FFN 4096).
+    "bart-large-mnli": ("bart", dict(vocab_size=50265, d_model=1024, encoder_layers=12, decoder_layers=12,
+                                     encoder_attention_heads=16, decoder_attention_heads=16,
+                                     encoder_ffn_dim=4096, decoder_ffn_dim=4096, max_position_embeddings=1024,
+                                     scale_embedding=False, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                                     decoder_start_token_id=2, forced_eos_token_id=2)),
 }
 
 
@@ -187,6 +202,8 @@ def flops(cfg, lengths):
     score and one weighted sum per token, the sum through Wv), the output projection and
     the feed-forward. Counting the full last layer would credit bert-cli with work it
     skips."""
+    if cfg.get("model_type") in ("modernbert", "bart"):
+        return float("nan")  # not modelled: rotary/windowed layers, a decoder
     h, i, layers, heads = arch(cfg)
     full = lambda t: 2 * t * (4 * h * h + 2 * h * i) + 4 * t * t * h
     last = lambda t: 2 * (3 * h * h + 2 * heads * t * h) + 2 * (h * h + 2 * h * i)
@@ -212,6 +229,13 @@ def max_tokens(model_dir):
     return min(n, 512)
 
 
+def torch_attention(model_dir):
+    """PyTorch at its best per family: eager for the BERT-era families (their figures since
+    run 1), SDPA (transformers' default, its fastest CPU path) for ModernBERT and BART."""
+    model_type = json.loads((Path(model_dir) / "config.json").read_text()).get("model_type")
+    return "sdpa" if model_type in ("modernbert", "bart") else "eager"
+
+
 def run_pytorch(model_dir, texts, batch, sort, threads, int8=False, labels=None):
     """Seconds for `texts`; with `int8`, PyTorch's dynamic quantization (`quantize_dynamic`
     of every nn.Linear to qint8, activations quantized per call), the usual CPU recipe.
@@ -222,7 +246,8 @@ def run_pytorch(model_dir, texts, batch, sort, threads, int8=False, labels=None)
 
     torch.set_num_threads(threads)
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, attn_implementation="eager").eval()
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, attn_implementation=torch_attention(model_dir)).eval()
     if int8:
         import warnings
 

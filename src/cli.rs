@@ -14,7 +14,7 @@ use crate::output::FormatKind;
 use crate::task::Aggregate;
 
 /// Classify text with a BERT-family model (BERT, DistilBERT, RoBERTa, XLM-R, CamemBERT,
-/// ELECTRA, DeBERTa-v2/v3), on CUDA, Metal or CPU.
+/// ELECTRA, DeBERTa-v2/v3, ModernBERT) or BART, on CUDA, Metal or CPU.
 ///
 /// Exit status: 0 when every input was classified, 1 when there was no input,
 /// 2 on an error (including any input that could not be classified; the others

@@ -42,6 +42,27 @@ impl LayerNorm {
         Self::new(w, b, eps, ld)
     }
 
+    /// `weight` of size `hidden` under `ld`, and `bias` only when `has_bias` (ModernBERT's
+    /// `norm_bias`): without one the layer adds zeros.
+    pub fn load_bias_if(ld: &Loader, hidden: usize, eps: f64, has_bias: bool) -> Result<Self> {
+        let weight = ld.get(hidden, "weight")?;
+        let bias = if has_bias {
+            ld.get(hidden, "bias")?
+        } else {
+            Tensor::zeros(hidden, weight.dtype(), weight.device())?
+        };
+        Self::new(weight, bias, eps, ld)
+    }
+
+    /// Normalises `x`, `[.., hidden]`, into a new tensor (a pre-norm layer keeps `x` for
+    /// its residual).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Self::Candle(norm) => Ok(norm.forward(x)?),
+            Self::Cpu { .. } => self.forward_fresh(x.copy()?),
+        }
+    }
+
     /// Normalises `x`, `[.., hidden]`. The CPU kernel overwrites `x`'s own buffer, so `x`
     /// must be a fresh result that nothing else holds: callers pass the output of the op
     /// just before.

@@ -70,6 +70,24 @@ impl Linear {
         )
     }
 
+    /// As `load`, where the checkpoint has a `bias` only when `has_bias` (a config's
+    /// `attention_bias`, `mlp_bias`): without one the layer adds zeros, which changes no
+    /// bit of the product.
+    pub fn load_bias_if(
+        ld: &Loader,
+        in_dim: usize,
+        out_dim: usize,
+        has_bias: bool,
+    ) -> Result<Self> {
+        let weight = ld.get((out_dim, in_dim), "weight")?;
+        let bias = if has_bias {
+            ld.get(out_dim, "bias")?
+        } else {
+            Tensor::zeros(out_dim, weight.dtype(), weight.device())?
+        };
+        Self::new(weight, bias, ld)
+    }
+
     /// From now on, keeps the largest `|x|` of each input channel that passes through,
     /// for `quantize_q8`.
     pub fn record_input_range(&mut self) {

@@ -1,28 +1,34 @@
 //! The building blocks every encoder family is made of: dense layers, LayerNorm, the
-//! embedding sum, self-attention, activations, and the row layout they share.
+//! embedding sum, self-attention (BERT's, DeBERTa's, and attention over projected inputs
+//! with rotary positions, windows or a causal mask), activations, and the row layout
+//! they share.
 //!
 //! Each block picks its implementation once, at load, from the `Backend` its `Loader`
 //! carries, and keeps it as an enum: its forward pass only dispatches on that. Model
 //! files hand blocks a `Loader` and never see which implementation runs.
 
 mod activation;
+mod attend;
 mod attention;
 mod disentangled;
 mod embeddings;
 mod layer_norm;
 mod linear;
 mod loader;
+mod rotary;
 mod sequences;
 
 use candle_core::{DType, Device};
 
 pub use activation::Activation;
+pub use attend::{padding_bias, Attend, Visibility};
 pub use attention::{Queries, SelfAttention};
 pub use disentangled::{DisentangledAttention, RelativePositions};
 pub use embeddings::{Embeddings, Positions};
 pub use layer_norm::LayerNorm;
 pub use linear::Linear;
 pub use loader::Loader;
+pub use rotary::Rotary;
 pub use sequences::{RowLayout, Sequences};
 
 /// How a model's layers compute, chosen once when it loads.

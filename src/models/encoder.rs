@@ -169,6 +169,13 @@ impl Encoder {
         })
     }
 
+    /// The stack, for a model that reads every token's final state (an encoder-decoder):
+    /// the last layer then always runs for every token.
+    pub fn every_token(mut self) -> Self {
+        self.first_token_last = false;
+        self
+    }
+
     /// Runs the stack on the embeddings `x` (`[batch, seq, hidden]`, `mask` 1 for real
     /// tokens). Returns hidden states whose `[:, 0]` is each sequence's first token
     /// (`[batch, seq, hidden]`, or `[batch, 1, hidden]` when only that was computed) and,

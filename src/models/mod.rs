@@ -3,6 +3,7 @@
 //! (`crate::layers`) alone. Each family file declares a `FAMILY`; `FAMILIES` below is
 //! the one list of them (docs/ARCHITECTURE.md: "Adding a family").
 
+pub mod bart;
 pub mod bert;
 pub mod classifier;
 pub mod config;
@@ -12,6 +13,7 @@ pub mod electra;
 pub mod encoder;
 pub mod family;
 pub mod head;
+pub mod modernbert;
 pub mod roberta;
 
 use std::path::Path;
@@ -28,12 +30,14 @@ pub use family::Family;
 use crate::layers::Loader;
 
 /// Every family bert-cli runs, in the order messages list them.
-pub const FAMILIES: [&Family; 5] = [
+pub const FAMILIES: [&Family; 7] = [
     &bert::FAMILY,
     &distilbert::FAMILY,
     &roberta::FAMILY,
     &electra::FAMILY,
     &deberta_v2::FAMILY,
+    &modernbert::FAMILY,
+    &bart::FAMILY,
 ];
 
 /// The family that runs `model_type`, and its name in words.

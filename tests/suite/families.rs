@@ -140,6 +140,86 @@ family!(camembert, "camembert", ("sentencepiece.bpe.model", true));
 family!(electra, "electra", ("vocab.txt", false));
 family!(deberta_v3, "deberta-v3", ("spm.model", true));
 family!(deberta_v2, "deberta-v2", ("spm.model", true));
+family!(bart, "bart", ("merges.txt", false));
+
+mod modernbert {
+    use super::*;
+
+    #[test]
+    fn matches_pytorch_on_every_case() {
+        parity("modernbert");
+    }
+
+    #[test]
+    fn batching_changes_nothing() {
+        batch_invariance("modernbert");
+    }
+
+    /// The fixture pools with the mean of the real tokens; with its config switched to
+    /// `classifier_pooling: cls` it must match PyTorch's `[CLS]` pooling instead.
+    #[test]
+    fn cls_pooling_matches_pytorch() {
+        let reference = reference("family-modernbert");
+        let pooling = &reference["cls_pooling"];
+        let dir = patched_fixture("modernbert", &pooling["config_patch"]);
+        let engine = engine_with(dir.path(), &Default::default()).unwrap();
+        let cases = pooling["cases"].as_array().unwrap();
+        let preds = predict_in_batches(&engine, cases, 8);
+        let mut worst = 0f32;
+        for (p, c) in preds.iter().zip(cases) {
+            let got = engine.encode(c["text"].as_str().unwrap()).unwrap();
+            assert_eq!(got.ids, ids(&c["ids"]), "{}", c["name"]);
+            let d = max_diff(&p.logits, &floats(&c["logits"]));
+            assert!(d < 1e-4, "{}: logits off by {d}", c["name"]);
+            assert_eq!(p.top as u64, c["label"].as_u64().unwrap(), "{}", c["name"]);
+            worst = worst.max(d);
+        }
+        say(&format!(
+            "modernbert, cls pooling: {} cases, worst logit difference {worst:e}",
+            cases.len()
+        ));
+    }
+
+    /// With its position limit raised to 8,192, the fixture reads a text of 3,000 and
+    /// one of 8,192 tokens whole, in one pass (attention then goes a block of queries
+    /// at a time), and matches PyTorch on both.
+    #[test]
+    fn reads_8192_tokens_in_one_pass() {
+        let reference = reference("modernbert-long");
+        let dir = patched_fixture("modernbert", &reference["config_patch"]);
+        let engine = engine_with(dir.path(), &Default::default()).unwrap();
+        assert_eq!(engine.max_length, 8192);
+        for c in reference["cases"].as_array().unwrap() {
+            let got = engine.encode(c["text"].as_str().unwrap()).unwrap();
+            assert_eq!(got.ids, ids(&c["ids"]), "{} tokens", c["tokens"]);
+            assert!(!got.truncated);
+            let p = engine.predict(&[&got], false).unwrap();
+            let d = max_diff(&p[0].logits, &floats(&c["logits"]));
+            assert!(d < 1e-4, "{} tokens: logits off by {d}", c["tokens"]);
+            say(&format!(
+                "modernbert, {} tokens in one pass: logits within {d:e} of PyTorch",
+                c["tokens"]
+            ));
+        }
+    }
+}
+
+/// A copy of family fixture `name` with `patch`'s keys set in its config.json.
+fn patched_fixture(name: &str, patch: &Value) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(family_dir(name)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let config_path = dir.path().join("config.json");
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
+    for (k, v) in patch.as_object().unwrap() {
+        config[k] = v.clone();
+    }
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    dir
+}
 
 fn bert_cli() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_bert-cli"));
@@ -227,7 +307,7 @@ fn attention_dump_uses_the_family_tokens() {
 fn unsupported_family_is_refused_before_the_weights() {
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
-    write("config.json", r#"{"model_type": "bart", "d_model": 16}"#);
+    write("config.json", r#"{"model_type": "gpt2", "n_embd": 16}"#);
     // Not a checkpoint: reading it would fail with a different message.
     write("model.safetensors", "garbage");
     write("vocab.txt", "[PAD]\n[UNK]\n[CLS]\n[SEP]\n");
@@ -240,7 +320,7 @@ fn unsupported_family_is_refused_before_the_weights() {
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("\"bart\"") && err.contains("deberta-v2") && !err.contains("safetensors"),
+        err.contains("\"gpt2\"") && err.contains("deberta-v2") && !err.contains("safetensors"),
         "{err}"
     );
 }

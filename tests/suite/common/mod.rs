@@ -142,7 +142,7 @@ pub fn assert_attention_matches_pytorch(engine: &bert_cli::engine::Engine) {
 /// The model families with a committed fixture (`tests/fixtures/families/<name>`) and
 /// reference (`tests/fixtures/reference/family-<name>.json`), from
 /// `scripts/make_families.py`.
-pub const FAMILIES: [&str; 7] = [
+pub const FAMILIES: [&str; 9] = [
     "distilbert",
     "roberta",
     "xlm-roberta",
@@ -150,6 +150,8 @@ pub const FAMILIES: [&str; 7] = [
     "electra",
     "deberta-v3",
     "deberta-v2",
+    "modernbert",
+    "bart",
 ];
 
 /// A family fixture's folder.
