@@ -458,6 +458,10 @@ def main():
     ap.add_argument("--no-int8", action="store_true",
                     help="skip the int8 anchors (ONNX Runtime and PyTorch dynamic int8 against --quantize q8)")
     ap.add_argument("--workloads", default="sst2-dev,rt-snippets,exact-128,exact-512", help="comma-separated subset")
+    ap.add_argument("--sorted-only", action="store_true",
+                    help="only sorted batches of 32 (no unsorted runs), for the large models")
+    ap.add_argument("--no-q8", action="store_true", help="skip bert-cli's --quantize q8 runs")
+    ap.add_argument("--limit", type=int, default=0, help="the first N texts of each workload (0: all)")
     args = ap.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
     from transformers import AutoTokenizer
@@ -480,6 +484,8 @@ def main():
     if args.quick:
         workloads = {"sst2-dev": dev, "exact-128": workloads["exact-128"][:64]}
     workloads = {k: v for k, v in workloads.items() if k in args.workloads.split(",")}
+    if args.limit:
+        workloads = {k: v[:args.limit] for k, v in workloads.items()}
     peak = matmul_peak(args.threads)
     print(f"# bert-cli benchmark, {time.strftime('%Y-%m-%d')}, {args.threads} threads")
     print(f"# CPU: {cpu_description()}")
@@ -509,7 +515,7 @@ def main():
             # kept. Interleaving puts each tool in the same stretches of this machine's
             # noise, where back-to-back repeats of one tool could catch a slow minute alone.
             plan = []
-            variants = [("sorted b32", 32, True), ("unsorted b32", 32, False)]
+            variants = [("sorted b32", 32, True)] + ([] if args.sorted_only else [("unsorted b32", 32, False)])
             batch1 = not args.quick and not args.no_batch1 and wname == "sst2-dev"
             if batch1:
                 variants.append(("b1", 1, False))
@@ -528,8 +534,9 @@ def main():
                     plan.append(("onnxruntime", "int8 sorted b32", False,
                                  lambda: run_ort(mdir, onnx_int8, texts, 32, True, args.threads)))
             plan.append((args.label, "b32", False, lambda: run_bert_cli(args.binary, mdir, texts, 32, args.threads)))
-            plan.append((args.label, "q8 b32", False,
-                         lambda: run_bert_cli(args.binary, mdir, texts, 32, args.threads, ["--quantize", "q8"])))
+            if not args.no_q8:
+                plan.append((args.label, "q8 b32", False,
+                             lambda: run_bert_cli(args.binary, mdir, texts, 32, args.threads, ["--quantize", "q8"])))
             if batch1:
                 plan.append((args.label, "b1", False, lambda: run_bert_cli(args.binary, mdir, texts, 1, args.threads)))
             runs = {}
@@ -543,7 +550,7 @@ def main():
             cli_runs = runs[(args.label, "b32")]
             rss = max(r[1] for r in cli_runs)
             startup = min(r[2] for r in cli_runs)
-            q8_secs = results[(args.label, "q8 b32")]
+            q8_secs = results.get((args.label, "q8 b32"), float("nan"))
             best = lambda tool: min((v for (t, c), v in results.items()
                                      if t == tool and c != "b1" and not c.startswith("int8")),
                                     default=float("nan"))
