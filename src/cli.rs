@@ -129,8 +129,9 @@ pub struct DownloadArgs {
 /// A model named as an argument, for `download` and `info`.
 #[derive(Debug, Args)]
 pub struct ModelRefArgs {
-    /// Hugging Face repo id, or a local folder in Hugging Face layout.
-    #[arg(value_name = "MODEL", default_value = DEFAULT_MODEL)]
+    /// Hugging Face repo id, or a local folder in Hugging Face layout. Default: as
+    /// classify's (BERT_CLI_MODEL, else the default model).
+    #[arg(value_name = "MODEL", default_value = DEFAULT_MODEL, env = "BERT_CLI_MODEL")]
     pub model: String,
 
     #[command(flatten)]
@@ -179,13 +180,19 @@ pub struct InputArgs {
     #[arg(long, visible_alias = "column", value_name = "NAME")]
     pub field: Option<String>,
 
-    /// A JSONL field or CSV/TSV column copied into the outputs as the record's id.
+    /// A JSONL field or CSV/TSV column copied into the outputs as the record's id. A JSONL
+    /// record without it (or with null) is classified all the same, its id left empty.
     #[arg(long, visible_alias = "id-column", value_name = "NAME")]
     pub id_field: Option<String>,
 
     /// The CSV/TSV input has no header row: its first row is data, columns are numbers.
     #[arg(long)]
     pub no_header: bool,
+
+    /// The CSV input's field separator, one character, such as ';' (what spreadsheets
+    /// write where the decimal mark is a comma). Default: ',' for CSV, tab for TSV.
+    #[arg(long, value_name = "CHAR", value_parser = parse_delimiter)]
+    pub delimiter: Option<u8>,
 
     /// Records end at NUL bytes, not newlines (like xargs -0 and sort -z), so a record may
     /// hold newlines. Plain-lines input only.
@@ -204,7 +211,9 @@ pub struct RunArgs {
         short,
         long,
         value_name = "auto|cpu|cuda[:N]|metal",
-        default_value = "auto"
+        default_value = "auto",
+        value_parser = DeviceParser,
+        hide_possible_values = true
     )]
     pub device: DeviceSpec,
 
@@ -235,11 +244,12 @@ pub struct RunArgs {
     /// inputs (attention, which grows with length squared, is bounded to match). Inputs are
     /// sorted by length within a window of 32 batches, so little is padding.
     /// Default: 8192 on the CPU, 65536 on a GPU.
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = parse_positive)]
     pub max_batch_tokens: Option<u64>,
 
     /// CPU threads for the model. Default: the CPU cores this process may use
-    /// (RAYON_NUM_THREADS, if set, is honoured too).
+    /// (RAYON_NUM_THREADS, if set, is honoured too). More than those cores is capped at
+    /// them, with a note: extra threads only contend.
     #[arg(short = 'j', long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub threads: Option<u64>,
 
@@ -260,6 +270,12 @@ pub struct OutputArgs {
     /// Output format.
     #[arg(short, long, value_enum, default_value_t = FormatKind::Human)]
     pub format: FormatKind,
+
+    /// Write the results to FILE instead of standard output. It is created before the
+    /// model loads and appears only when complete (an interrupted `> FILE` leaves half a
+    /// file; this leaves what was there before).
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
 
     /// The JSONL key under which a JSONL input object gets its result (and, on a name
     /// clash, the prefix of the columns added to a CSV/TSV row).
@@ -303,7 +319,7 @@ pub struct RankArgs {
     pub all_scores: bool,
 
     /// Also list the K best labels with their scores, best first; 0 or "all" for every label.
-    #[arg(long, value_name = "K", value_parser = parse_top_k)]
+    #[arg(long, value_name = "K", value_parser = parse_top_k, allow_negative_numbers = true)]
     pub top_k: Option<usize>,
 
     /// List every label scoring above T. Default: 0.5 for multi-label (sigmoid) models,
@@ -384,9 +400,14 @@ pub struct ZeroShotArgs {
         long,
         value_name = "A,B,...",
         value_delimiter = ',',
-        required = true
+        required_unless_present = "label"
     )]
     pub labels: Vec<String>,
+
+    /// One candidate label, taken whole (commas and all); repeat it for more. Adds to
+    /// --labels.
+    #[arg(long, value_name = "LABEL")]
+    pub label: Vec<String>,
 
     /// The hypothesis each label is put into, at {}.
     #[arg(long, value_name = "TEMPLATE", default_value = "This example is {}.")]
@@ -431,7 +452,7 @@ pub struct RerankArgs {
     pub model: String,
 
     /// Print only the K best documents (0 or "all": every one).
-    #[arg(short = 'k', long, value_name = "K", value_parser = parse_top_k)]
+    #[arg(short = 'k', long, value_name = "K", value_parser = parse_top_k, allow_negative_numbers = true)]
     pub top_k: Option<usize>,
 
     /// Print the model's raw scores (logits). Default: what the model's config says
@@ -463,6 +484,64 @@ fn parse_top_k(s: &str) -> Result<usize, String> {
         _ => s
             .parse()
             .map_err(|_| format!("{s:?} is not a count (or \"all\")")),
+    }
+}
+
+/// A count of at least 1, said in words when it is not (clap's range message for an
+/// open range printed u64::MAX).
+fn parse_positive(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?} is not a count of at least 1")),
+    }
+}
+
+/// `--device`: parsed by `DeviceSpec`, and offering its names to shell completions
+/// (which otherwise completed file names).
+#[derive(Clone)]
+struct DeviceParser;
+
+impl clap::builder::TypedValueParser for DeviceParser {
+    type Value = DeviceSpec;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<DeviceSpec, clap::Error> {
+        let text = value
+            .to_str()
+            .ok_or_else(|| clap::Error::new(clap::error::ErrorKind::InvalidUtf8).with_cmd(cmd))?;
+        text.parse().map_err(|why: String| {
+            let name = arg.map_or_else(|| "--device".into(), |a| a.to_string());
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value {text:?} for {name}: {why}\n"),
+            )
+            .with_cmd(cmd)
+        })
+    }
+
+    fn possible_values(
+        &self,
+    ) -> Option<Box<dyn Iterator<Item = clap::builder::PossibleValue> + '_>> {
+        Some(Box::new(
+            ["auto", "cpu", "cuda", "metal"]
+                .into_iter()
+                .map(clap::builder::PossibleValue::new),
+        ))
+    }
+}
+
+/// `--delimiter`: one ASCII character (`\t` written out is a tab).
+fn parse_delimiter(s: &str) -> Result<u8, String> {
+    match s {
+        "\\t" | "\t" => Ok(b'\t'),
+        _ if s.len() == 1 && s.is_ascii() && s != "\"" && s != "\n" && s != "\r" => Ok(s.as_bytes()[0]),
+        _ => Err(format!(
+            "{s:?} is not a separator: give one ASCII character other than a quote or a line end, such as ';'"
+        )),
     }
 }
 

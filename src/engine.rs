@@ -42,8 +42,26 @@ pub struct Prediction {
     pub probs: Vec<f32>,
     /// Index of the most probable label.
     pub top: usize,
-    /// `[layer][head][query][key]` probabilities over real tokens, when asked for.
+    /// `[layer][head][query][key]` probabilities over real tokens, when asked for: the
+    /// layers and heads `AttentionKeep` names.
     pub attention: Option<Vec<Vec<Vec<Vec<f32>>>>>,
+    /// `[layer][query][key]`: every layer's attention averaged over its heads, when
+    /// `AttentionKeep::head_means` asks (the attention page's rollout multiplies through
+    /// every layer, whichever are kept).
+    pub attention_means: Option<Vec<Vec<Vec<f64>>>>,
+}
+
+/// One layer's `[head][query][key]` attention averaged over its heads, in f64.
+pub fn head_means(layer: &[Vec<Vec<f32>>]) -> Vec<Vec<f64>> {
+    let n = layer.first().map_or(0, Vec::len);
+    let heads = layer.len().max(1) as f64;
+    (0..n)
+        .map(|i| {
+            (0..n)
+                .map(|j| layer.iter().map(|h| f64::from(h[i][j])).sum::<f64>() / heads)
+                .collect()
+        })
+        .collect()
 }
 
 /// A model ready to classify.
@@ -222,8 +240,21 @@ impl Engine {
         self.tokenizer.window_tokens()
     }
 
-    /// Classifies already tokenized inputs as one padded batch.
+    /// Classifies already tokenized inputs as one padded batch; `keep_attention` copies
+    /// every layer's and head's attention out.
     pub fn predict(&self, inputs: &[&Encoded], keep_attention: bool) -> Result<Vec<Prediction>> {
+        self.predict_keeping(inputs, keep_attention.then(AttentionKeep::default).as_ref())
+    }
+
+    /// As `predict`, copying out the attention of the layers and heads `keep` names (a
+    /// dump's `--attention-layers/-heads`) and nothing else: an input's attention is held
+    /// from its batch until it is written, so what is not written is never copied.
+    pub fn predict_keeping(
+        &self,
+        inputs: &[&Encoded],
+        keep: Option<&AttentionKeep>,
+    ) -> Result<Vec<Prediction>> {
+        let keep_attention = keep.is_some();
         if inputs.is_empty() {
             return Ok(Vec::new());
         }
@@ -256,31 +287,73 @@ impl Engine {
             let top = argmax(&probs);
             // Cut the padding away in tensor space, so only real tokens are copied out.
             let n = inputs[i].ids.len();
-            let attention = if keep_attention {
-                let layers = out
-                    .attentions
-                    .iter()
-                    .map(|t| {
-                        Ok(t.get(i)?
-                            .narrow(1, 0, n)?
-                            .narrow(2, 0, n)?
-                            .to_dtype(DType::F32)?
-                            .to_vec3()?)
-                    })
-                    .collect::<Result<_>>()?;
-                Some(layers)
-            } else {
-                None
+            let attention_means = match keep {
+                Some(keep) if keep.head_means => Some(
+                    out.attentions
+                        .iter()
+                        .map(|t| {
+                            let t = t.get(i)?.narrow(1, 0, n)?.narrow(2, 0, n)?;
+                            Ok(head_means(&t.to_dtype(DType::F32)?.to_vec3()?))
+                        })
+                        .collect::<Result<Vec<_>>>()?,
+                ),
+                _ => None,
+            };
+            let attention = match keep {
+                Some(keep) => {
+                    let all_layers: Vec<usize> = (0..out.attentions.len()).collect();
+                    let layers = keep.layers.as_deref().unwrap_or(&all_layers);
+                    let heads = keep
+                        .heads
+                        .as_ref()
+                        .map(|h| {
+                            let h: Vec<u32> = h.iter().map(|&x| x as u32).collect();
+                            Tensor::new(h, &self.device)
+                        })
+                        .transpose()?;
+                    let layers = layers
+                        .iter()
+                        .map(|&l| {
+                            let t = out.attentions.get(l).with_context(|| {
+                                format!(
+                                    "layer {l} asked of a model with {} layers",
+                                    out.attentions.len()
+                                )
+                            })?;
+                            let t = t.get(i)?.narrow(1, 0, n)?.narrow(2, 0, n)?;
+                            let t = match &heads {
+                                Some(h) => t.index_select(h, 0)?,
+                                None => t,
+                            };
+                            Ok(t.to_dtype(DType::F32)?.to_vec3()?)
+                        })
+                        .collect::<Result<_>>()?;
+                    Some(layers)
+                }
+                None => None,
             };
             predictions.push(Prediction {
                 logits,
                 probs,
                 top,
                 attention,
+                attention_means,
             });
         }
         Ok(predictions)
     }
+}
+
+/// Which attention `predict_keeping` copies out: these layers, and these heads of each
+/// (all when `None`), in the order given.
+#[derive(Debug, Clone, Default)]
+pub struct AttentionKeep {
+    /// Layer indices.
+    pub layers: Option<Vec<usize>>,
+    /// Head indices.
+    pub heads: Option<Vec<usize>>,
+    /// Also every layer's head-averaged attention (`Prediction::attention_means`).
+    pub head_means: bool,
 }
 
 /// Names for each label: `--labels`, else the config's, else built-in names for the default

@@ -17,7 +17,10 @@ fn main() -> ExitCode {
     if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
         std::env::set_var("RUST_LIB_BACKTRACE", "0");
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return clap_exit(err),
+    };
     let result = match cli.command {
         Command::Classify(args) => commands::classify::run(*args),
         Command::ZeroShot(args) => commands::zero_shot::run(*args),
@@ -36,6 +39,26 @@ fn main() -> ExitCode {
             ExitCode::from(EXIT_ERROR)
         }
     }
+}
+
+/// What clap's own `exit` does (help and version on stdout with 0, usage errors on
+/// stderr with 2), except that help or version that cannot be written (`--help >
+/// /dev/full`) is an error, not a silent success.
+fn clap_exit(err: clap::Error) -> ExitCode {
+    use std::io::Write;
+
+    let printed = err.print().and_then(|()| io::stdout().flush());
+    if !err.use_stderr() {
+        return match printed {
+            Ok(()) => ExitCode::from(EXIT_OK),
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::from(EXIT_OK),
+            Err(e) => {
+                eprintln!("bert-cli: error: cannot write the help to standard output: {e}");
+                ExitCode::from(EXIT_ERROR)
+            }
+        };
+    }
+    ExitCode::from(EXIT_ERROR)
 }
 
 /// A reader that went away (`| head`) is not an error worth a message.

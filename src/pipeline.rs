@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use rayon::prelude::*;
 
-use crate::engine::{Engine, Prediction};
+use crate::engine::{AttentionKeep, Engine, Prediction};
 use crate::input::{Arrival, Item, Records};
 use crate::output::attention::AttentionDump;
 use crate::output::{Format, Record, Scored};
@@ -104,6 +104,7 @@ pub fn run(
     let mut summary = Summary::default();
     let arrival = records.arrival;
     let rx = spawn_reader(records, full * 2);
+    let mut bytes_done = 0u64;
     loop {
         let first = match rx.recv() {
             Ok(item) => item?,
@@ -111,7 +112,22 @@ pub fn run(
         };
         let (items, failed_read) = next_window(&rx, first, window, arrival);
         window = full;
-        let results = classify_window(engine, task, &items, dump.is_some(), opts)?;
+        let keep = dump.as_deref().map(AttentionDump::keep);
+        // The bar moves batch by batch, not a window (a thousand records) at a time: the
+        // records and bytes of the window counted as the share of its model inputs done.
+        let (done, end_byte) = (
+            summary.inputs,
+            items.last().map_or(bytes_done, |i| i.end_byte),
+        );
+        let span = end_byte.saturating_sub(bytes_done);
+        let report = |share: f64| {
+            progress.update(
+                done + (share * items.len() as f64) as usize,
+                bytes_done + (share * span as f64) as u64,
+            )
+        };
+        let results = classify_window(engine, task, &items, keep.as_ref(), opts, &report)?;
+        bytes_done = end_byte;
         progress.suspend(|| -> Result<()> {
             for (item, result) in items.iter().zip(&results) {
                 let outcome = match result {
@@ -239,9 +255,11 @@ fn classify_window(
     engine: &Engine,
     task: &Task,
     items: &[Item],
-    keep_attention: bool,
+    keep: Option<&AttentionKeep>,
     opts: PipelineOptions,
+    report: &dyn Fn(f64),
 ) -> Result<Vec<Outcome>> {
+    let keep_attention = keep.is_some();
     // Tokenizing in parallel matters on a GPU, where one thread cannot keep up with it.
     let planned: Vec<Result<Planned, String>> = items
         .par_iter()
@@ -274,13 +292,16 @@ fn classify_window(
                 .map_or(Vec::new(), |p| vec![None; p.inputs.len()])
         })
         .collect();
+    let mut done = 0;
     for batch in plan_batches(&lengths, opts) {
         let inputs: Vec<_> = batch.iter().filter_map(|&k| input(&pool[k])).collect();
-        let preds = engine.predict(&inputs, keep_attention)?;
+        let preds = engine.predict_keeping(&inputs, keep)?;
         for (&k, p) in batch.iter().zip(preds) {
             let (i, j) = pool[k];
             predictions[i][j] = Some(p);
         }
+        done += batch.len();
+        report(done as f64 / pool.len().max(1) as f64);
     }
     Ok(planned
         .into_iter()

@@ -31,7 +31,8 @@ impl Progress {
             ProgressDrawTarget::stderr(),
         );
         let template = if by_bytes {
-            "{spinner} {bar:30} {percent:>3}%  {msg} records  {binary_bytes}/{binary_total_bytes}  ETA {eta}"
+            // The bar takes the width the rest leaves, so the line never wraps.
+            "{spinner} {percent:>3}% {wide_bar} {msg} records  {binary_bytes}/{binary_total_bytes}  ETA {eta}"
         } else {
             "{spinner} {msg} records  {elapsed}"
         };

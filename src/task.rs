@@ -83,9 +83,8 @@ impl ZeroShot {
                 bail!("--labels names {l:?} twice; every candidate needs its own name");
             }
         }
-        if !template.contains("{}") {
-            bail!("--hypothesis-template {template:?} has no {{}} for the label to go in");
-        }
+        // Checked with a stand-in label before any text is read.
+        fill_template(template, "x")?;
         let Some(entailment) = model_labels
             .iter()
             .position(|l| l.to_lowercase().starts_with("entail"))
@@ -104,7 +103,10 @@ impl ZeroShot {
         } else {
             0
         };
-        let hypotheses = labels.iter().map(|l| template.replace("{}", l)).collect();
+        let hypotheses = labels
+            .iter()
+            .map(|l| fill_template(template, l))
+            .collect::<Result<_>>()?;
         Ok(Self {
             // One candidate cannot compete with others: judged on its own, as transformers.
             multi_label: multi_label || labels.len() == 1,
@@ -114,6 +116,67 @@ impl ZeroShot {
             contradiction,
         })
     }
+}
+
+/// The hypothesis for `label`, as transformers' pipeline makes it with Python's
+/// `template.format(label)`: `{}` (or `{0}`) is the label, `{{` and `}}` are braces, and
+/// what Python refuses (a second `{}`, a named field, a lone brace) is refused, with the
+/// template named.
+pub fn fill_template(template: &str, label: &str) -> Result<String> {
+    let refuse = |why: &str| {
+        anyhow::anyhow!(
+            "--hypothesis-template {template:?} {why}; write {{}} once where the label goes, \
+             and {{{{ or }}}} for a literal brace (as Python's str.format, which transformers uses)"
+        )
+    };
+    let mut out = String::with_capacity(template.len() + label.len());
+    let mut chars = template.chars().peekable();
+    let (mut auto, mut manual) = (0, false);
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                out.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                out.push('}');
+            }
+            '}' => return Err(refuse("has a single '}'")),
+            '{' => {
+                let mut field = String::new();
+                loop {
+                    match chars.next() {
+                        Some('}') => break,
+                        Some(c) => field.push(c),
+                        None => return Err(refuse("has a '{' that is never closed")),
+                    }
+                }
+                match field.as_str() {
+                    "" if manual => return Err(refuse("mixes {} with {0}")),
+                    "" => {
+                        auto += 1;
+                        if auto > 1 {
+                            return Err(refuse("has more than one {}, and there is one label"));
+                        }
+                    }
+                    "0" if auto > 0 => return Err(refuse("mixes {} with {0}")),
+                    "0" => manual = true,
+                    other => {
+                        return Err(refuse(&format!(
+                            "has the field {{{other}}}, which no label fills"
+                        )))
+                    }
+                }
+                out.push_str(label);
+            }
+            c => out.push(c),
+        }
+    }
+    if auto == 0 && !manual {
+        return Err(refuse("has no {} for the label to go in"));
+    }
+    Ok(out)
 }
 
 /// The job.
@@ -240,6 +303,7 @@ impl Task {
         match self {
             Task::Classify(LongText::Truncate) | Task::Rerank { .. } => Ok(Prediction {
                 attention: None,
+                attention_means: None,
                 ..first.clone()
             }),
             Task::Classify(LongText::Chunk { aggregate, .. }) => {
@@ -263,6 +327,7 @@ impl Task {
                     top: argmax(&probs),
                     probs,
                     attention: None,
+                    attention_means: None,
                 })
             }
             Task::ZeroShot(z) => {
@@ -291,6 +356,7 @@ impl Task {
                     logits: entail,
                     probs,
                     attention: None,
+                    attention_means: None,
                 })
             }
         }
@@ -302,5 +368,32 @@ impl Task {
             Task::ZeroShot(z) => &z.labels,
             _ => model_labels,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fill_template;
+
+    /// What Python's `template.format("a")` gives, or refuses.
+    #[test]
+    fn templates_fill_as_python_formats_them() {
+        for (template, want) in [
+            ("This example is {}.", Some("This example is a.")),
+            ("{{x}} {}", Some("{x} a")),
+            ("{0} is {0}", Some("a is a")),
+            ("{{}} {}", Some("{} a")),
+            ("{} and {}", None),
+            ("{x} {}", None),
+            ("{} }", None),
+            ("{} {", None),
+            ("{0} {}", None),
+            ("no field", None),
+        ] {
+            let got = fill_template(template, "a").ok();
+            assert_eq!(got.as_deref(), want, "{template:?}");
+        }
+        let err = fill_template("{} and {}", "a").unwrap_err().to_string();
+        assert!(err.contains("more than one {}"), "{err}");
     }
 }

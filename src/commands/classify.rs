@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 
-use super::job::{finish, load, on_pool, open_io, stdout};
+use super::job::{finish, load, on_pool, open_io};
 use bert_cli::cli::ClassifyArgs;
 use bert_cli::engine::EngineOptions;
 use bert_cli::models::config::Scoring;
@@ -14,7 +14,7 @@ pub fn run(mut args: ClassifyArgs) -> Result<u8> {
     args.check()?;
     let opts = args.input.input_options(args.pair, args.pair_field.clone());
     let pair = args.text_pair.clone();
-    let (dump, source) = open_io(&mut args.input, &opts, pair, &args.output, &args.run)?;
+    let (dump, source, results) = open_io(&mut args.input, &opts, pair, &args.output, &args.run)?;
     on_pool(move || {
         let options = EngineOptions {
             scoring: args.function_to_apply,
@@ -40,7 +40,7 @@ pub fn run(mut args: ClassifyArgs) -> Result<u8> {
             source.records.columns.as_deref(),
         );
         format.pairs = args.pair || args.pair_field.is_some() || args.text_pair.is_some();
-        let out = output::writer(kind, stdout(), format);
-        finish(&engine, &task, source, out, dump, &args.run)
+        let out = output::writer(kind, results.writer(), format);
+        finish(&engine, &task, source, out, dump, results, &args.run)
     })
 }

@@ -17,6 +17,7 @@ pub fn run(args: InfoArgs) -> Result<u8> {
     let peek = hub::peek(&model.model, &model.hub.options(model.quiet))?;
     let cfg = models::read_config(&peek.config)?;
     let (family, _) = models::family(&cfg.model_type)?;
+    check_files(&peek, &cfg)?;
     let head = head_state(&peek, &format!("{}.weight", family.head))?;
     let params: Option<usize> = peek
         .weights
@@ -167,11 +168,38 @@ fn head_state(peek: &Peek, head: &str) -> Result<Option<bool>> {
     Ok((!unknown).then_some(false))
 }
 
+/// What classify would refuse, refused here too, so that `info` can serve as a health
+/// check: a safetensors file cut short, a tokenizer that does not load, or one whose ids
+/// run past the embedding table.
+fn check_files(peek: &Peek, cfg: &models::config::Config) -> Result<()> {
+    for w in &peek.weights {
+        if let Some(path) = w
+            .local
+            .as_ref()
+            .filter(|_| w.name.ends_with(".safetensors"))
+        {
+            if let Some(why) = bert_cli::weights::safetensors_damage(path) {
+                anyhow::bail!(
+                    "{} is damaged ({why}); {}",
+                    path.display(),
+                    if peek.cache_dir.is_some() {
+                        format!("`bert-cli download --force {}` fetches it again", peek.id)
+                    } else {
+                        "replace it with a complete copy".into()
+                    }
+                );
+            }
+        }
+    }
+    bert_cli::tokenize::TextTokenizer::load(&peek.tokenizer, cfg.max_tokens(), cfg.vocab_size)?;
+    Ok(())
+}
+
 /// Config, tokenizer and downloaded weights files with their sizes.
 fn local_files(peek: &Peek) -> Vec<(String, u64)> {
-    std::iter::once(&peek.config)
-        .chain(&peek.tokenizer)
-        .chain(peek.weights.iter().filter_map(|w| w.local.as_ref()))
+    std::iter::once(peek.config.as_path())
+        .chain(peek.tokenizer.files())
+        .chain(peek.weights.iter().filter_map(|w| w.local.as_deref()))
         .map(|p| (p.display().to_string(), file_size(p)))
         .collect()
 }

@@ -3,6 +3,7 @@
 //! to the chosen format in order, and the exit status.
 
 use std::io::{self, Write};
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
 
@@ -11,7 +12,7 @@ use bert_cli::cli::{InputArgs, OutputArgs, RunArgs};
 use bert_cli::engine::{Engine, EngineOptions};
 use bert_cli::input::InputOptions;
 use bert_cli::options::Source;
-use bert_cli::output::{attention::AttentionDump, Format};
+use bert_cli::output::{atomic::AtomicFile, attention::AttentionDump, Format};
 use bert_cli::task::{LongText, Task};
 use bert_cli::{device, hub, pipeline};
 
@@ -28,16 +29,66 @@ pub fn on_pool<T: Send>(job: impl FnOnce() -> Result<T> + Send) -> Result<T> {
     pool.install(job)
 }
 
+/// Where results go: standard output, or `--output FILE` written whole or not at all.
+pub struct Results(Option<Arc<Mutex<Option<AtomicFile>>>>);
+
+impl Results {
+    /// A writer for the chosen format.
+    pub fn writer(&self) -> Box<dyn Write> {
+        match &self.0 {
+            None => Box::new(io::BufWriter::new(io::stdout().lock())),
+            Some(file) => Box::new(ResultsFile(file.clone())),
+        }
+    }
+
+    /// Moves the file into place (nothing for standard output).
+    fn commit(self) -> Result<()> {
+        let Some(file) = self.0 else {
+            return Ok(());
+        };
+        let file = file
+            .lock()
+            .map_err(|_| anyhow::anyhow!("internal error: the results file was poisoned"))?
+            .take();
+        match file {
+            Some(f) => f.commit(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The `Write` side of `--output FILE`.
+struct ResultsFile(Arc<Mutex<Option<AtomicFile>>>);
+
+impl Write for ResultsFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut file = self
+            .0
+            .lock()
+            .map_err(|_| io::Error::other("the results file was poisoned"))?;
+        let file = file
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the results file is already closed"))?;
+        file.write(buf)
+            .map_err(|e| io::Error::other(format!("{e:#}")))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// What every model command does before the slow work, so a bad path, file or column
-/// fails at once: the dump file created, the input opened (a CSV header read), the thread
-/// count set.
+/// fails at once: the dump and results files created, the input opened (a CSV header
+/// read), the thread count set.
 pub fn open_io(
     input: &mut InputArgs,
     opts: &InputOptions,
     text_pair: Option<String>,
     output: &OutputArgs,
     run: &RunArgs,
-) -> Result<(Option<AttentionDump>, Source)> {
+) -> Result<(Option<AttentionDump>, Source, Results)> {
     let dump = output
         .dump_options(run.quiet)
         .map(|(path, opts)| {
@@ -46,14 +97,28 @@ pub fn open_io(
             AttentionDump::create(path, opts)
         })
         .transpose()?;
+    let results = output
+        .output
+        .as_deref()
+        .map(|path| {
+            let file = input.input.as_deref().filter(|p| p.as_os_str() != "-");
+            bert_cli::output::atomic::not_the_input(path, file)?;
+            if output.dump_attention.as_deref() == Some(path) {
+                anyhow::bail!(
+                    "--output and --dump-attention both name {}; give each its own file",
+                    path.display()
+                );
+            }
+            Ok(Arc::new(Mutex::new(Some(AtomicFile::create(path)?))))
+        })
+        .transpose()?;
     let source = input.take_source(opts, text_pair, run.quiet)?;
-    run.apply_threads();
-    Ok((dump, source))
-}
-
-/// Buffered standard output.
-pub fn stdout() -> Box<dyn Write> {
-    Box::new(io::BufWriter::new(io::stdout().lock()))
+    if let Some(note) = run.apply_threads()? {
+        if !run.quiet {
+            eprintln!("bert-cli: note: {note}");
+        }
+    }
+    Ok((dump, source, Results(results)))
 }
 
 /// Finds and loads the model, with the warnings a user should see before its answers.
@@ -83,6 +148,7 @@ pub fn finish(
     source: Source,
     mut out: Box<dyn Format>,
     mut dump: Option<AttentionDump>,
+    results: Results,
     run: &RunArgs,
 ) -> Result<u8> {
     let quiet = run.quiet;
@@ -95,6 +161,7 @@ pub fn finish(
         )?;
     }
     let batching = run.pipeline_options(engine.device());
+    let file = source.file.clone();
     let progress = source.progress(quiet);
     let summary = pipeline::run(
         engine,
@@ -106,17 +173,26 @@ pub fn finish(
         &progress,
     )?;
     out.finish().context("cannot write results")?;
+    drop(out);
+    results.commit()?;
     progress.finish();
-    if let Some(d) = dump {
+    // With no input, no page or JSON is written: an empty dump would only look like one.
+    let dumping = dump.is_some();
+    if let Some(d) = dump.filter(|_| summary.inputs > 0) {
         d.finish()?;
     }
     if !quiet && summary.truncated > 0 {
         eprintln!(
             "bert-cli: warning: {} of {} inputs were longer than {} tokens and were cut to that length \
-             (jsonl output marks them \"truncated\"; --max-length sets the cut up to the model's limit{})",
+             ({}--max-length sets the cut up to the model's limit{})",
             summary.truncated,
             summary.inputs,
             engine.max_length,
+            if matches!(task, Task::Rerank { .. }) {
+                ""
+            } else {
+                "jsonl output marks them \"truncated\"; "
+            },
             if matches!(task, Task::Classify(LongText::Truncate)) {
                 ", --long-text chunk reads all of each text"
             } else {
@@ -125,9 +201,15 @@ pub fn finish(
         );
     }
     if summary.inputs == 0 && !quiet {
-        eprintln!(
-            "bert-cli: no input: give texts as arguments, a file with --input FILE, or records on standard input (see --help)"
-        );
+        match &file {
+            Some(name) => eprintln!(
+                "bert-cli: no input: {name} holds no records{}",
+                if dumping { "; no attention dump was written" } else { "" }
+            ),
+            None => eprintln!(
+                "bert-cli: no input: give texts as arguments, a file with --input FILE, or records on standard input (see --help)"
+            ),
+        }
     }
     Ok(if summary.failed > 0 {
         EXIT_ERROR

@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Result};
 
-use super::job::{finish, load, on_pool, open_io, stdout};
+use super::job::{finish, load, on_pool, open_io};
 use bert_cli::cli::{RankArgs, RerankArgs};
 use bert_cli::models::config::Scoring;
 use bert_cli::output::{self, rerank::Ranked};
@@ -11,7 +11,7 @@ use bert_cli::task::Task;
 /// Runs the job.
 pub fn run(mut args: RerankArgs) -> Result<u8> {
     let opts = args.input.input_options(false, None);
-    let (dump, source) = open_io(&mut args.input, &opts, None, &args.output, &args.run)?;
+    let (dump, source, results) = open_io(&mut args.input, &opts, None, &args.output, &args.run)?;
     on_pool(move || {
         let options = args.run.engine_options(None);
         let mut engine = load(&args.model, &args.run, &options)?;
@@ -41,9 +41,9 @@ pub fn run(mut args: RerankArgs) -> Result<u8> {
         );
         format.ranking = true;
         let out = Box::new(Ranked::new(
-            output::writer(kind, stdout(), format),
+            output::writer(kind, results.writer(), format),
             args.top_k,
         ));
-        finish(&engine, &task, source, out, dump, &args.run)
+        finish(&engine, &task, source, out, dump, results, &args.run)
     })
 }

@@ -84,9 +84,57 @@ pub fn man() -> Result<u8> {
         writeln!(page, ".SH \"{}\"", name.to_uppercase())?;
         page.extend_from_slice(part.as_bytes());
     }
+    page.extend_from_slice(MAN_TAIL.as_bytes());
     top.render_version_section(&mut page)?;
     let mut out = io::stdout().lock();
     out.write_all(&page)?;
     out.flush()?;
     Ok(EXIT_OK)
 }
+
+/// The man page's sections that no flag declares: examples, environment, exit status.
+const MAN_TAIL: &str = r#".SH EXAMPLES
+.TP
+\fBbert\-cli classify "I didn't really enjoy this movie. It was fantastic!"\fR
+Classify one text with the default sentiment model.
+.TP
+\fBcat reviews.txt | bert\-cli classify \-\-format jsonl > labels.jsonl\fR
+One JSON object per input line, in input order.
+.TP
+\fBbert\-cli classify \-i reviews.csv \-\-field review \-\-format csv\fR
+Each CSV row back with the prediction's columns added.
+.TP
+\fBbert\-cli zero\-shot \-\-labels sports,politics,tech "The match went to penalties"\fR
+Candidate labels judged by an NLI model.
+.TP
+\fBbert\-cli rerank \-\-query "cheap flights" \-i docs.txt \-k 5\fR
+The five documents a cross-encoder scores highest.
+.TP
+\fBbert\-cli classify \-\-device cpu \-\-dump\-attention attn.html "the cat jumped"\fR
+The attention of every layer and head, as a page to open in a browser.
+.SH ENVIRONMENT
+.TP
+\fBBERT_CLI_MODEL\fR
+The model classify, info and download use when none is named.
+.TP
+\fBHF_HOME\fR, \fBHF_HUB_CACHE\fR, \fBXDG_CACHE_HOME\fR
+Where the Hugging Face cache is (as Python's huggingface_hub reads them).
+.TP
+\fBHF_ENDPOINT\fR
+A mirror to download from instead of https://huggingface.co.
+.TP
+\fBHF_TOKEN\fR, \fBHF_TOKEN_PATH\fR
+A token for private or gated repos (never printed).
+.TP
+\fBHF_HUB_OFFLINE\fR
+1: use the cache only, as \-\-offline.
+.TP
+\fBRAYON_NUM_THREADS\fR
+CPU threads, as \-j (capped at the cores this process may use).
+.TP
+\fBBERT_CLI_PORTABLE\fR
+1: candle's matrix products instead of the CPU kernels, on any CPU.
+.SH "EXIT STATUS"
+0 when every input was classified; 1 when there was no input; 2 on an error, including
+any input that could not be classified (the others are still written).
+"#;

@@ -2,7 +2,7 @@
 
 use anyhow::Result;
 
-use super::job::{finish, load, on_pool, open_io, stdout};
+use super::job::{finish, load, on_pool, open_io};
 use bert_cli::cli::ZeroShotArgs;
 use bert_cli::engine::EngineOptions;
 use bert_cli::output;
@@ -10,8 +10,10 @@ use bert_cli::task::{Task, ZeroShot};
 
 /// Runs the job.
 pub fn run(mut args: ZeroShotArgs) -> Result<u8> {
+    // A template Python would refuse is refused before the model loads.
+    bert_cli::task::fill_template(&args.hypothesis_template, "x")?;
     let opts = args.input.input_options(false, None);
-    let (dump, source) = open_io(&mut args.input, &opts, None, &args.output, &args.run)?;
+    let (dump, source, results) = open_io(&mut args.input, &opts, None, &args.output, &args.run)?;
     on_pool(move || {
         let options = EngineOptions {
             labels_flag: Some("--model-labels"),
@@ -19,7 +21,7 @@ pub fn run(mut args: ZeroShotArgs) -> Result<u8> {
         };
         let engine = load(&args.model, &args.run, &options)?;
         let zero_shot = ZeroShot::new(
-            args.labels.clone(),
+            args.labels.iter().chain(&args.label).cloned().collect(),
             &args.hypothesis_template,
             args.multi_label,
             &engine.labels,
@@ -36,7 +38,7 @@ pub fn run(mut args: ZeroShotArgs) -> Result<u8> {
             args.input.id_field.is_some(),
             source.records.columns.as_deref(),
         );
-        let out = output::writer(kind, stdout(), format);
-        finish(&engine, &task, source, out, dump, &args.run)
+        let out = output::writer(kind, results.writer(), format);
+        finish(&engine, &task, source, out, dump, results, &args.run)
     })
 }

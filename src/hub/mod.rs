@@ -280,7 +280,7 @@ pub struct Peek {
     /// `config.json`.
     pub config: PathBuf,
     /// The tokenizer's files.
-    pub tokenizer: Vec<PathBuf>,
+    pub tokenizer: TokenizerFiles,
     /// The repo's folder in the cache (hub models only).
     pub cache_dir: Option<PathBuf>,
     /// The weights files.
@@ -306,12 +306,7 @@ pub fn peek(model: &str, opts: &HubOptions) -> Result<Peek> {
     let path = Path::new(model);
     if path.is_dir() {
         let files = from_folder(path)?;
-        let tokenizer = files
-            .tokenizer
-            .files()
-            .into_iter()
-            .map(Path::to_path_buf)
-            .collect();
+        let tokenizer = files.tokenizer;
         let weights = files
             .weights
             .iter()
@@ -333,11 +328,7 @@ pub fn peek(model: &str, opts: &HubOptions) -> Result<Peek> {
     }
     let remote = remote_for(model, opts)?;
     let config = required(&remote, "config.json")?;
-    let tokenizer = hub_tokenizer(model, &remote)?
-        .files()
-        .into_iter()
-        .map(Path::to_path_buf)
-        .collect();
+    let tokenizer = hub_tokenizer(model, &remote)?;
     let weights = remote_weights(&remote)?;
     Ok(Peek {
         id: model.to_string(),

@@ -46,7 +46,7 @@ pub fn open(reader: Box<dyn Read + Send>, name: &str, opts: &InputOptions) -> Re
     let mut rdr = ReaderBuilder::new()
         .has_headers(false)
         .flexible(true)
-        .delimiter(if csv { b',' } else { b'\t' })
+        .delimiter(opts.delimiter.unwrap_or(if csv { b',' } else { b'\t' }))
         .quoting(csv)
         .from_reader(reader);
     let mut first = ByteRecord::new();
@@ -68,6 +68,19 @@ pub fn open(reader: Box<dyn Read + Send>, name: &str, opts: &InputOptions) -> Re
         Some(f) => column(f, &columns, opts.header, name, "--column")?,
         None if columns.iter().any(|c| c == "text") => {
             columns.iter().position(|c| c == "text").unwrap_or(0)
+        }
+        // One column whose name holds a ';' (or a tab): a file separated by something
+        // else, which read as CSV would classify "1;good film" whole, silently.
+        None if csv && opts.delimiter.is_none() && columns.len() == 1 && opts.header => {
+            if let Some(sep) = [';', '\t', '|'].into_iter().find(|c| columns[0].contains(*c)) {
+                bail!(
+                    "{name} has one column, named {:?}: it looks separated by {sep:?}, not commas; \
+                     pass --delimiter {:?} (or --column to take the whole line as the text)",
+                    columns[0],
+                    if sep == '\t' { "\\t".to_string() } else { sep.to_string() }
+                );
+            }
+            0
         }
         None if columns.len() <= 1 => 0,
         None if opts.header => bail!(

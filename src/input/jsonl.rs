@@ -145,7 +145,9 @@ impl JsonLines {
         if trimmed.starts_with('"') {
             let text: String =
                 serde_json::from_str(line).map_err(|e| format!("not valid JSON: {e}"))?;
-            if let Some(f) = self.id_field.as_ref().or(self.pair_field.as_ref()) {
+            // Without a second text it cannot be run as a pair; without an id it is still
+            // classified (the id only labels the answer).
+            if let Some(f) = self.pair_field.as_ref() {
                 return Err(format!(
                     "is a JSON string, so it has no field \"{}\"",
                     f.name()
@@ -189,7 +191,14 @@ impl JsonLines {
             .as_ref()
             .map(|f| pick(f, "second text"))
             .transpose()?;
-        let id = self.id_field.as_ref().map(|f| pick(f, "id")).transpose()?;
+        // A record without its id (absent or null) is classified all the same, its id
+        // left empty: the id labels the answer, it is not an input of the model.
+        let id = match self.id_field.as_ref().map(|f| f.find(&obj, line)) {
+            None | Some(Ok(None | Some(Value::Null))) => None,
+            Some(Ok(Some(Value::String(s)))) => Some(s),
+            Some(Ok(Some(v))) => Some(v.to_string()),
+            Some(Err(e)) => return Err(format!("not valid JSON: {e}")),
+        };
         Ok((text, pair, id, Carried::Json(obj)))
     }
 }

@@ -54,6 +54,10 @@ impl Iterator for Lines {
         self.number += 1;
         self.bytes += n as u64;
         let mut raw = buf.strip_suffix(&[self.sep]).unwrap_or(&buf);
+        // A UTF-8 byte-order mark (Windows editors write one) is no part of the text.
+        if self.number == 1 {
+            raw = raw.strip_prefix("\u{feff}".as_bytes()).unwrap_or(raw);
+        }
         if self.sep == b'\n' {
             raw = raw.strip_suffix(b"\r").unwrap_or(raw);
         }
@@ -101,6 +105,13 @@ mod tests {
             "{err}"
         );
         assert_eq!(items[2].end_byte, 14);
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_dropped_from_the_first_line_only() {
+        let items = read("\u{feff}first\n\u{feff}second\n".as_bytes(), b'\n');
+        let texts: Vec<&str> = items.iter().map(|i| i.text.as_str()).collect();
+        assert_eq!(texts, ["first", "\u{feff}second"]);
     }
 
     #[test]

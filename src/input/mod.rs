@@ -35,6 +35,13 @@ pub enum InputFormat {
 impl InputFormat {
     /// The format a file's extension implies; plain lines for anything else.
     pub fn from_path(path: &Path) -> Self {
+        // `reviews.csv.gz` is a CSV file, compressed.
+        let path = match path.extension() {
+            Some(e) if e.eq_ignore_ascii_case("gz") => {
+                Path::new(path.file_stem().unwrap_or_default())
+            }
+            _ => path,
+        };
         let ext = path
             .extension()
             .and_then(|e| e.to_str())
@@ -46,6 +53,22 @@ impl InputFormat {
             _ => Self::Lines,
         }
     }
+}
+
+/// `reader`, decompressed when it starts with gzip's magic bytes (`reviews.txt.gz`, or
+/// `zcat` forgotten in a pipe): read as it was, such a file was one UTF-8 error per line.
+/// Also says whether it was.
+pub fn gunzip_if_compressed(
+    reader: Box<dyn Read + Send>,
+) -> std::io::Result<(Box<dyn Read + Send>, bool)> {
+    use std::io::BufRead;
+    let mut reader = std::io::BufReader::with_capacity(1 << 16, reader);
+    let gzip = reader.fill_buf()?.starts_with(&[0x1f, 0x8b]);
+    Ok(if gzip {
+        (Box::new(flate2::read::MultiGzDecoder::new(reader)), true)
+    } else {
+        (Box::new(reader), false)
+    })
 }
 
 /// Which part of each record is the text, and which is its id.
@@ -65,6 +88,8 @@ pub struct InputOptions {
     pub header: bool,
     /// Lines end at NUL bytes instead of newlines.
     pub null_data: bool,
+    /// The CSV/TSV field separator, when not the format's own (`--delimiter`).
+    pub delimiter: Option<u8>,
 }
 
 impl Default for InputOptions {
@@ -77,6 +102,7 @@ impl Default for InputOptions {
             pair_tab: false,
             header: true,
             null_data: false,
+            delimiter: None,
         }
     }
 }
@@ -184,6 +210,9 @@ pub fn open(reader: Box<dyn Read + Send>, name: &str, opts: &InputOptions) -> Re
         anyhow::bail!(
             "{flag} names a JSONL field or CSV/TSV column, but {name} is read as {read_as}; {hint}"
         );
+    }
+    if opts.delimiter.is_some() && !matches!(opts.format, InputFormat::Csv | InputFormat::Tsv) {
+        anyhow::bail!("--delimiter is for CSV/TSV input, but {name} is read as {read_as}; {hint}");
     }
     if !opts.header && !matches!(opts.format, InputFormat::Csv | InputFormat::Tsv) {
         anyhow::bail!("--no-header is for CSV/TSV input, but {name} is read as {read_as}; {hint}");

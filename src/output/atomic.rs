@@ -56,6 +56,7 @@ impl AtomicFile {
             std::process::id()
         ));
         remove_on_signals();
+        remove_orphans(path, &name.to_string_lossy());
         let file = File::create(&tmp)
             .with_context(|| format!("cannot create {} (for {})", tmp.display(), path.display()))?;
         pending().push(tmp.clone());
@@ -232,6 +233,42 @@ pub fn not_the_input(output: &Path, input: Option<&Path>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Removes the temporary files of earlier runs writing `path` that died before they
+/// could (`kill -9`, a crash): `.NAME.tmp-PID` whose process is gone. A live process's
+/// file, another user's, or one whose PID is reused is left alone.
+fn remove_orphans(path: &Path, name: &str) {
+    let Some(dir) = path.parent().map(|d| {
+        if d.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            d
+        }
+    }) else {
+        return;
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let prefix = format!(".{name}.tmp-");
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(pid) = file
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 sends nothing; it only asks whether the process exists.
+        let gone = pid > 0
+            && unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone && pid as u32 != std::process::id() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 impl Drop for AtomicFile {

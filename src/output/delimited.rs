@@ -127,10 +127,18 @@ impl Delimited {
                     .collect();
                 added.extend(self.added.iter().cloned());
                 added.push("error".into());
-                if added.iter().any(|a| columns.contains(a)) {
-                    for a in &mut added {
-                        *a = format!("{}_{a}", self.opts.output_key);
-                    }
+                // Prefixed until nothing clashes: an input with both `label` and
+                // `prediction_label` gets `prediction_prediction_label`, never a
+                // column name twice.
+                let mut prefix = String::new();
+                while added
+                    .iter()
+                    .any(|a| columns.contains(&format!("{prefix}{a}")))
+                {
+                    prefix = format!("{}_{prefix}", self.opts.output_key);
+                }
+                for a in &mut added {
+                    *a = format!("{prefix}{a}");
                 }
                 columns.iter().cloned().chain(added).collect()
             }

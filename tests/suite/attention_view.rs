@@ -103,6 +103,13 @@ fn html_page_renders_offline_and_matches_the_json_dump() {
     }
     assert!(html.contains("Content-Security-Policy") && html.contains("default-src 'none'"));
     assert_eq!(html.matches("<script>BERT_CLI_DATA.push(").count(), 2);
+    // A page is made to be shared: a local model is named by its folder, not its path.
+    let model_dir = minilm_sst2();
+    let parent = model_dir.parent().unwrap().to_str().unwrap();
+    assert!(
+        !html.contains(parent),
+        "the page shows the local path {parent}"
+    );
 
     let Some(browser) = chromium() else {
         say("SKIPPED: the page was not rendered: no chromium on PATH (.ci/run installs Debian's chromium)");
@@ -317,6 +324,20 @@ fn view_refuses_a_damaged_dump_naming_what_is_wrong() {
         );
         assert!(!page.exists(), "{what}: a page was left behind");
     }
+    // A page handed to view is named as a page, not as "also the input".
+    let page = dir.path().join("attn.html");
+    std::fs::write(&page, "<!doctype html>").unwrap();
+    let out = bert_cli()
+        .args(["view", page.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is already a page") && !stderr.contains("also the input"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&page).unwrap(), b"<!doctype html>");
 }
 
 #[test]

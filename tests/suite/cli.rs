@@ -463,3 +463,109 @@ fn help_lists_the_flags_the_readme_documents() {
         }
     }
 }
+
+/// More threads than cores only contend (`-j 999` took 47 s on 2 cores for what 2
+/// threads did in 0.6 s): the count is capped with a note, and the answers are the same.
+/// A RAYON_NUM_THREADS that is not a count is an error, not ignored.
+#[test]
+fn threads_are_capped_at_the_cores_and_bad_counts_refused() {
+    let cases = dev_cases(3);
+    let texts: String = cases.iter().map(|(t, _)| format!("{t}\n")).collect();
+    let plain = classify(&["--format", "tsv"], texts.as_bytes());
+    let many = classify(&["--format", "tsv", "-j", "999"], texts.as_bytes());
+    assert!(many.status.success());
+    assert_eq!(many.stdout, plain.stdout);
+    let err = String::from_utf8_lossy(&many.stderr);
+    assert!(
+        err.contains("note: -j 999") && err.contains("CPU cores"),
+        "{err}"
+    );
+    let out = run_with_stdin(
+        bert_cli()
+            .args(["classify", "--model"])
+            .arg(minilm_sst2())
+            .env("RAYON_NUM_THREADS", "abc"),
+        texts.as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("RAYON_NUM_THREADS=\"abc\""), "{err}");
+}
+
+/// Help that cannot be written is an error (exit 2, said on stderr), not a silent 0;
+/// help to a working stdout stays 0, and a usage error stays 2.
+#[test]
+fn help_to_a_full_disk_fails() {
+    let Ok(full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+        say("SKIPPED: no /dev/full on this system");
+        return;
+    };
+    let out = bert_cli()
+        .arg("--help")
+        .stdout(Stdio::from(full))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot write the help"));
+    let ok = bert_cli().arg("--help").output().unwrap();
+    assert_eq!(ok.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("Usage"));
+    let usage = bert_cli().arg("--no-such-flag").output().unwrap();
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+/// Flag values that are not counts are named as such: `-k -1` is a bad count, not a
+/// text; `--max-batch-tokens 0` says "at least 1", not u64's range.
+#[test]
+fn bad_counts_are_named() {
+    let out = bert_cli()
+        .args(["rerank", "--query", "q", "-k", "-1", "doc"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("\"-1\" is not a count"), "{err}");
+    let out = bert_cli()
+        .args(["classify", "--max-batch-tokens", "0", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("at least 1") && !err.contains("18446744073709551615"),
+        "{err}"
+    );
+}
+
+/// `-o FILE` writes what standard output would get, whole; a run that fails leaves what
+/// was at FILE before, and no temporary file beside it.
+#[test]
+fn output_file_is_written_whole_or_not_at_all() {
+    let cases = dev_cases(4);
+    let texts: String = cases.iter().map(|(t, _)| format!("{t}\n")).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("labels.tsv");
+    let to_stdout = classify(&["--format", "tsv"], texts.as_bytes());
+    let to_file = classify(
+        &["--format", "tsv", "-o", path.to_str().unwrap()],
+        texts.as_bytes(),
+    );
+    assert!(to_file.status.success());
+    assert!(to_file.stdout.is_empty());
+    assert_eq!(std::fs::read(&path).unwrap(), to_stdout.stdout);
+    // A model that cannot load: the earlier results stay as they were.
+    let failed = run_with_stdin(
+        bert_cli()
+            .args(["classify", "--format", "tsv", "-o"])
+            .arg(&path)
+            .args(["--model", "/no/such/model"]),
+        texts.as_bytes(),
+    );
+    assert_eq!(failed.status.code(), Some(2));
+    assert_eq!(std::fs::read(&path).unwrap(), to_stdout.stdout);
+    let names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+}

@@ -615,6 +615,7 @@ fn completions_and_man_page_are_generated_from_the_flags() {
         ("bert-cli classify --for", "--format"),
         ("bert-cli zero-shot --hyp", "--hypothesis-template"),
         ("bert-cli classify --format j", "jsonl"),
+        ("bert-cli classify --device cu", "cuda"),
     ] {
         let words: Vec<&str> = words.split(' ').collect();
         let line = format!(
@@ -648,6 +649,9 @@ fn completions_and_man_page_are_generated_from_the_flags() {
         "\\-\\-threshold",
         "[alias: \\-\\-column]",
         "BERT-CLI COMPLETIONS",
+        ".SH EXAMPLES",
+        ".SH ENVIRONMENT",
+        "BERT_CLI_MODEL",
     ] {
         assert!(page.contains(want), "man page lacks {want}");
     }
@@ -727,4 +731,178 @@ fn flags_the_input_would_ignore_are_refused() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(pred(&jsonl(&out)[0])["label"], "NEGATIVE");
+}
+
+/// An input that already has both `label` and `prediction_label` columns gets the
+/// result under names it lacks: no column name appears twice in the header.
+#[test]
+fn result_columns_never_repeat_an_input_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.csv");
+    std::fs::write(
+        &path,
+        "text,label,prediction_label\na fine film,1,x\na dull film,0,y\n",
+    )
+    .unwrap();
+    let out = classify(&["-i", path.to_str().unwrap(), "--format", "csv"], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = csv_rows(&stdout(&out), b',');
+    let header = &rows[0];
+    let mut unique = header.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), header.len(), "{header:?}");
+    assert!(
+        header.contains(&"prediction_prediction_label".to_string()),
+        "{header:?}"
+    );
+    // The input's own columns come back as they were.
+    assert_eq!(&rows[1][..3], ["a fine film", "1", "x"]);
+}
+
+/// `--id-field` labels answers; a JSONL record without its id, or with a null one, is
+/// classified all the same, its id empty, and gets the label the others would give it.
+#[test]
+fn records_without_their_id_are_still_classified() {
+    let cases = dev(3);
+    let input = format!(
+        "{}\n{}\n{}\n",
+        serde_json::json!({"id": 7, "text": cases[0].0}),
+        serde_json::json!({"text": cases[1].0}),
+        serde_json::json!({"id": null, "text": cases[2].0}),
+    );
+    let out = classify(
+        &[
+            "--input-format",
+            "jsonl",
+            "--id-field",
+            "id",
+            "--format",
+            "jsonl",
+        ],
+        input.as_bytes(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = jsonl(&out);
+    assert_eq!(rows.len(), 3);
+    for (row, (_, label, _)) in rows.iter().zip(&cases) {
+        assert!(pred(row).get("error").is_none(), "{row}");
+        assert_eq!(pred(row)["label"].as_str().unwrap(), label, "{row}");
+    }
+    assert_eq!(rows[0]["id"], 7);
+    assert!(rows[1].get("id").is_none_or(Value::is_null), "{}", rows[1]);
+}
+
+/// A CSV with a header and no rows: the message names the file (it was given), exit 1,
+/// and no empty attention page is left behind.
+#[test]
+fn a_header_only_file_is_named_and_leaves_no_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty.csv");
+    std::fs::write(&path, "text,stars\n").unwrap();
+    let page = dir.path().join("attn.html");
+    let out = classify(
+        &[
+            "-i",
+            path.to_str().unwrap(),
+            "--dump-attention",
+            page.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("empty.csv holds no records") && !err.contains("--input FILE"),
+        "{err}"
+    );
+    assert!(!page.exists(), "an empty dump was written");
+}
+
+/// A run killed with SIGKILL leaves its `.NAME.tmp-PID`; the next run writing NAME
+/// removes it, and leaves alone the one of a process still alive.
+#[test]
+fn temporary_files_of_killed_runs_are_cleaned_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let dump = dir.path().join("attn.json");
+    let dead = dir.path().join(".attn.json.tmp-4194000");
+    let alive = dir
+        .path()
+        .join(format!(".attn.json.tmp-{}", std::process::id()));
+    std::fs::write(&dead, "half a dump").unwrap();
+    std::fs::write(&alive, "still being written").unwrap();
+    let out = classify(&["--dump-attention", dump.to_str().unwrap(), "a film"], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dump.exists());
+    assert!(!dead.exists(), "the dead run's file stayed");
+    assert!(alive.exists(), "a live process's file was removed");
+}
+
+/// A ';'-separated file read as CSV was one column, "1;good film" classified whole and
+/// silently: now it is refused with the flag to pass, and `--delimiter ';'` reads it.
+#[test]
+fn semicolon_separated_files_need_and_take_a_delimiter() {
+    let cases = dev(3);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("reviews.csv");
+    let mut text = String::from("id;text\n");
+    for (i, (t, _, _)) in cases.iter().enumerate() {
+        text.push_str(&format!("{i};{}\n", q(t)));
+    }
+    std::fs::write(&path, &text).unwrap();
+    let p = path.to_str().unwrap();
+    let out = classify(&["-i", p, "--format", "jsonl"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--delimiter \";\""),
+        "{}",
+        stderr(&out)
+    );
+    let out = classify(
+        &[
+            "-i",
+            p,
+            "--delimiter",
+            ";",
+            "--id-field",
+            "id",
+            "--format",
+            "jsonl",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = jsonl(&out);
+    assert_eq!(rows.len(), cases.len());
+    for (row, (_, label, _)) in rows.iter().zip(&cases) {
+        assert_eq!(pred(row)["label"].as_str().unwrap(), label, "{row}");
+    }
+}
+
+/// A gzip-compressed input (`--input reviews.csv.gz`) is decompressed as it is read, its
+/// format taken from the name under `.gz`: the same answers as the plain file.
+#[test]
+fn gzip_input_is_read_decompressed() {
+    use std::io::Write;
+    let cases = dev(3);
+    let mut csv = String::from("id,text\n");
+    for (i, (t, _, _)) in cases.iter().enumerate() {
+        csv.push_str(&format!("{i},{}\n", q(t)));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("reviews.csv");
+    std::fs::write(&plain, &csv).unwrap();
+    let gz = dir.path().join("reviews.csv.gz");
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::default(),
+    );
+    enc.write_all(csv.as_bytes()).unwrap();
+    enc.finish().unwrap();
+    let args =
+        |p: &std::path::Path| classify(&["-i", p.to_str().unwrap(), "--format", "jsonl"], b"");
+    let (a, b) = (args(&plain), args(&gz));
+    assert!(b.status.success(), "{}", stderr(&b));
+    assert_eq!(stdout(&a), stdout(&b));
+    assert_eq!(jsonl(&b).len(), cases.len());
 }

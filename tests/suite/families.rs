@@ -369,3 +369,78 @@ fn int8_and_bf16_run_every_family() {
         }
     }
 }
+
+/// A tokenizer whose ids run past the model's embedding table is refused when the model
+/// loads, naming both sizes, before any input is read (not on the first text that reaches
+/// a high id).
+#[test]
+fn tokenizer_larger_than_the_embedding_table_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(family_dir("distilbert")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    // MiniLM's WordPiece tokenizer: 30,522 ids, far past the fixture's table.
+    std::fs::copy(
+        minilm_sst2().join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let err = engine_with(dir.path(), &Default::default()).err().unwrap();
+    let msg = format!("{err:#}");
+    assert!(
+        msg.contains("ids up to 30521") && msg.contains("tokenizer.json"),
+        "{msg}"
+    );
+    // The binary refuses before reading its (empty) input.
+    let out = bert_cli()
+        .args(["classify", "--model"])
+        .arg(dir.path())
+        .arg("--input")
+        .arg("/dev/null")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
+
+/// `info` is the natural health check: a weights file cut in half, a truncated
+/// tokenizer.json, or a tokenizer past the embedding table fail it (exit 2, the file
+/// named) as they fail `classify`; the intact fixture passes.
+#[test]
+fn info_refuses_what_classify_refuses() {
+    let copy = || {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(family_dir("distilbert")).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+        dir
+    };
+    let cut = |path: &std::path::Path| {
+        let bytes = std::fs::read(path).unwrap();
+        std::fs::write(path, &bytes[..bytes.len() / 2]).unwrap();
+    };
+    let info = |dir: &std::path::Path| bert_cli().arg("info").arg(dir).output().unwrap();
+    let intact = copy();
+    assert_eq!(info(intact.path()).status.code(), Some(0));
+    for (file, expect) in [
+        ("model.safetensors", "cut short"),
+        ("tokenizer.json", "tokenizer.json"),
+    ] {
+        let dir = copy();
+        cut(&dir.path().join(file));
+        let out = info(dir.path());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{file}: {err}");
+        assert!(err.contains(expect), "{file}: {err}");
+    }
+    let dir = copy();
+    std::fs::copy(
+        minilm_sst2().join("tokenizer.json"),
+        dir.path().join("tokenizer.json"),
+    )
+    .unwrap();
+    let out = info(dir.path());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ids up to 30521"));
+}

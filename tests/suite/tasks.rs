@@ -901,3 +901,51 @@ fn encodings_equal_the_tokenizers_crates_own_with_truncation() {
         }
     }
 }
+
+/// `--label` takes a candidate whole, commas and all, and adds to `--labels`; a
+/// hypothesis template Python's `str.format` would refuse (two `{}`, a named field) is
+/// refused before the model loads, and `{{`/`}}` are literal braces as in Python.
+#[test]
+fn zero_shot_labels_with_commas_and_python_templates() {
+    let dir = committed("families").join("deberta-v3");
+    let out = common::command_with(
+        "zero-shot",
+        &dir,
+        &[
+            "--label",
+            "sports, outdoors",
+            "--labels",
+            "politics,tech",
+            "--format",
+            "jsonl",
+        ],
+        b"a fine film\n",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let rows = jsonl(&out);
+    let mut got: Vec<&str> = rows[0]["top_k"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["label"].as_str().unwrap())
+        .collect();
+    got.sort();
+    assert_eq!(got, ["politics", "sports, outdoors", "tech"]);
+    for bad in ["{} and {}", "{x} {}"] {
+        let out = common::command_with(
+            "zero-shot",
+            &dir,
+            &["--labels", "a,b", "--hypothesis-template", bad],
+            b"text\n",
+        );
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(stderr(&out).contains("--hypothesis-template"), "{bad}");
+    }
+    let braces = common::command_with(
+        "zero-shot",
+        &dir,
+        &["--labels", "a,b", "--hypothesis-template", "{{x}} {}"],
+        b"text\n",
+    );
+    assert!(braces.status.success(), "{}", stderr(&braces));
+}

@@ -2,6 +2,7 @@
 //! to any network or file; a Content-Security-Policy forbids them too), written as inputs
 //! arrive: the opening, one `<script>` per input, then the viewer.
 
+use crate::engine::head_means;
 use anyhow::Result;
 use base64::Engine as _;
 use serde_json::json;
@@ -46,23 +47,22 @@ pub fn closing() -> String {
 /// `[l][0]` says how much of the first token's state after layer `l` flows from each token.
 /// Returns the first row after every layer, `[layer][token]`.
 pub fn rollout(attention: &[Vec<Vec<Vec<f32>>>]) -> Vec<Vec<f32>> {
-    let n = attention
-        .first()
-        .and_then(|l| l.first())
-        .map_or(0, Vec::len);
+    let means: Vec<_> = attention.iter().map(|l| head_means(l)).collect();
+    rollout_of_means(&means)
+}
+
+/// `rollout` from every layer's head-averaged attention (`engine::head_means`), which
+/// the engine keeps when a page is written, so the layers and heads not shown need not be.
+pub fn rollout_of_means(means: &[Vec<Vec<f64>>]) -> Vec<Vec<f32>> {
+    let n = means.first().map_or(0, Vec::len);
     let eye = |i: usize, j: usize| f64::from(u8::from(i == j));
-    let mixed: Vec<Vec<Vec<f64>>> = attention
+    let mixed: Vec<Vec<Vec<f64>>> = means
         .iter()
         .map(|layer| {
-            let heads = layer.len().max(1) as f64;
             (0..n)
                 .map(|i| {
                     (0..n)
-                        .map(|j| {
-                            let mean =
-                                layer.iter().map(|h| f64::from(h[i][j])).sum::<f64>() / heads;
-                            0.5 * mean + 0.5 * eye(i, j)
-                        })
+                        .map(|j| 0.5 * layer[i][j] + 0.5 * eye(i, j))
                         .collect()
                 })
                 .collect()
@@ -123,7 +123,10 @@ pub struct PageEntry<'a> {
 /// The page entry for a classified input (attention of every layer and head at hand).
 pub(super) fn entry(model: &Model, e: &Input) -> Result<Vec<u8>> {
     let (enc, p, attention) = (e.enc, e.prediction, e.attention);
-    let all = rollout(attention);
+    let rollout = p.attention_means.as_deref().map(|means| {
+        let all = rollout_of_means(means);
+        model.layers.iter().map(|&l| all[l].clone()).collect()
+    });
     page_entry(&PageEntry {
         record: e.record,
         id: e.id,
@@ -138,7 +141,7 @@ pub(super) fn entry(model: &Model, e: &Input) -> Result<Vec<u8>> {
         layers: &model.layers,
         heads: &model.heads,
         attention: model.kept(attention),
-        rollout: Some(model.layers.iter().map(|&l| all[l].clone()).collect()),
+        rollout,
     })
 }
 

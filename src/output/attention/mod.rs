@@ -11,6 +11,7 @@ pub mod view;
 
 pub use html::{page_entry, rollout, PageEntry};
 
+use crate::engine::AttentionKeep;
 use crate::engine::Prediction;
 use crate::task::Part;
 use crate::tokenize::Encoded;
@@ -87,13 +88,26 @@ struct Model {
 }
 
 impl Model {
-    /// The kept layers' kept heads of `attention` (`[layer][head][query][key]`).
+    /// The kept layers' kept heads (`[layer][head][query][key]`): `attention` holds
+    /// those alone, in that order, as the engine copied them out (`AttentionKeep`).
     fn kept<'a>(&self, attention: &'a [Vec<Vec<Vec<f32>>>]) -> Vec<Vec<&'a Vec<Vec<f32>>>> {
-        self.layers
+        attention
             .iter()
-            .map(|&l| self.heads.iter().map(|&h| &attention[l][h]).collect())
+            .map(|layer| layer.iter().collect())
             .collect()
     }
+}
+
+/// The model's name as a page shows it: a local folder by its own name only, since a
+/// page is made to be shared and the full path says where the user keeps their files.
+fn shareable_name(model: &str) -> String {
+    let path = Path::new(model);
+    if path.is_absolute() || path.is_dir() {
+        if let Some(name) = path.file_name() {
+            return name.to_string_lossy().into_owned();
+        }
+    }
+    model.to_string()
 }
 
 /// A dump being written.
@@ -116,6 +130,15 @@ impl AttentionDump {
             written: 0,
             warned: false,
         })
+    }
+
+    /// The layers and heads to copy out of each forward pass: those written.
+    pub fn keep(&self) -> AttentionKeep {
+        AttentionKeep {
+            layers: self.opts.layers.clone(),
+            heads: self.opts.heads.clone(),
+            head_means: self.opts.format == DumpFormat::Html,
+        }
     }
 
     /// Names the model, its labels and its shape; checks `--attention-layers/-heads`
@@ -147,7 +170,7 @@ impl AttentionDump {
         };
         let opening = match self.opts.format {
             DumpFormat::Json => b"[".to_vec(),
-            DumpFormat::Html => html::opening(&self.model.name).into_bytes(),
+            DumpFormat::Html => html::opening(&shareable_name(&self.model.name)).into_bytes(),
         };
         self.file_mut()?.write(&opening)
     }
