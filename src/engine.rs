@@ -322,7 +322,7 @@ impl Engine {
                             })?;
                             let t = t.get(i)?.narrow(1, 0, n)?.narrow(2, 0, n)?;
                             let t = match &heads {
-                                Some(h) => t.index_select(h, 0)?,
+                                Some(h) => t.contiguous()?.index_select(h, 0)?,
                                 None => t,
                             };
                             Ok(t.to_dtype(DType::F32)?.to_vec3()?)

@@ -148,16 +148,18 @@ impl ClassifyArgs {
 
 impl OutputArgs {
     /// The output format and what it needs besides the records: the label names, whether
-    /// scores are independent (multi-label), how to rank, and the input's CSV/TSV columns
-    /// (which come back out in CSV/TSV).
+    /// scores are independent (multi-label), how to rank, and what the input is (its
+    /// CSV/TSV columns come back out in CSV/TSV; JSON Lines in gets every result under
+    /// one key in JSONL).
     pub fn format(
         &self,
         labels: &[String],
         multi_label: bool,
         rank: &RankArgs,
         ids: bool,
-        columns: Option<&[String]>,
+        records: &Records,
     ) -> (FormatKind, FormatOptions) {
+        let columns = records.columns.as_deref();
         let kind = self.format;
         let opts = FormatOptions {
             labels: labels.to_vec(),
@@ -166,11 +168,12 @@ impl OutputArgs {
             threshold: rank.threshold.or(multi_label.then_some(0.5)),
             output_key: self.output_key.clone(),
             columns: columns
-                .filter(|_| matches!(kind, FormatKind::Csv | FormatKind::Tsv))
+                .filter(|_| matches!(kind, FormatKind::Csv | FormatKind::Tsv | FormatKind::Jsonl))
                 .map(<[String]>::to_vec),
             ids,
             pairs: false,
             ranking: false,
+            keyed: records.jsonl,
         };
         (kind, opts)
     }

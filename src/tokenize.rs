@@ -177,10 +177,11 @@ impl TextTokenizer {
             max_length,
             piece_bytes: PIECE_BYTES,
         };
-        if max_length <= this.added(true) {
+        // A single text needs room past its own special tokens; a pair's (one more) is
+        // checked when a pair is encoded, so `--max-length 3` works for single texts.
+        if max_length <= this.added(false) {
             bail!(
-                "--max-length {max_length} leaves no room for text: a text pair takes {} special tokens (a single text {})",
-                this.added(true),
+                "--max-length {max_length} leaves no room for text: a single text takes {} special tokens",
                 this.added(false)
             );
         }
@@ -220,7 +221,17 @@ impl TextTokenizer {
         if b.is_empty() {
             return self.encode(a);
         }
-        let room = self.max_length - self.added(true);
+        let Some(room) = self
+            .max_length
+            .checked_sub(self.added(true))
+            .filter(|&r| r > 0)
+        else {
+            bail!(
+                "--max-length {} leaves no room for a pair: its special tokens take {}",
+                self.max_length,
+                self.added(true)
+            );
+        };
         // Neither text can keep more than `room` tokens, so neither is read further, except
         // that `longest_first` gives an odd last token to the longer text: when both are
         // over, which one is longer is found by counting both texts' tokens a piece at a

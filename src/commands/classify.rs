@@ -37,7 +37,7 @@ pub fn run(mut args: ClassifyArgs) -> Result<u8> {
             multi_label,
             &args.rank,
             args.input.id_field.is_some(),
-            source.records.columns.as_deref(),
+            &source.records,
         );
         format.pairs = args.pair || args.pair_field.is_some() || args.text_pair.is_some();
         let out = output::writer(kind, results.writer(), format);

@@ -37,7 +37,7 @@ pub fn run(mut args: RerankArgs) -> Result<u8> {
             false,
             &RankArgs::default(),
             args.input.id_field.is_some(),
-            source.records.columns.as_deref(),
+            &source.records,
         );
         format.ranking = true;
         let out = Box::new(Ranked::new(

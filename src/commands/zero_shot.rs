@@ -36,7 +36,7 @@ pub fn run(mut args: ZeroShotArgs) -> Result<u8> {
             multi_label,
             &rank,
             args.input.id_field.is_some(),
-            source.records.columns.as_deref(),
+            &source.records,
         );
         let out = output::writer(kind, results.writer(), format);
         finish(&engine, &task, source, out, dump, results, &args.run)

@@ -120,6 +120,7 @@ pub fn open(reader: Box<dyn Read + Send>, name: &str, opts: &InputOptions) -> Re
         columns: Some(columns),
         items: Box::new(rows),
         arrival: super::Arrival::Stream,
+        jsonl: false,
     })
 }
 

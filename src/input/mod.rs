@@ -161,6 +161,9 @@ pub struct Records {
     pub items: Box<dyn Iterator<Item = Result<Item>> + Send>,
     /// Whether reading them can wait on someone else.
     pub arrival: Arrival,
+    /// JSON Lines: outputs give every record its result under one key, as they give the
+    /// objects they carry through.
+    pub jsonl: bool,
 }
 
 /// How records become available, which decides how long the pipeline waits to gather
@@ -230,12 +233,14 @@ pub fn open(reader: Box<dyn Read + Send>, name: &str, opts: &InputOptions) -> Re
                 columns: None,
                 items,
                 arrival: Arrival::Stream,
+                jsonl: false,
             })
         }
         InputFormat::Jsonl => Ok(Records {
             columns: None,
             items: Box::new(jsonl::JsonLines::new(reader, name, opts)?),
             arrival: Arrival::Stream,
+            jsonl: true,
         }),
         InputFormat::Csv | InputFormat::Tsv => delimited::open(reader, name, opts),
     }
@@ -254,6 +259,7 @@ pub fn from_args(texts: Vec<String>, pair: Option<String>) -> Records {
             })
         })),
         arrival: Arrival::Ready,
+        jsonl: false,
     }
 }
 

@@ -108,7 +108,38 @@ impl Format for Jsonl {
         if let Carried::Json(input) = &r.item.carried {
             return self.splice(input, &result);
         }
+        // A CSV/TSV row comes back as an object of its columns, every one of them (not
+        // only the id), with the result under the key, as a JSON Lines object would.
+        if let (Carried::Row(fields), Some(columns)) = (&r.item.carried, &self.opts.columns) {
+            let mut obj = Map::new();
+            for (name, value) in columns.iter().zip(fields) {
+                if *name != self.opts.output_key {
+                    obj.insert(name.clone(), json!(value));
+                }
+            }
+            if self.opts.ranking || result.contains_key("error") {
+                result.insert(place.into(), json!(at));
+            }
+            obj.insert(self.opts.output_key.clone(), Value::Object(result));
+            serde_json::to_writer(&mut self.out, &obj)?;
+            return self.out.write_all(b"\n");
+        }
         let mut obj = Map::new();
+        if self.opts.keyed {
+            // A JSON Lines record with no object to carry (a string line, or one that
+            // could not be read): its text, and the result where the others have it.
+            obj.insert(place.into(), json!(at));
+            if self.opts.ids {
+                obj.insert("id".into(), json!(r.item.id));
+            }
+            obj.insert("text".into(), json!(r.item.text));
+            if let Some(pair) = &r.item.pair {
+                obj.insert("text_pair".into(), json!(pair));
+            }
+            obj.insert(self.opts.output_key.clone(), Value::Object(result));
+            serde_json::to_writer(&mut self.out, &obj)?;
+            return self.out.write_all(b"\n");
+        }
         obj.insert(place.into(), json!(at));
         if self.opts.ids {
             obj.insert("id".into(), json!(r.item.id));

@@ -69,7 +69,8 @@ pub struct FormatOptions {
     /// JSONL key (and CSV/TSV column prefix on a clash) under which a carried-through
     /// input gets its prediction.
     pub output_key: String,
-    /// The CSV/TSV input's column names, when the input rows are to come back out.
+    /// The CSV/TSV input's column names, when the input rows are to come back out (as
+    /// rows in CSV/TSV, as objects of strings in JSONL).
     pub columns: Option<Vec<String>>,
     /// Whether `--id-field`/`--id-column` was given, so compact outputs have an id.
     pub ids: bool,
@@ -78,6 +79,10 @@ pub struct FormatOptions {
     /// Whether records are a ranking (rerank): each says its rank, 0-based index in the
     /// input and score, instead of labels.
     pub ranking: bool,
+    /// JSONL: every record's result under `output_key`, also for a line of JSON Lines
+    /// input that was a string or could not be read (no object to carry), so that every
+    /// output line has the same shape (`jq .prediction`).
+    pub keyed: bool,
 }
 
 impl FormatOptions {

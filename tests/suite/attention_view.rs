@@ -128,6 +128,14 @@ fn html_page_renders_offline_and_matches_the_json_dump() {
         6 * 12,
         "one heat map per layer and head"
     );
+    // One head drawn at first (all twelve at once were a tangle), its heat map labelled
+    // with the tokens and a colour scale; a short text is not marked as cut.
+    assert_eq!(report["initialHeads"], 1, "{report}");
+    assert_eq!(report["heatmap"], true);
+    assert!(report["heatmapLabels"].as_u64().unwrap() >= 2, "{report}");
+    assert_eq!(report["legend"], 1);
+    assert_eq!(report["truncated"], false);
+    assert_eq!(report["cutMarked"], 0);
 
     // Lines of head 0 in every layer: one per weight the page draws (>= 0.05 as stored).
     let att = &json[0]["attention"];
@@ -531,6 +539,7 @@ fn a_128_token_bert_base_page_stays_under_5_mb() {
         sentence_b_start: None,
         part: None,
         tokens: &tokens,
+        truncated: false,
         label: "POSITIVE",
         labels: &labels,
         probs: &[0.25, 0.75],
@@ -622,4 +631,45 @@ fn a_pair_page_marks_the_second_text() {
     // [CLS] the first one [SEP] | the second [SEP]: 3 tokens from 5 on, drawn on both sides.
     assert_eq!(report["second"], 6, "{report}");
     assert_eq!(report["pairText"], 1, "{report}");
+}
+
+/// A text longer than the model reads: the page marks where it stopped, and 512 tokens
+/// fit in a head view of about 1,100 px (at 18 px a row it was 9,000 px tall).
+#[test]
+fn a_long_input_is_drawn_to_fit_and_marked_where_the_model_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("long.html");
+    let long = "a gorgeous , witty movie that stays with you . ".repeat(120);
+    let out = classify_with(
+        &minilm_sst2(),
+        &[
+            "--dump-attention",
+            page.to_str().unwrap(),
+            "--attention-layers",
+            "0",
+            &long,
+        ],
+        b"",
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let html = std::fs::read_to_string(&page).unwrap();
+    assert!(
+        html.contains("\"truncated\":true"),
+        "the page data says it was cut"
+    );
+    let Some(browser) = chromium() else {
+        say("SKIPPED: the page was not rendered: no chromium on PATH (.ci/run installs Debian's chromium)");
+        return;
+    };
+    let (report, _) = selftest(&browser, &page);
+    assert_eq!(report["errors"], serde_json::json!([]), "{report}");
+    assert_eq!(report["truncated"], true);
+    assert_eq!(report["cutMarked"], 1, "{report}");
+    let height = report["svgHeight"].as_f64().unwrap();
+    assert!(height <= 1200.0, "head view {height} px tall");
 }

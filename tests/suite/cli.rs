@@ -207,12 +207,27 @@ fn empty_input_exits_1_and_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("the model name is empty"));
 
-    // BERT: [CLS] a [SEP] fits in 3, a pair's [CLS] a [SEP] b [SEP] does not fit in 3.
+    // BERT: [CLS] a [SEP] needs 3; 2 leaves no room, said for a single text.
     let out = classify(&["--max-length", "2", "x"], b"");
     assert_eq!(out.status.code(), Some(2));
     assert!(
+        String::from_utf8_lossy(&out.stderr).contains("a single text takes 2 special tokens"),
+        "{}",
         String::from_utf8_lossy(&out.stderr)
-            .contains("a text pair takes 3 special tokens (a single text 2)"),
+    );
+    // 3 reads one token of a single text; a pair's [CLS] a [SEP] b [SEP] does not fit,
+    // and only a pair is refused, naming the pair.
+    let out = classify(&["--max-length", "3", "-f", "jsonl", "x"], b"");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = classify(&["--max-length", "3", "--text-pair", "y", "x"], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no room for a pair"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -93,7 +93,8 @@ fn csv_quoting_is_read_exactly_and_labels_match_pytorch() {
     std::fs::write(&path, &csv).unwrap();
     let p = path.to_str().unwrap();
 
-    // Compact JSONL: the text each record was read as, and its id.
+    // JSONL: each row as an object of all its columns (not only the id), the text as it
+    // was read, with the prediction under its key.
     let out = classify(
         &[
             "-i",
@@ -111,12 +112,12 @@ fn csv_quoting_is_read_exactly_and_labels_match_pytorch() {
     let recs = jsonl(&out);
     assert_eq!(recs.len(), texts.len() + 1);
     for (i, (r, t)) in recs.iter().zip(&texts).enumerate() {
-        assert_eq!(r["record"], i + 1);
         assert_eq!(r["id"], format!("r{i}"));
-        assert_eq!(r["text"], t.as_str());
-        assert_eq!(r["label"], cases[i].1.as_str(), "record {i}");
+        assert_eq!(r["review"], t.as_str());
+        assert_eq!(r["stars"], (i % 5).to_string());
+        assert_eq!(r["prediction"]["label"], cases[i].1.as_str(), "record {i}");
     }
-    assert_eq!(recs[12]["text"], "she said \"no\", twice");
+    assert_eq!(recs[12]["review"], "she said \"no\", twice");
 
     // CSV out: every input row back as it was, header included, with label and score.
     let out = classify(&["-i", p, "--column", "2", "-f", "csv"], b"");
@@ -905,4 +906,35 @@ fn gzip_input_is_read_decompressed() {
     assert!(b.status.success(), "{}", stderr(&b));
     assert_eq!(stdout(&a), stdout(&b));
     assert_eq!(jsonl(&b).len(), cases.len());
+}
+
+/// JSON Lines in, JSONL out: every line has its result under the output key, whether
+/// its input was an object (carried through), a JSON string, or a line that could not be
+/// read; `jq .prediction` never meets a second shape.
+#[test]
+fn jsonl_results_have_one_shape_whatever_the_line_was() {
+    let cases = dev(2);
+    let input = format!(
+        "{}\n{}\n{{not json\n",
+        serde_json::json!({"text": cases[0].0}),
+        serde_json::json!(cases[1].0),
+    );
+    let out = classify(
+        &["--input-format", "jsonl", "-f", "jsonl"],
+        input.as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    let rows = jsonl(&out);
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        assert!(row["prediction"].is_object(), "{row}");
+    }
+    assert_eq!(rows[0]["prediction"]["label"], cases[0].1.as_str());
+    assert_eq!(rows[1]["prediction"]["label"], cases[1].1.as_str());
+    assert_eq!(rows[1]["record"], 2);
+    assert!(rows[2]["prediction"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("not valid JSON"));
+    assert_eq!(rows[2]["record"], 3);
 }

@@ -659,6 +659,7 @@ fn the_first_answers_come_after_one_batch_and_windows_are_fixed() {
             })
         })),
         arrival: Arrival::Ready,
+        jsonl: false,
     };
     let opts = bert_cli::pipeline::PipelineOptions {
         batch_size: 3,
@@ -712,6 +713,7 @@ fn a_failed_read_loses_none_of_the_records_read_before_it() {
                     .into_iter(),
             ),
             arrival,
+            jsonl: false,
         };
         let mut out = Written::default();
         let err = bert_cli::pipeline::run(

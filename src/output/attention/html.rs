@@ -27,8 +27,11 @@ pub fn opening(model: &str) -> String {
          the label probabilities to 6 digits.</p>\n\
          <div id=\"controls\"></div>\n<h2>Prediction</h2><div id=\"prediction\"></div>\n\
          <h2>Head view</h2><p class=\"note\">Each line joins a token (left) to a token it attends to (right), \
-         drawn when the weight is at least 0.05, darker for more; one colour per head. Hover over a token on the \
-         left to see only its lines.</p><div id=\"headview\"></div>\n\
+         drawn when the weight is at least 0.05, darker for more; one colour per head (one at first: \
+         pick more, all or none above). Hover over a token on the left to see only its lines.</p><div id=\"headview\"></div>\n\
+         <h2>Heat map</h2><p class=\"note\">The chosen layer and head as a grid: row = the token attending \
+         (query), column = the token attended to (key), darker for more. Hover over a cell for its value.</p>\
+         <div id=\"heatmap\"></div>\n\
          <h2>Model view</h2><p class=\"note\">Every layer and head; a click opens it in the head view.</p>\
          <div id=\"modelview\"></div>\n\
          <h2>Attention rollout</h2><p class=\"note\">Head-averaged attention with the residual connection \
@@ -104,6 +107,8 @@ pub struct PageEntry<'a> {
     pub part: Option<(usize, usize)>,
     /// Its tokens.
     pub tokens: &'a [String],
+    /// The text went on past these tokens (the model stopped reading there).
+    pub truncated: bool,
     /// Predicted label.
     pub label: &'a str,
     /// Every label, by index.
@@ -135,6 +140,7 @@ pub(super) fn entry(model: &Model, e: &Input) -> Result<Vec<u8>> {
         sentence_b_start: enc.pair_start,
         part: e.part,
         tokens: &enc.tokens,
+        truncated: enc.truncated,
         label: &model.labels[p.top],
         labels: &model.labels,
         probs: &p.probs,
@@ -179,6 +185,7 @@ pub fn page_entry(e: &PageEntry) -> Result<Vec<u8>> {
         "part": e.part.map(|p| p.0),
         "parts": e.part.map(|p| p.1),
         "tokens": e.tokens,
+        "truncated": e.truncated,
         "label": e.label,
         "labels": e.labels,
         "probs": e.probs.iter().map(|&x| round6(x)).collect::<Vec<_>>(),

@@ -24,6 +24,8 @@ struct Entry<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     parts: Option<usize>,
     tokens: &'a [String],
+    /// The text went on past the tokens the model read (cut at its length).
+    truncated: bool,
     token_ids: &'a [u32],
     offsets: &'a [(usize, usize)],
     num_layers: usize,
@@ -60,6 +62,7 @@ pub(super) fn entry(model: &Model, e: &Input) -> Result<Vec<u8>> {
         part: e.part.map(|p| p.0),
         parts: e.part.map(|p| p.1),
         tokens: &enc.tokens,
+        truncated: enc.truncated,
         token_ids: &enc.ids,
         offsets: &enc.offsets,
         num_layers: kept.len(),

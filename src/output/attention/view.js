@@ -68,6 +68,19 @@
       hs.appendChild(b);
     });
     box.appendChild(el("label", {}, " Heads ")).appendChild(hs);
+    // All or none at once; a head button then adds or removes one.
+    [["all", true], ["none", false]].forEach(function (pair) {
+      var b = el("button", { "class": "heads-" + pair[0], title: pair[0] + " heads" }, pair[0]);
+      b.onclick = function () { state.heads = e.heads.map(function () { return pair[1]; }); render(); };
+      hs.appendChild(b);
+    });
+  }
+
+  // Row height of the head view: the whole input fits in about 1,100 px (512 tokens
+  // at 18 px were 9,000 px tall), labels thinned out where rows are too low for text.
+  function rows(n) {
+    var h = Math.max(2, Math.min(18, Math.floor(1100 / Math.max(1, n))));
+    return { h: h, every: Math.max(1, Math.ceil(11 / h)) };
   }
 
   function prediction() {
@@ -93,16 +106,25 @@
 
   // Head view: queries on the left, keys on the right, one line per weight above THRESHOLD.
   function headView() {
-    var e = D[state.entry], n = e.tokens.length, rowH = 18, width = 520;
+    var e = D[state.entry], n = e.tokens.length, r = rows(n), rowH = r.h, width = 520;
     var box = document.getElementById("headview");
     box.textContent = "";
+    if (e.truncated) {
+      box.appendChild(el("p", { "class": "cut" }, "The text went on: the model stopped reading after these " +
+        n + " tokens (its length), at the red line."));
+    }
     var s = svg("svg", { width: width, height: n * rowH + 10, id: "heads-svg" });
     var lines = svg("g", { id: "lines" });
     s.appendChild(lines);
+    if (e.truncated) {
+      s.appendChild(svg("line", { "class": "cut", x1: 0, x2: width, y1: n * rowH + 4, y2: n * rowH + 4 }));
+    }
     for (var side = 0; side < 2; side++) {
       e.tokens.forEach(function (tok, i) {
+        if (i % r.every && i !== n - 1) return;
         var t = svg("text", {
-          x: side ? width - 140 : 140, y: i * rowH + 14, "text-anchor": side ? "start" : "end",
+          x: side ? width - 140 : 140, y: i * rowH + Math.min(14, rowH * r.every - 1),
+          "text-anchor": side ? "start" : "end", "font-size": Math.min(13, rowH * r.every - 1),
           "class": "token" + (state.hover === i && !side ? " hover" : "") +
             (e.sentence_b_start != null && i >= e.sentence_b_start ? " second" : ""), "data-index": i
         });
@@ -118,7 +140,7 @@
     drawLines(lines);
   }
   function drawLines(g) {
-    var e = D[state.entry], n = e.tokens.length, rowH = 18, width = 520;
+    var e = D[state.entry], n = e.tokens.length, rowH = rows(n).h, width = 520;
     while (g.firstChild) g.removeChild(g.firstChild);
     e.heads.forEach(function (h, hi) {
       if (!state.heads[hi]) return;
@@ -128,13 +150,74 @@
           var w = weight(e, state.layer, hi, q, k);
           if (w < THRESHOLD) continue;
           g.appendChild(svg("line", {
-            "class": "att", x1: 146, y1: q * rowH + 10, x2: width - 146, y2: k * rowH + 10,
+            "class": "att", x1: 146, y1: q * rowH + rowH / 2, x2: width - 146, y2: k * rowH + rowH / 2,
             stroke: COLORS[hi % COLORS.length], "stroke-width": 2,
             "stroke-opacity": Math.min(1, w).toFixed(3), "data-q": q, "data-k": k, "data-w": w
           }));
         }
       }
     });
+  }
+
+  // Heat map of the chosen layer and the first chosen head: token labels on both axes
+  // (thinned out on long inputs), the weight under the pointer, and the colour scale.
+  function heatmap() {
+    var e = D[state.entry], n = e.tokens.length;
+    var box = document.getElementById("heatmap");
+    box.textContent = "";
+    var hi = state.heads.indexOf(true);
+    if (hi < 0) {
+      box.appendChild(el("p", {}, "Pick a head above to see its heat map."));
+      return;
+    }
+    var cell = Math.max(1, Math.min(24, Math.floor(480 / Math.max(1, n))));
+    var side = cell * n, every = Math.max(1, Math.ceil(12 / cell)), label = 110;
+    box.appendChild(el("p", { id: "heatmap-title" }, "Layer " + e.layers[state.layer] + ", head " + e.heads[hi] +
+      (n > 1 && every > 1 ? " (every " + every + "th token labelled)" : "")));
+    var wrap = el("div", { "class": "heat" });
+    var c = el("canvas", { id: "heatmap-canvas", width: side, height: side });
+    var ctx = c.getContext("2d");
+    for (var q = 0; q < n; q++) for (var k = 0; k < n; k++) {
+      ctx.fillStyle = shade(weight(e, state.layer, hi, q, k));
+      ctx.fillRect(k * cell, q * cell, cell, cell);
+    }
+    var s = svg("svg", { width: side + label, height: side + label, "class": "axes" });
+    e.tokens.forEach(function (tok, i) {
+      if (i % every) return;
+      var y = svg("text", { x: label - 4, y: label + i * cell + cell / 2 + 4, "text-anchor": "end", "class": "token" });
+      y.textContent = tok;
+      s.appendChild(y);
+      var x = svg("text", { x: 0, y: 0, "text-anchor": "start", "class": "token",
+        transform: "translate(" + (label + i * cell + cell / 2 + 4) + "," + (label - 4) + ") rotate(-90)" });
+      x.textContent = tok;
+      s.appendChild(x);
+    });
+    c.style.left = label + "px";
+    c.style.top = label + "px";
+    var value = el("div", { id: "heatmap-value", "class": "num" }, "Point at a cell.");
+    c.onmousemove = function (ev) {
+      var rect = c.getBoundingClientRect();
+      var k = Math.floor((ev.clientX - rect.left) / cell), q = Math.floor((ev.clientY - rect.top) / cell);
+      if (q < 0 || k < 0 || q >= n || k >= n) return;
+      value.textContent = e.tokens[q] + " (" + q + ") attends to " + e.tokens[k] + " (" + k + "): " +
+        weight(e, state.layer, hi, q, k).toFixed(3);
+    };
+    wrap.appendChild(s);
+    wrap.appendChild(c);
+    box.appendChild(wrap);
+    box.appendChild(value);
+    var legend = el("div", { "class": "legend" });
+    legend.appendChild(el("span", {}, "0 "));
+    var scale = el("canvas", { width: 200, height: 10 });
+    var lctx = scale.getContext("2d");
+    for (var x = 0; x < 200; x++) { lctx.fillStyle = shade(x / 199); lctx.fillRect(x, 0, 1, 10); }
+    legend.appendChild(scale);
+    legend.appendChild(el("span", {}, " 1"));
+    box.appendChild(legend);
+  }
+  function shade(w) {
+    var v = 255 - Math.round(255 * Math.max(0, Math.min(1, w)));
+    return "rgb(" + v + "," + v + ",255)";
   }
 
   // Model view: every layer x head as a small heat map; a click opens it in the head view.
@@ -204,17 +287,19 @@
       return;
     }
     var e = D[state.entry];
-    if (!state.heads) state.heads = e.heads.map(function () { return true; });
+    // One head at first: all of them drawn at once were a tangle.
+    if (!state.heads) state.heads = e.heads.map(function (_, j) { return j === 0; });
     if (state.layer >= e.layers.length) state.layer = 0;
     selectors();
     prediction();
     headView();
+    heatmap();
     modelView();
     rollout();
   }
 
   // `#selftest` in the URL: the page checks itself and writes what it found into
-  // <pre id="selftest">, for a headless browser to read (tests/attention_view.rs).
+  // <pre id="selftest">, for a headless browser to read (tests/suite/attention_view.rs).
   function selftest(errors) {
     var out = { errors: errors, entries: D.length, resources: 0, counts: [], cells: [] };
     try {
@@ -236,6 +321,15 @@
       out.rollout = D[0].rollout ? D[0].rollout[D[0].rollout.length - 1] : null;
       out.rolloutRows = document.querySelectorAll("#rollout-table tr").length;
       out.canvases = document.querySelectorAll("#modelview canvas").length;
+      state.heads = null; state.layer = 0;
+      render();
+      out.initialHeads = state.heads.filter(function (h) { return h; }).length;
+      out.heatmap = !!document.getElementById("heatmap-canvas");
+      out.heatmapLabels = document.querySelectorAll("#heatmap svg text.token").length;
+      out.legend = document.querySelectorAll("#heatmap .legend canvas").length;
+      out.cutMarked = document.querySelectorAll("#heads-svg line.cut").length;
+      out.truncated = !!e.truncated;
+      out.svgHeight = +document.getElementById("heads-svg").getAttribute("height");
       out.resources = (performance.getEntriesByType("resource") || []).length;
     } catch (err) {
       out.errors.push(String(err && err.stack || err));

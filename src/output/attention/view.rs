@@ -32,6 +32,8 @@ struct DumpEntry {
     parts: Option<usize>,
     tokens: Vec<String>,
     #[serde(default)]
+    truncated: bool,
+    #[serde(default)]
     num_layers: Option<usize>,
     #[serde(default)]
     num_heads: Option<usize>,
@@ -81,6 +83,7 @@ pub fn json_to_html(input: &Path, output: &Path) -> Result<usize> {
             sentence_b_start: e.sentence_b_start,
             part: e.part.zip(e.parts),
             tokens: &e.tokens,
+            truncated: e.truncated,
             label: &e.prediction.label,
             labels: &e.prediction.labels,
             probs: &e.prediction.probs,
