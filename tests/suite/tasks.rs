@@ -511,7 +511,10 @@ fn classify_reads_pairs_from_tabs_fields_columns_and_arguments() {
         ],
         csv,
     );
-    assert_eq!(jsonl(&out)[0]["score"], rows[0]["score"]);
+    // The CSV row comes back as an object of its columns, the prediction under its key.
+    let row = &jsonl(&out)[0];
+    assert_eq!(row["prediction"]["score"], rows[0]["score"]);
+    assert_eq!(row["hypothesis"], "but the ending drags");
     let single = common::classify_with(&m, &["--format", "jsonl", "a fine film"], b"");
     assert_ne!(jsonl(&single)[0]["score"], rows[0]["score"]);
     // CSV output of pairs has the second text too.
