@@ -45,10 +45,10 @@ pub struct Prediction {
     /// `[layer][head][query][key]` probabilities over real tokens, when asked for: the
     /// layers and heads `AttentionKeep` names.
     pub attention: Option<Vec<Vec<Vec<Vec<f32>>>>>,
-    /// `[layer][query][key]`: every layer's attention averaged over its heads, when
-    /// `AttentionKeep::head_means` asks (the attention page's rollout multiplies through
-    /// every layer, whichever are kept).
-    pub attention_means: Option<Vec<Vec<Vec<f64>>>>,
+    /// `[layer][token]`: attention rollout after every layer (`rollout_of_means`), when
+    /// `AttentionKeep::rollout` asks: it multiplies through every layer, whichever are
+    /// kept, so it is computed here, where they all are, and only it is held.
+    pub attention_rollout: Option<Vec<Vec<f32>>>,
 }
 
 /// One layer's `[head][query][key]` attention averaged over its heads, in f64.
@@ -60,6 +60,39 @@ pub fn head_means(layer: &[Vec<Vec<f32>>]) -> Vec<Vec<f64>> {
             (0..n)
                 .map(|j| layer.iter().map(|h| f64::from(h[i][j])).sum::<f64>() / heads)
                 .collect()
+        })
+        .collect()
+}
+
+/// Attention rollout, `(0.5 A_l + 0.5 I) ... (0.5 A_1 + 0.5 I)` with `A` the
+/// head-averaged attention (`head_means`, every layer's): the first row after every
+/// layer, `[layer][token]`, how much of the first token's state flows from each token.
+pub fn rollout_of_means(means: &[Vec<Vec<f64>>]) -> Vec<Vec<f32>> {
+    let n = means.first().map_or(0, Vec::len);
+    let eye = |i: usize, j: usize| f64::from(u8::from(i == j));
+    let mixed: Vec<Vec<Vec<f64>>> = means
+        .iter()
+        .map(|layer| {
+            (0..n)
+                .map(|i| {
+                    (0..n)
+                        .map(|j| 0.5 * layer[i][j] + 0.5 * eye(i, j))
+                        .collect()
+                })
+                .collect()
+        })
+        .collect();
+    // Only the first row is wanted, so multiply a row vector down from layer l rather than
+    // whole matrices up from layer 0: L^2 n^2 work instead of L n^3.
+    (0..mixed.len())
+        .map(|l| {
+            let mut v: Vec<f64> = (0..n).map(|j| eye(0, j)).collect();
+            for a in mixed[..=l].iter().rev() {
+                v = (0..n)
+                    .map(|j| (0..n).map(|k| v[k] * a[k][j]).sum())
+                    .collect();
+            }
+            v.into_iter().map(|x| x as f32).collect()
         })
         .collect()
 }
@@ -287,16 +320,18 @@ impl Engine {
             let top = argmax(&probs);
             // Cut the padding away in tensor space, so only real tokens are copied out.
             let n = inputs[i].ids.len();
-            let attention_means = match keep {
-                Some(keep) if keep.head_means => Some(
-                    out.attentions
+            let attention_rollout = match keep {
+                Some(keep) if keep.rollout => {
+                    let means = out
+                        .attentions
                         .iter()
                         .map(|t| {
                             let t = t.get(i)?.narrow(1, 0, n)?.narrow(2, 0, n)?;
                             Ok(head_means(&t.to_dtype(DType::F32)?.to_vec3()?))
                         })
-                        .collect::<Result<Vec<_>>>()?,
-                ),
+                        .collect::<Result<Vec<_>>>()?;
+                    Some(rollout_of_means(&means))
+                }
                 _ => None,
             };
             let attention = match keep {
@@ -337,7 +372,7 @@ impl Engine {
                 probs,
                 top,
                 attention,
-                attention_means,
+                attention_rollout,
             });
         }
         Ok(predictions)
@@ -352,8 +387,8 @@ pub struct AttentionKeep {
     pub layers: Option<Vec<usize>>,
     /// Head indices.
     pub heads: Option<Vec<usize>>,
-    /// Also every layer's head-averaged attention (`Prediction::attention_means`).
-    pub head_means: bool,
+    /// Also the attention rollout (`Prediction::attention_rollout`).
+    pub rollout: bool,
 }
 
 /// Names for each label: `--labels`, else the config's, else built-in names for the default

@@ -303,7 +303,7 @@ impl Task {
         match self {
             Task::Classify(LongText::Truncate) | Task::Rerank { .. } => Ok(Prediction {
                 attention: None,
-                attention_means: None,
+                attention_rollout: None,
                 ..first.clone()
             }),
             Task::Classify(LongText::Chunk { aggregate, .. }) => {
@@ -327,7 +327,7 @@ impl Task {
                     top: argmax(&probs),
                     probs,
                     attention: None,
-                    attention_means: None,
+                    attention_rollout: None,
                 })
             }
             Task::ZeroShot(z) => {
@@ -356,7 +356,7 @@ impl Task {
                     logits: entail,
                     probs,
                     attention: None,
-                    attention_means: None,
+                    attention_rollout: None,
                 })
             }
         }

@@ -149,7 +149,7 @@ mod tests {
             probs: vec![0.2, 0.7, 0.2, 0.9],
             top: 3,
             attention: None,
-            attention_means: None,
+            attention_rollout: None,
         };
         let opts = FormatOptions {
             labels: ["a", "b", "c", "d"].map(String::from).to_vec(),

@@ -115,7 +115,7 @@ mod tests {
             probs: vec![score],
             top: 0,
             attention: None,
-            attention_means: None,
+            attention_rollout: None,
         };
         Answer {
             parts: vec![Part {

@@ -2,7 +2,7 @@
 //! to any network or file; a Content-Security-Policy forbids them too), written as inputs
 //! arrive: the opening, one `<script>` per input, then the viewer.
 
-use crate::engine::head_means;
+use crate::engine::{head_means, rollout_of_means};
 use anyhow::Result;
 use base64::Engine as _;
 use serde_json::json;
@@ -54,38 +54,6 @@ pub fn rollout(attention: &[Vec<Vec<Vec<f32>>>]) -> Vec<Vec<f32>> {
     rollout_of_means(&means)
 }
 
-/// `rollout` from every layer's head-averaged attention (`engine::head_means`), which
-/// the engine keeps when a page is written, so the layers and heads not shown need not be.
-pub fn rollout_of_means(means: &[Vec<Vec<f64>>]) -> Vec<Vec<f32>> {
-    let n = means.first().map_or(0, Vec::len);
-    let eye = |i: usize, j: usize| f64::from(u8::from(i == j));
-    let mixed: Vec<Vec<Vec<f64>>> = means
-        .iter()
-        .map(|layer| {
-            (0..n)
-                .map(|i| {
-                    (0..n)
-                        .map(|j| 0.5 * layer[i][j] + 0.5 * eye(i, j))
-                        .collect()
-                })
-                .collect()
-        })
-        .collect();
-    // Only the first row is wanted, so multiply a row vector down from layer l rather than
-    // whole matrices up from layer 0: L^2 n^2 work instead of L n^3.
-    (0..mixed.len())
-        .map(|l| {
-            let mut v: Vec<f64> = (0..n).map(|j| eye(0, j)).collect();
-            for a in mixed[..=l].iter().rev() {
-                v = (0..n)
-                    .map(|j| (0..n).map(|k| v[k] * a[k][j]).sum())
-                    .collect();
-            }
-            v.into_iter().map(|x| x as f32).collect()
-        })
-        .collect()
-}
-
 /// Rounds to 6 decimals for the page (JSON numbers stay short).
 fn round6(x: f32) -> f64 {
     (f64::from(x) * 1e6).round() / 1e6
@@ -128,10 +96,10 @@ pub struct PageEntry<'a> {
 /// The page entry for a classified input (attention of every layer and head at hand).
 pub(super) fn entry(model: &Model, e: &Input) -> Result<Vec<u8>> {
     let (enc, p, attention) = (e.enc, e.prediction, e.attention);
-    let rollout = p.attention_means.as_deref().map(|means| {
-        let all = rollout_of_means(means);
-        model.layers.iter().map(|&l| all[l].clone()).collect()
-    });
+    let rollout = p
+        .attention_rollout
+        .as_ref()
+        .map(|all| model.layers.iter().map(|&l| all[l].clone()).collect());
     page_entry(&PageEntry {
         record: e.record,
         id: e.id,

@@ -137,7 +137,7 @@ impl AttentionDump {
         AttentionKeep {
             layers: self.opts.layers.clone(),
             heads: self.opts.heads.clone(),
-            head_means: self.opts.format == DumpFormat::Html,
+            rollout: self.opts.format == DumpFormat::Html,
         }
     }
 
