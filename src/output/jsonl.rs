@@ -124,22 +124,9 @@ impl Format for Jsonl {
             serde_json::to_writer(&mut self.out, &obj)?;
             return self.out.write_all(b"\n");
         }
+        // A JSON Lines record with no object to carry (a string line, or one that could
+        // not be read) gets its result where the others have it; otherwise compact.
         let mut obj = Map::new();
-        if self.opts.keyed {
-            // A JSON Lines record with no object to carry (a string line, or one that
-            // could not be read): its text, and the result where the others have it.
-            obj.insert(place.into(), json!(at));
-            if self.opts.ids {
-                obj.insert("id".into(), json!(r.item.id));
-            }
-            obj.insert("text".into(), json!(r.item.text));
-            if let Some(pair) = &r.item.pair {
-                obj.insert("text_pair".into(), json!(pair));
-            }
-            obj.insert(self.opts.output_key.clone(), Value::Object(result));
-            serde_json::to_writer(&mut self.out, &obj)?;
-            return self.out.write_all(b"\n");
-        }
         obj.insert(place.into(), json!(at));
         if self.opts.ids {
             obj.insert("id".into(), json!(r.item.id));
@@ -148,7 +135,11 @@ impl Format for Jsonl {
         if let Some(pair) = &r.item.pair {
             obj.insert("text_pair".into(), json!(pair));
         }
-        obj.append(&mut result);
+        if self.opts.keyed {
+            obj.insert(self.opts.output_key.clone(), Value::Object(result));
+        } else {
+            obj.append(&mut result);
+        }
         serde_json::to_writer(&mut self.out, &obj)?;
         self.out.write_all(b"\n")
     }

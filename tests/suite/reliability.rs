@@ -428,18 +428,30 @@ fn one_huge_line_alone() {
         .arg(minilm_sst2());
     let (ok, out, peak_mb) = run_measured(&mut cmd, line);
     assert!(ok);
-    let text = String::from_utf8(out).unwrap();
-    let row: Vec<&str> = text.lines().nth(1).unwrap().split('\t').collect();
-    assert!(
-        row[1] == "POSITIVE" || row[1] == "NEGATIVE",
-        "{:?}",
-        &row[..3]
-    );
+    let row = first_row(out);
     assert!(row[3].len() >= 20_000_000, "the line is echoed whole");
     say(&format!("one 20 MB line: peak RSS {peak_mb} MB"));
     // The line is held about twice (read buffer, text) plus the model: far under the
     // 2.8 GB of tokenizing it whole.
     assert!(peak_mb < 600, "peak RSS {peak_mb} MB");
+}
+
+/// The first row after the header of a TSV answer, its label checked.
+fn first_row(out: Vec<u8>) -> Vec<String> {
+    let text = String::from_utf8(out).unwrap();
+    let row: Vec<String> = text
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split('\t')
+        .map(String::from)
+        .collect();
+    assert!(
+        row[1] == "POSITIVE" || row[1] == "NEGATIVE",
+        "{:?}",
+        &row[..3]
+    );
+    row
 }
 
 /// Runs `cmd` with `stdin` fed from a thread; returns whether it exited 0, its stdout,
@@ -572,13 +584,7 @@ fn a_huge_pair_alone() {
     .arg(minilm_sst2());
     let (ok, out, peak_mb) = run_measured(&mut cmd, line);
     assert!(ok);
-    let text = String::from_utf8(out).unwrap();
-    let row: Vec<&str> = text.lines().nth(1).unwrap().split('\t').collect();
-    assert!(
-        row[1] == "POSITIVE" || row[1] == "NEGATIVE",
-        "{:?}",
-        &row[..3]
-    );
+    first_row(out);
     say(&format!("a pair of two 6 MB texts: peak RSS {peak_mb} MB"));
     assert!(peak_mb < 350, "peak RSS {peak_mb} MB");
 }
