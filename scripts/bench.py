@@ -236,9 +236,11 @@ def torch_attention(model_dir):
     return "sdpa" if model_type in ("modernbert", "bart") else "eager"
 
 
-def run_pytorch(model_dir, texts, batch, sort, threads, int8=False, labels=None):
+def run_pytorch(model_dir, texts, batch, sort, threads, int8=False, labels=None, bf16=False):
     """Seconds for `texts`; with `int8`, PyTorch's dynamic quantization (`quantize_dynamic`
-    of every nn.Linear to qint8, activations quantized per call), the usual CPU recipe.
+    of every nn.Linear to qint8, activations quantized per call), the usual CPU recipe;
+    with `bf16`, under `torch.autocast("cpu", dtype=torch.bfloat16)` (oneDNN's bf16
+    matmuls, on AMX tiles where the CPU has them), the one-line recipe for recent CPUs.
     With `labels` (a list), the predicted label of each text is appended to it in input
     order (`sort` must be off)."""
     import torch
@@ -256,8 +258,11 @@ def run_pytorch(model_dir, texts, batch, sort, threads, int8=False, labels=None)
             warnings.simplefilter("ignore")
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     limit = max_tokens(model_dir)
+    import contextlib
+
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast:
         for chunk in batches(tok, texts, batch, sort, limit):
             enc = tok(chunk, padding=True, truncation=True, max_length=limit, return_tensors="pt")
             logits = model(**enc).logits
@@ -461,6 +466,8 @@ def main():
     ap.add_argument("--sorted-only", action="store_true",
                     help="only sorted batches of 32 (no unsorted runs), for the large models")
     ap.add_argument("--no-q8", action="store_true", help="skip bert-cli's --quantize q8 runs")
+    ap.add_argument("--no-bf16", action="store_true",
+                    help="skip the bf16 runs (bert-cli --dtype bf16 against PyTorch bf16 autocast)")
     ap.add_argument("--limit", type=int, default=0, help="the first N texts of each workload (0: all)")
     args = ap.parse_args()
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -533,12 +540,23 @@ def main():
                 if onnx_int8 is not None:
                     plan.append(("onnxruntime", "int8 sorted b32", False,
                                  lambda: run_ort(mdir, onnx_int8, texts, 32, True, args.threads)))
+            bf16 = not args.no_bf16 and not args.quick
+            if bf16:
+                # The anchor of --dtype bf16: PyTorch's autocast, sorted batches of 32.
+                plan.append(("pytorch", "bf16 sorted b32", False,
+                             lambda: run_pytorch(mdir, texts, 32, True, args.threads, bf16=True)))
             plan.append((args.label, "b32", False, lambda: run_bert_cli(args.binary, mdir, texts, 32, args.threads)))
+            if bf16:
+                plan.append((args.label, "bf16 b32", False,
+                             lambda: run_bert_cli(args.binary, mdir, texts, 32, args.threads, ["--dtype", "bf16"])))
             if not args.no_q8:
                 plan.append((args.label, "q8 b32", False,
                              lambda: run_bert_cli(args.binary, mdir, texts, 32, args.threads, ["--quantize", "q8"])))
             if batch1:
                 plan.append((args.label, "b1", False, lambda: run_bert_cli(args.binary, mdir, texts, 1, args.threads)))
+                if bf16:
+                    plan.append((args.label, "bf16 b1", False,
+                                 lambda: run_bert_cli(args.binary, mdir, texts, 1, args.threads, ["--dtype", "bf16"])))
             runs = {}
             for r in range(args.repeat):
                 for tool, config, once, run in plan:
@@ -552,7 +570,7 @@ def main():
             startup = min(r[2] for r in cli_runs)
             q8_secs = results.get((args.label, "q8 b32"), float("nan"))
             best = lambda tool: min((v for (t, c), v in results.items()
-                                     if t == tool and c != "b1" and not c.startswith("int8")),
+                                     if t == tool and "b1" != c.split()[-1] and c.split()[0] not in ("int8", "bf16", "q8")),
                                     default=float("nan"))
             nan = float("nan")
             ours = results[(args.label, "b32")]
@@ -565,6 +583,12 @@ def main():
             row["q8_vs_pytorch"] = best("pytorch") / q8_secs
             row["q8_vs_ort_int8"] = results.get(("onnxruntime", "int8 sorted b32"), nan) / q8_secs
             row["q8_vs_pytorch_int8"] = results.get(("pytorch", "int8 sorted b32"), nan) / q8_secs
+            row["bf16_secs"] = results.get((args.label, "bf16 b32"), nan)
+            row["bf16_vs_pytorch_bf16"] = results.get(("pytorch", "bf16 sorted b32"), nan) / row["bf16_secs"]
+            row["bf16_vs_own_f32"] = ours / row["bf16_secs"]
+            row["pytorch_bf16_vs_f32"] = best("pytorch") / results.get(("pytorch", "bf16 sorted b32"), nan)
+            if (args.label, "bf16 b1") in results:
+                row["bf16_b1_sent"] = len(texts) / results[(args.label, "bf16 b1")]
             # Agreement of each tool's int8 with its own f32, on a real fine-tuned model
             # only: the fixture (a random head's scores are all near-ties).
             if wname == "sst2-dev" and mname == "minilm-l6":
@@ -572,6 +596,13 @@ def main():
                 f32_labels = bert_cli_labels(args.binary, mdir, texts, args.threads)
                 q8_labels = bert_cli_labels(args.binary, mdir, texts, args.threads, ["--quantize", "q8"])
                 row["q8_agree"] = agree(f32_labels, q8_labels)
+                if bf16:
+                    bf_labels = bert_cli_labels(args.binary, mdir, texts, args.threads, ["--dtype", "bf16"])
+                    row["bf16_agree"] = agree(f32_labels, bf_labels)
+                    pt_f32, pt_bf16 = [], []
+                    run_pytorch(mdir, texts, 32, False, args.threads, labels=pt_f32)
+                    run_pytorch(mdir, texts, 32, False, args.threads, labels=pt_bf16, bf16=True)
+                    row["pytorch_bf16_agree"] = agree(pt_f32, pt_bf16)
                 if int8:
                     f32_labels, q8_labels = [], []
                     run_pytorch(mdir, texts, 32, False, args.threads, labels=f32_labels)
@@ -606,6 +637,20 @@ def main():
         print(f"| {r['model']} | {r['workload']} | {n / r['q8_secs']:.1f} | {ratio(r['q8_vs_ort_int8'])} | "
               f"{ratio(r['q8_vs_pytorch_int8'])} | {ratio(r['q8_vs_pytorch'])} | {pct(r.get('q8_agree'))} | "
               f"{pct(r.get('ort_int8_agree'))} | {pct(r.get('pytorch_int8_agree'))} |")
+    print()
+    print("bf16: bert-cli --dtype bf16 against PyTorch bf16 autocast (sorted batches of 32); agreement = bf16 "
+          "labels equal to the same tool's f32 labels, on SST-2 dev with the fine-tuned fixture")
+    print()
+    print("| model | workload | bf16 sent/s | bf16 / PyTorch bf16 | bf16 / own f32 | PyTorch bf16 / its f32 | "
+          "bf16 batch 1 sent/s | agreement: bert-cli bf16 | PyTorch bf16 |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in summary:
+        n = len(workloads[r["workload"]])
+        b1 = r.get("bf16_b1_sent")
+        print(f"| {r['model']} | {r['workload']} | {n / r['bf16_secs']:.1f} | {ratio(r['bf16_vs_pytorch_bf16'])} | "
+              f"{ratio(r['bf16_vs_own_f32'])} | {ratio(r['pytorch_bf16_vs_f32'])} | "
+              f"{'-' if b1 is None else f'{b1:.1f}'} | {pct(r.get('bf16_agree'))} | "
+              f"{pct(r.get('pytorch_bf16_agree'))} |")
     print()
     for mname, mdir in models.items():
         weights = Path(mdir) / "model.safetensors"

@@ -218,7 +218,10 @@ pub struct RunArgs {
     pub device: DeviceSpec,
 
     /// Number format of weights and activations: auto is f32 on the CPU and f16 on a GPU.
-    /// Attention softmax and the padding mask stay in f32 whatever is chosen.
+    /// Attention softmax and the padding mask stay in f32 whatever is chosen. On the CPU,
+    /// bf16 is the fast choice where the CPU has AMX (Intel Xeon from Sapphire Rapids on):
+    /// the dense layers multiply in bf16 on its tiles, the rest stays f32, as under
+    /// PyTorch's bf16 autocast; labels may differ from f32 on near-ties.
     #[arg(long, value_enum, default_value_t = DTypeArg::Auto)]
     pub dtype: DTypeArg,
 
@@ -563,7 +566,9 @@ pub enum DTypeArg {
     F32,
     /// 16-bit floats (10-bit mantissa): fast on GPUs; slow on the CPU.
     F16,
-    /// bfloat16 (8-bit mantissa, f32's range): fast on recent GPUs; slow on the CPU.
+    /// bfloat16 (8-bit mantissa, f32's range): fast on recent GPUs, and on CPUs with AMX
+    /// tiles (dense layers only); on other CPUs bf16-rounded weights with f32 arithmetic,
+    /// as fast as f32.
     Bf16,
 }
 

@@ -140,6 +140,17 @@ pub fn load(model: &str, run: &RunArgs, options: &EngineOptions) -> Result<Engin
     Ok(engine)
 }
 
+/// How long an f32 run on a CPU with AMX must take before the hint to use them shows.
+const AMX_HINT_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether the engine runs f32 on a CPU whose AMX tiles `--dtype bf16` would use.
+fn amx_unused(engine: &Engine) -> bool {
+    engine.device().is_cpu()
+        && engine.dtype == candle_core::DType::F32
+        && !engine.quantized
+        && bert_cli::kernels::cpu::amx()
+}
+
 /// Runs the records through the pipeline into `out` (and the dump), then says what the
 /// user should know: truncations, no input. Returns the exit status.
 pub fn finish(
@@ -163,6 +174,7 @@ pub fn finish(
     let batching = run.pipeline_options(engine.device());
     let file = source.file.clone();
     let progress = source.progress(quiet);
+    let started = std::time::Instant::now();
     let summary = pipeline::run(
         engine,
         task,
@@ -198,6 +210,13 @@ pub fn finish(
             } else {
                 ""
             }
+        );
+    }
+    if !quiet && started.elapsed() >= AMX_HINT_AFTER && amx_unused(engine) {
+        eprintln!(
+            "bert-cli: hint: this CPU has AMX tiles, which this f32 run did not use; --dtype bf16 \
+             runs the dense layers on them, several times faster (labels may differ from f32 \
+             on near-ties; see --dtype in --help)"
         );
     }
     if summary.inputs == 0 && !quiet {

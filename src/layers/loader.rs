@@ -14,12 +14,24 @@ use super::Backend;
 pub struct Loader<'a> {
     vb: VarBuilder<'a>,
     pub(super) backend: Backend,
+    /// Dense layers round their weights (and, on AMX tiles, their inputs) to bf16 and
+    /// sum in f32: `--dtype bf16` on the CPU, where the model is otherwise f32.
+    pub(super) bf16_dense: bool,
 }
 
 impl<'a> Loader<'a> {
     /// The checkpoint's root, its layers on `backend`.
     pub fn new(vb: VarBuilder<'a>, backend: Backend) -> Self {
-        Self { vb, backend }
+        Self {
+            vb,
+            backend,
+            bf16_dense: false,
+        }
+    }
+
+    /// The same, its dense layers in bf16 over an f32 model (`Loader::bf16_dense`).
+    pub fn with_bf16_dense(self, bf16_dense: bool) -> Self {
+        Self { bf16_dense, ..self }
     }
 
     /// The tensors under `name.` (a name may hold dots: `pp("pooler.dense")`).
@@ -27,6 +39,7 @@ impl<'a> Loader<'a> {
         Self {
             vb: self.vb.pp(name),
             backend: self.backend,
+            bf16_dense: self.bf16_dense,
         }
     }
 
@@ -67,6 +80,7 @@ impl<'a> Loader<'a> {
         Self {
             vb: self.vb.clone(),
             backend: Backend::Candle,
+            bf16_dense: false,
         }
     }
 }

@@ -74,6 +74,16 @@ impl Backend {
         }
     }
 
+    /// Whether `dtype` on `device` runs as an f32 model whose dense layers are bf16
+    /// (`Loader::with_bf16_dense`): bf16 on the CPU, as PyTorch's bf16 autocast does,
+    /// since candle's bf16 ops there ran bert-base 3.2x slower than f32. Not under
+    /// `BERT_CLI_CANDLE_OPS=1`, which is there to run the GPU's path on the CPU.
+    pub fn bf16_dense(device: &Device, dtype: DType) -> bool {
+        dtype == DType::BF16
+            && device.is_cpu()
+            && !crate::kernels::cpu::env_flag("BERT_CLI_CANDLE_OPS")
+    }
+
     /// Whether the model is f32 on the CPU, where the element-wise kernels apply.
     fn cpu_f32(self) -> bool {
         matches!(self, Self::Kernels | Self::CandleCpu { model_f32: true })

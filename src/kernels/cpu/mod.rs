@@ -1,12 +1,14 @@
 //! Hand-written CPU kernels, behind a safe API of tensors in and tensors out.
 //!
-//! Everything here is f32 on the CPU. The layers above choose, once at load, whether a
-//! model runs on these kernels or on candle's ops; inside, a kernel may still pick its
-//! own instruction set (AVX-512, AVX2 with FMA, or portable code), always with the same
-//! results.
+//! Tensors in and out are f32 on the CPU (bf16 and int8 layers round their operands
+//! inside and sum in f32 or i32). The layers above choose, once at load, whether a model
+//! runs on these kernels or on candle's ops; inside, a kernel may still pick its own
+//! instruction set (AVX-512, AVX2 with FMA, or portable code), always with the same
+//! results; only the bf16 layer's AMX tiles have no portable twin.
 //!
 //! - `gemm` packs a dense layer's weight once and multiplies by it (`microkernel` holds
 //!   the register tile, `store` the pass that adds bias, residual or GELU as it writes);
+//! - `amx` is the bf16 dense layer of `--dtype bf16` on CPUs with AMX tiles;
 //! - `q8` is the int8 dense layer of `--quantize q8`;
 //! - `attention` is multi-head attention in one task per (sequence, head), and
 //!   `cls_attention` the last layer's first-token query with keys and values folded in;
@@ -46,6 +48,7 @@ macro_rules! dispatch_simd {
     };
 }
 
+mod amx;
 mod attention;
 mod cls_attention;
 mod elementwise;
@@ -57,6 +60,7 @@ mod q8;
 mod store;
 mod tensor;
 
+pub use amx::{round_to_bf16, AmxLinear};
 pub use attention::{attention, real_length, Queries, SeqRows, Shape};
 pub use cls_attention::ClsAttention;
 pub use elementwise::{gelu_in_place, layer_norm_in_place, masked_softmax};
@@ -70,6 +74,12 @@ pub use q8::{raise_input_range, Q8Linear};
 /// candle's matmul.
 pub fn fast_kernels() -> bool {
     avx512() || avx2()
+}
+
+/// Whether `--dtype bf16` dense layers run on AMX tiles here (AMX-BF16, the tile state
+/// granted by Linux, `BERT_CLI_PORTABLE` and `BERT_CLI_NO_AMX` unset). Checked once.
+pub fn amx() -> bool {
+    amx::available()
 }
 
 /// Whether the micro-kernel's AVX2 + FMA tile can run here (and `BERT_CLI_PORTABLE` is
