@@ -6,7 +6,8 @@
 //! (`[column tile][k step][k pair][column][pair]`, 1 KiB a tile, so a column tile's steps
 //! are read front to back); each call rounds its activations to bf16 once, row-major,
 //! and a task walks blocks of 32 x 32 outputs: two row tiles by two column tiles, four
-//! accumulators, the whole of `k` in tiles before anything is stored. Sums are f32 (AMX
+//! accumulators, `k` in blocks of 256 channels (the sums wait in memory between blocks),
+//! each block's activations reused from L1 by the task's columns. Sums are f32 (AMX
 //! accumulates in f32); bias, GELU or residual are added in f32 as the block is stored,
 //! as on the f32 path. So this differs from f32 only by the rounding of inputs and
 //! weights to bf16, which is what PyTorch's bf16 autocast does for its linear layers.
@@ -14,7 +15,7 @@
 //! The AMX intrinsics are nightly-only in Rust, so the tile instructions are `asm!`.
 //! Linux hands out the tile registers only on request (`arch_prctl`); `available` asks
 //! once and the layers fall back to f32 arithmetic where the request or the CPUID check
-//! fails.
+//! fails. `int8_group` is the same tiles' integer product for `q8`.
 
 use std::sync::OnceLock;
 
@@ -48,6 +49,21 @@ pub fn available() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
         !super::portable_only() && !super::env_flag("BERT_CLI_NO_AMX") && cpu_has_amx_bf16()
+    })
+}
+
+/// Whether `--quantize q8` runs its integer products on AMX tiles too: `available()`
+/// and AMX-INT8 (`tdpbusd`). Checked once.
+pub(super) fn int8_available() -> bool {
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            // CPUID leaf 7, EDX bit 25: AMX-INT8.
+            available() && std::arch::x86_64::__cpuid_count(7, 0).edx & (1 << 25) != 0
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
     })
 }
 
@@ -304,7 +320,7 @@ struct Block([f32; 4 * TILE * TILE]);
 /// The tile registers configured for this thread (every tile 16 rows of 64 bytes) until
 /// dropped, when they are released (a thread holding tile state pays for it at every
 /// context switch).
-struct Tiles;
+pub(super) struct Tiles;
 
 #[repr(C, align(64))]
 struct TileConfig {
@@ -316,7 +332,8 @@ struct TileConfig {
 }
 
 impl Tiles {
-    fn configure() -> Self {
+    /// Only after `available()` (or `int8_available()`) held.
+    pub(super) fn configure() -> Self {
         let mut cfg = TileConfig {
             palette: 1,
             start_row: 0,
@@ -435,6 +452,95 @@ unsafe fn block(
             options(nostack),
         );
     }
+}
+
+/// Four 16 x 16 tiles of i32 sums as `int8_group` leaves them: tile `2 * i + j` (row
+/// tile `i`, column tile `j`), rows of 16.
+#[repr(C, align(64))]
+pub(super) struct Int8Block(pub [i32; 4 * TILE * TILE]);
+
+/// The i32 sums of one group of 64 input channels for a 32 x 32 block (16 x 32 where
+/// `!two_rows`): `a` (u8, rows `lda` bytes apart) times two column tiles of int8 weights
+/// `b0`, `b1` (16 rows of 4-byte quads for 16 columns, rows `ldb` bytes apart), into `c`
+/// (overwritten). One `tdpbusd` per tile: 16 x 16 x 64 multiply-adds.
+///
+/// # Safety
+/// AMX-INT8 must be available and configured by `Tiles` on this thread; `a` must be
+/// readable for 16 rows (32 where `two_rows`) of 64 bytes at `lda`, `b0` and `b1` for 16
+/// rows of 64 bytes at `ldb`.
+#[cfg(target_arch = "x86_64")]
+pub(super) unsafe fn int8_group(
+    a: *const u8,
+    lda: usize,
+    two_rows: bool,
+    b0: *const i8,
+    b1: *const i8,
+    ldb: usize,
+    c: &mut Int8Block,
+) {
+    let c = c.0.as_mut_ptr();
+    if two_rows {
+        std::arch::asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tileloadd tmm6, [{b0} + {ldb}*1]",
+            "tdpbusd tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b1} + {ldb}*1]",
+            "tdpbusd tmm1, tmm4, tmm7",
+            "tileloadd tmm5, [{a1} + {lda}*1]",
+            "tdpbusd tmm2, tmm5, tmm6",
+            "tdpbusd tmm3, tmm5, tmm7",
+            "tilestored [{c} + {ldc}*1], tmm0",
+            "tilestored [{c} + {ldc}*1 + 1024], tmm1",
+            "tilestored [{c} + {ldc}*1 + 2048], tmm2",
+            "tilestored [{c} + {ldc}*1 + 3072], tmm3",
+            a0 = in(reg) a,
+            a1 = in(reg) a.add(TILE * lda),
+            b0 = in(reg) b0,
+            b1 = in(reg) b1,
+            lda = in(reg) lda,
+            ldb = in(reg) ldb,
+            ldc = in(reg) 64usize,
+            c = in(reg) c,
+            options(nostack),
+        );
+    } else {
+        std::arch::asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tileloadd tmm4, [{a0} + {lda}*1]",
+            "tileloadd tmm6, [{b0} + {ldb}*1]",
+            "tdpbusd tmm0, tmm4, tmm6",
+            "tileloadd tmm7, [{b1} + {ldb}*1]",
+            "tdpbusd tmm1, tmm4, tmm7",
+            "tilestored [{c} + {ldc}*1], tmm0",
+            "tilestored [{c} + {ldc}*1 + 1024], tmm1",
+            a0 = in(reg) a,
+            b0 = in(reg) b0,
+            b1 = in(reg) b1,
+            lda = in(reg) lda,
+            ldb = in(reg) ldb,
+            ldc = in(reg) 64usize,
+            c = in(reg) c,
+            options(nostack),
+        );
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub(super) unsafe fn int8_group(
+    _: *const u8,
+    _: usize,
+    _: bool,
+    _: *const i8,
+    _: *const i8,
+    _: usize,
+    _: &mut Int8Block,
+) {
+    unreachable!("AMX is x86-64 only; `int8_available()` is false elsewhere")
 }
 
 #[cfg(not(target_arch = "x86_64"))]

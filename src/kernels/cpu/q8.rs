@@ -212,7 +212,8 @@ impl Q8Linear {
         let kp = groups * GROUP;
         let mut rows = Rows {
             codes: if vnni_available() {
-                Codes::Bytes(vec![0; m * kp])
+                // On AMX tiles, rows up to a whole tile (zeros past `m`).
+                Codes::Bytes(vec![0; m.div_ceil(AMX_ROWS) * AMX_ROWS * kp])
             } else {
                 Codes::Words(vec![0; m * kp])
             },
@@ -264,9 +265,23 @@ impl Q8Linear {
     }
 
     fn matmul(&self, x: &[f32], m: usize, finish: Finish) -> Vec<f32> {
+        #[cfg(target_arch = "x86_64")]
+        let amx = use_amx();
+        #[cfg(not(target_arch = "x86_64"))]
+        let amx = false;
+        self.matmul_on(x, m, finish, amx)
+    }
+
+    /// `matmul`, on AMX tiles where `amx` (and the codes are bytes).
+    fn matmul_on(&self, x: &[f32], m: usize, finish: Finish, amx: bool) -> Vec<f32> {
         let (n, groups) = (self.n, self.groups);
         let kp = groups * GROUP;
         let rows = self.quantize_rows(x, m);
+        #[cfg(target_arch = "x86_64")]
+        if let (Codes::Bytes(bytes), true) = (&rows.codes, amx) {
+            return self.matmul_amx(bytes, &rows, m, finish);
+        }
+        let _ = amx;
         let panels = n.div_ceil(NR);
         let row_tasks = m.div_ceil(MC);
         let col_tasks = panels.div_ceil(PANELS_PER_TASK);
@@ -332,6 +347,175 @@ impl Q8Linear {
         // SAFETY: the tasks, now joined, wrote all m * n floats.
         unsafe { y.set_len(m * n) };
         y
+    }
+}
+
+/// Rows of a tile on AMX, to which the byte codes are padded.
+const AMX_ROWS: usize = 16;
+/// Row blocks of 32 per parallel task on AMX tiles.
+const AMX_ROW_BLOCKS_PER_TASK: usize = 2;
+/// Pairs of 16-column tiles per parallel task on AMX tiles.
+const AMX_PAIRS_PER_TASK: usize = 3;
+
+/// Whether the byte codes go through AMX tiles (`tdpbusd`) rather than VNNI: AMX-INT8
+/// present and granted, and neither `BERT_CLI_PORTABLE` nor `BERT_CLI_NO_AMX` set.
+#[cfg(target_arch = "x86_64")]
+fn use_amx() -> bool {
+    vnni_available() && super::amx::int8_available()
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Q8Linear {
+    /// `matmul` on AMX tiles, to the same bits as the VNNI kernel: a group's integer
+    /// sums are exact either way (one `tdpbusd` of 64 channels per tile), and each group
+    /// is scaled into the f32 sums with VNNI's two FMAs, in its order. The tiles do the
+    /// integer products 16 times as fast as `vpdpbusd`; the scaling, 4 vector operations
+    /// per 16 sums and group, then sets the pace.
+    fn matmul_amx(&self, bytes: &[u8], rows: &Rows, m: usize, finish: Finish) -> Vec<f32> {
+        let n = self.n;
+        let col_tiles = n.div_ceil(16);
+        let pairs = col_tiles.div_ceil(2);
+        let row_blocks = m.div_ceil(2 * AMX_ROWS);
+        let row_tasks = row_blocks.div_ceil(AMX_ROW_BLOCKS_PER_TASK);
+        let col_tasks = pairs.div_ceil(AMX_PAIRS_PER_TASK);
+        let mut y: Vec<f32> = Vec::with_capacity(m * n);
+        // SAFETY: `y` owns m * n floats of capacity; each task writes its own rows and
+        // columns through `part_ptr` before anything reads them.
+        let y_out = unsafe { Disjoint::uninit(y.as_mut_ptr(), m * n) };
+        par_tasks(row_tasks * col_tasks, |t| {
+            let (rt, ct) = (t / col_tasks, t % col_tasks);
+            let blocks =
+                rt * AMX_ROW_BLOCKS_PER_TASK..((rt + 1) * AMX_ROW_BLOCKS_PER_TASK).min(row_blocks);
+            let pair_range = ct * AMX_PAIRS_PER_TASK..((ct + 1) * AMX_PAIRS_PER_TASK).min(pairs);
+            let _tiles = super::amx::Tiles::configure();
+            for rb in blocks {
+                let r0 = rb * 2 * AMX_ROWS;
+                let mr = (m - r0).min(2 * AMX_ROWS);
+                for p in pair_range.clone() {
+                    // SAFETY: `use_amx()` held (AVX-512 F and AMX-INT8, tiles granted and
+                    // now configured); `bytes` holds whole tiles of rows (`quantize_rows`).
+                    unsafe { self.block_amx(bytes, rows, r0, mr, p, finish, y_out) };
+                }
+            }
+        });
+        // SAFETY: the tasks, now joined, wrote all m * n floats.
+        unsafe { y.set_len(m * n) };
+        y
+    }
+
+    /// Rows `r0..r0 + mr` (at most 32) by columns `32 p..32 p + 32` (those below `n`):
+    /// the groups' sums on the tiles, scaled as `tile_vnni` scales them, then bias, GELU
+    /// or residual as `matmul` adds them, written to `y`.
+    ///
+    /// # Safety
+    /// As `matmul_amx` says; this task alone owns these rows and columns of `y`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn block_amx(
+        &self,
+        bytes: &[u8],
+        rows: &Rows,
+        r0: usize,
+        mr: usize,
+        p: usize,
+        finish: Finish,
+        y: Disjoint,
+    ) {
+        use std::arch::x86_64::*;
+        let (n, groups) = (self.n, self.groups);
+        let kp = groups * GROUP;
+        let panels = n.div_ceil(NR);
+        // The two 16-column tiles: panel and place in it. A second tile past the last
+        // panel repeats the first (its sums are computed and never stored).
+        let tile_of = |j: usize| (j / 3, j % 3);
+        let j0 = 2 * p;
+        let j1 = if (2 * p + 1) / 3 < panels {
+            2 * p + 1
+        } else {
+            j0
+        };
+        let (t0, t1) = (tile_of(j0), tile_of(j1));
+        assert!(bytes.len() >= (r0 + mr).div_ceil(AMX_ROWS) * AMX_ROWS * kp);
+        assert!(
+            rows.scale.len() >= (r0 + mr) * groups && rows.scaled_zero.len() >= (r0 + mr) * groups
+        );
+        let mut f = [[_mm512_setzero_ps(); 2]; 2 * AMX_ROWS];
+        let mut c = [
+            super::amx::Int8Block([0; 4 * 256]),
+            super::amx::Int8Block([0; 4 * 256]),
+        ];
+        let sums = |g: usize, c: &mut super::amx::Int8Block| {
+            let b = |(panel, t): (usize, usize)| {
+                self.packed[panel * kp * NR + g * 16 * NR * 4 + t * 64..].as_ptr()
+            };
+            super::amx::int8_group(
+                bytes[r0 * kp + g * GROUP..].as_ptr(),
+                kp,
+                mr > AMX_ROWS,
+                b(t0),
+                b(t1),
+                NR * 4,
+                c,
+            );
+        };
+        sums(0, &mut c[0]);
+        for g in 0..groups {
+            // The next group's tiles go first, so that they run while this group's sums
+            // are scaled (the tiles and the vector unit work side by side; one group at
+            // a time, each waited for the other).
+            let (this, next) = c.split_at_mut(1);
+            let (this, next) = if g % 2 == 0 {
+                (&this[0], &mut next[0])
+            } else {
+                (&next[0], &mut this[0])
+            };
+            if g + 1 < groups {
+                sums(g + 1, next);
+            }
+            let c = this;
+            let at = |(panel, t): (usize, usize), v: &[f32]| {
+                _mm512_loadu_ps(v.as_ptr().add(panel * groups * NR + g * NR + t * 16))
+            };
+            let w = [at(t0, &self.scale), at(t1, &self.scale)];
+            let z = [at(t0, &self.weight_sums), at(t1, &self.weight_sums)];
+            for (i, f) in f.iter_mut().enumerate().take(mr) {
+                let r = r0 + i;
+                let s = _mm512_set1_ps(*rows.scale.get_unchecked(r * groups + g));
+                let sz = _mm512_set1_ps(*rows.scaled_zero.get_unchecked(r * groups + g));
+                for (h, (f, (w, z))) in f.iter_mut().zip(w.iter().zip(&z)).enumerate() {
+                    let sums =
+                        c.0.as_ptr()
+                            .add((2 * (i / AMX_ROWS) + h) * 256 + (i % AMX_ROWS) * 16);
+                    let sums = _mm512_cvtepi32_ps(_mm512_loadu_si512(sums as *const _));
+                    let scaled = _mm512_fmadd_ps(sums, _mm512_mul_ps(s, *w), *f);
+                    *f = _mm512_fnmadd_ps(sz, *z, scaled);
+                }
+            }
+        }
+        let c0 = j0 * 16;
+        let width = (if j1 == j0 { 16 } else { 32 }).min(n - c0);
+        let bias = &self.bias[c0..c0 + width];
+        let mut row = [0f32; 32];
+        for (i, f) in f.iter().enumerate().take(mr) {
+            _mm512_storeu_ps(row.as_mut_ptr(), f[0]);
+            _mm512_storeu_ps(row.as_mut_ptr().add(16), f[1]);
+            let row = &mut row[..width];
+            for (a, b) in row.iter_mut().zip(bias) {
+                *a += b;
+            }
+            let r = r0 + i;
+            match finish {
+                Finish::Bias => {}
+                Finish::Gelu => gelu_slice_in_place(row),
+                Finish::Residual(res) => {
+                    for (a, v) in row.iter_mut().zip(&res[r * n + c0..r * n + c0 + width]) {
+                        *a += v;
+                    }
+                }
+            }
+            let ptr = y.part_ptr(r * n + c0, width);
+            ptr.copy_from_nonoverlapping(row.as_ptr(), width);
+        }
     }
 }
 
@@ -758,6 +942,52 @@ unsafe fn tile_vnni<const R: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The AMX tiles give the VNNI kernel's bits, on shapes that are no multiple of a
+    /// tile, a pair of tiles, a panel or a group, with every epilogue.
+    #[test]
+    #[cfg(target_arch = "x86_64")]
+    fn amx_tiles_give_the_vnni_kernels_bits() -> Result<()> {
+        if !use_amx() {
+            super::super::skip(
+                "amx_tiles_give_the_vnni_kernels_bits",
+                "no AMX-INT8 (with AVX-512 VNNI, granted by Linux) on this CPU",
+            );
+            return Ok(());
+        }
+        for &(m, k, n) in &[
+            (1, 64, 16),
+            (3, 70, 33),
+            (17, 130, 48),
+            (33, 384, 100),
+            (70, 768, 161),
+        ] {
+            let mut rand = super::super::test_values(0x5eed_1234);
+            let w: Vec<f32> = (0..k * n).map(|_| rand()).collect();
+            let x: Vec<f32> = (0..m * k).map(|_| 4.0 * rand()).collect();
+            let b: Vec<f32> = (0..n).map(|_| rand()).collect();
+            let res: Vec<f32> = (0..m * n).map(|_| rand()).collect();
+            let range: Vec<f32> = (0..k).map(|i| 1.0 + (i % 7) as f32).collect();
+            let dev = candle_core::Device::Cpu;
+            let layer = Q8Linear::new(
+                &Tensor::from_vec(w, (k, n), &dev)?,
+                &Tensor::from_vec(b, n, &dev)?,
+                Some(&range),
+            )?;
+            for finish in [Finish::Bias, Finish::Gelu, Finish::Residual(&res)] {
+                let tiles = layer.matmul_on(&x, m, finish, true);
+                let vnni = layer.matmul_on(&x, m, finish, false);
+                assert!(
+                    tiles
+                        .iter()
+                        .zip(&vnni)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{m}x{k}x{n}: the tiles differ from VNNI"
+                );
+            }
+        }
+        Ok(())
+    }
     use candle_core::Device;
 
     /// Exact integer reference of what the kernel must compute, from the same quantization
