@@ -579,7 +579,7 @@ pub enum QuantizeArg {
     /// Weights as in the checkpoint (converted to --dtype).
     None,
     /// int8 weights in groups of 64 input channels, activations quantized per group as
-    /// the CPU multiplies them (8-bit with AVX-512 VNNI, 16-bit elsewhere), their scales
+    /// the CPU multiplies them (8-bit with AVX-512 VNNI or AMX, 16-bit elsewhere), their scales
     /// balanced by a calibration pass at load; f32 everything else (the last layer
     /// included).
     Q8,

@@ -215,8 +215,8 @@ pub fn finish(
     if !quiet && started.elapsed() >= AMX_HINT_AFTER && amx_unused(engine) {
         eprintln!(
             "bert-cli: hint: this CPU has AMX tiles, which this f32 run did not use; --dtype bf16 \
-             runs the dense layers on them, several times faster (labels may differ from f32 \
-             on near-ties; see --dtype in --help)"
+             runs the dense layers on them, about twice as fast or more (labels may differ \
+             from f32 on near-ties; see --dtype in --help)"
         );
     }
     if summary.inputs == 0 && !quiet {
