@@ -97,6 +97,103 @@ pub fn attention(
     })?
 }
 
+/// DeBERTa's relative-position terms, added to each head's scores before the softmax:
+/// `q_i · pk[c2p(i, j)]` (content to position) and `k_j · pq[p2c(j, i)]` (position to
+/// content), with the tables already projected (and `pq` scaled) at load.
+#[derive(Clone, Copy)]
+pub struct PositionTerms<'a> {
+    /// `[heads][table_rows][head_dim]`: position keys, or empty (no c2p term).
+    pub keys: &'a [f32],
+    /// `[heads][table_rows][head_dim]`: position queries, or empty (no p2c term).
+    pub queries: &'a [f32],
+    /// Rows of each head's table.
+    pub table_rows: usize,
+    /// The padded length `t` every sequence of the batch has.
+    pub seq: usize,
+    /// `[t][t]`: the table row of `(query i, key j)` for c2p, at `i * t + j`.
+    pub c2p: &'a [u32],
+    /// `[t][t]`: the table row of `(key j, query i)` for p2c, at `j * t + i`.
+    pub p2c: &'a [u32],
+}
+
+/// `attention` for every query of a padded batch (`Queries::All`, no probabilities kept),
+/// with DeBERTa's position terms added to the scores. Its sums run in another order than
+/// candle's batched products, so it serves `--dtype bf16` (whose dense layers round far
+/// more), not f32, whose answers stay as they were.
+pub fn attention_with_positions(
+    qkv: &Tensor,
+    seqs: SeqRows,
+    shape: Shape,
+    terms: PositionTerms,
+) -> Result<Tensor> {
+    let (hidden, d, t) = (shape.hidden(), shape.head_dim, terms.seq);
+    let rows = seqs.starts.last().copied().unwrap_or(0);
+    let table = shape.heads * terms.table_rows * d;
+    let tables_fit = [terms.keys, terms.queries]
+        .iter()
+        .all(|tab| tab.is_empty() || tab.len() == table);
+    let indices_fit = terms.c2p.len() == t * t && terms.p2c.len() == t * t;
+    let in_table = |idx: &[u32]| idx.iter().all(|&r| (r as usize) < terms.table_rows);
+    if seqs.bias.len() != rows
+        || qkv.dims() != [rows, 3 * hidden]
+        || (0..seqs.batch()).any(|b| seqs.rows(b).len() != t)
+        || !tables_fit
+        || !indices_fit
+        || !(terms.keys.is_empty() || in_table(terms.c2p))
+        || !(terms.queries.is_empty() || in_table(terms.p2c))
+    {
+        bail!(
+            "fused disentangled attention: qkv {:?}, {} mask rows, tables of {} and {} \
+             floats and {} indices do not fit {rows} tokens of {hidden} in sequences of {t}",
+            qkv.dims(),
+            seqs.bias.len(),
+            terms.keys.len(),
+            terms.queries.len(),
+            terms.c2p.len()
+        );
+    }
+    let qkv = qkv.contiguous()?;
+    let (ctx, _) = tensor::read(&qkv, "fused disentangled attention", |qkv| {
+        run_heads_with(qkv, seqs, shape, Queries::All, false, Some(terms))
+    })??;
+    Ok(ctx)
+}
+
+dispatch_simd!(
+    add_position_terms,
+    |s: &mut [f32], head: &Head, h: usize, terms: &PositionTerms| {
+        // s is `[queries][len]`; the tables' rows for head `h` are `d` floats each.
+        let (len, d, t) = (head.len, head.shape.head_dim, terms.seq);
+        let (stride, hidden) = (3 * head.shape.hidden(), head.shape.hidden());
+        let at = |r: u32| (h * terms.table_rows + r as usize) * d;
+        // Sixteen running sums, so that the loop runs a vector wide (one chain of FMAs
+        // would wait on each one's latency).
+        let dot = |a: &[f32], b: &[f32]| {
+            let mut acc = [0f32; 16];
+            let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+            let tail = ca.remainder().iter().zip(cb.remainder());
+            for (ca, cb) in ca.zip(cb) {
+                for ((s, x), y) in acc.iter_mut().zip(ca).zip(cb) {
+                    *s = x.mul_add(*y, *s);
+                }
+            }
+            tail.fold(acc.iter().sum::<f32>(), |s, (x, y)| x.mul_add(*y, s))
+        };
+        for (i, row) in s.chunks_mut(len).enumerate().take(head.queries) {
+            let q = &head.rows[i * stride + head.col..][..d];
+            for (j, score) in row.iter_mut().enumerate() {
+                let k = &head.rows[j * stride + hidden + head.col..][..d];
+                if !terms.keys.is_empty() {
+                    *score += dot(q, &terms.keys[at(terms.c2p[i * t + j])..][..d]);
+                }
+                if !terms.queries.is_empty() {
+                    *score += dot(k, &terms.queries[at(terms.p2c[j * t + i])..][..d]);
+                }
+            }
+        }
+    }
+);
+
 /// Tokens up to and including the last one the mask lets through.
 pub fn real_length(bias: &[f32]) -> usize {
     bias.iter().rposition(|&b| b == 0.0).map_or(0, |i| i + 1)
@@ -109,6 +206,18 @@ fn run_heads(
     shape: Shape,
     queries: Queries,
     keep_probs: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
+    run_heads_with(qkv, seqs, shape, queries, keep_probs, None)
+}
+
+/// `run_heads`, with `terms` added to the scores where given.
+fn run_heads_with(
+    qkv: &[f32],
+    seqs: SeqRows,
+    shape: Shape,
+    queries: Queries,
+    keep_probs: bool,
+    terms: Option<PositionTerms>,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let Shape { heads, head_dim } = shape;
     let (hidden, batch) = (shape.hidden(), seqs.batch());
@@ -159,7 +268,13 @@ fn run_heads(
                 values,
             } = scratch;
             let p = sized(p, head.queries * len);
-            head.probabilities(&bias[..len], p, keys, scores);
+            head.probabilities(
+                &bias[..len],
+                p,
+                keys,
+                scores,
+                terms.as_ref().map(|t| (h, t)),
+            );
             if keep_probs {
                 for (r, p) in p.chunks(len).enumerate() {
                     // SAFETY: block `task` of `seq * seq` floats belongs to this task alone,
@@ -231,13 +346,15 @@ struct Head<'a> {
 }
 
 impl Head<'_> {
-    /// `p = softmax(q kᵀ + bias)`, `[queries][len]`.
+    /// `p = softmax(q kᵀ + bias)`, `[queries][len]`, with head `h`'s position terms
+    /// added to the scores where given.
     fn probabilities(
         &self,
         bias: &[f32],
         p: &mut [f32],
         keys: &mut Vec<f32>,
         scores: &mut Vec<f32>,
+        terms: Option<(usize, &PositionTerms)>,
     ) {
         let (len, d) = (self.len, self.shape.head_dim);
         let (stride, hidden) = (3 * self.shape.hidden(), self.shape.hidden());
@@ -273,6 +390,9 @@ impl Head<'_> {
                         .copy_from_slice(&acc[..cols.len()]);
                 }
             }
+        }
+        if let Some((h, terms)) = terms {
+            add_position_terms(s, self, h, terms);
         }
         for (p, s) in p.chunks_mut(len).zip(s.chunks(len)) {
             softmax_row(p, s, bias);
@@ -320,5 +440,97 @@ impl Head<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fused kernel with DeBERTa's position terms against the definition in f64:
+    /// scores `q·k + q·pk[c2p] + k·pq[p2c]`, padding masked, softmax, weighted values;
+    /// padded query rows come back zero.
+    #[test]
+    fn position_terms_match_the_definition() -> Result<()> {
+        let (heads, d, t, table_rows) = (3, 20, 7, 9);
+        let hidden = heads * d;
+        let lens = [7, 4, 1];
+        let batch = lens.len();
+        let mut rand = super::super::test_values(0x0dd_ba11);
+        let qkv: Vec<f32> = (0..batch * t * 3 * hidden).map(|_| rand()).collect();
+        let keys: Vec<f32> = (0..heads * table_rows * d).map(|_| rand()).collect();
+        let queries: Vec<f32> = (0..heads * table_rows * d).map(|_| rand()).collect();
+        let c2p: Vec<u32> = (0..t * t)
+            .map(|n| ((n * 5 + 3) % table_rows) as u32)
+            .collect();
+        let p2c: Vec<u32> = (0..t * t)
+            .map(|n| ((n * 7 + 1) % table_rows) as u32)
+            .collect();
+        let starts: Vec<usize> = (0..=batch).map(|b| b * t).collect();
+        let bias: Vec<f32> = lens
+            .iter()
+            .flat_map(|&len| (0..t).map(move |i| if i < len { 0.0 } else { -1e9 }))
+            .collect();
+        let shape = Shape { heads, head_dim: d };
+        let terms = PositionTerms {
+            keys: &keys,
+            queries: &queries,
+            table_rows,
+            seq: t,
+            c2p: &c2p,
+            p2c: &p2c,
+        };
+        let seqs = SeqRows {
+            starts: &starts,
+            bias: &bias,
+        };
+        let x = tensor::from_vec(qkv.clone(), (batch * t, 3 * hidden))?;
+        let ctx = attention_with_positions(&x, seqs, shape, terms)?.to_vec2::<f32>()?;
+        let at = |row: usize, col: usize| f64::from(qkv[row * 3 * hidden + col]);
+        for (b, &len) in lens.iter().enumerate() {
+            for h in 0..heads {
+                let table = |tab: &[f32], r: u32, c: usize| {
+                    f64::from(tab[(h * table_rows + r as usize) * d + c])
+                };
+                for i in 0..t {
+                    let row = b * t + i;
+                    let got = &ctx[row][h * d..(h + 1) * d];
+                    if i >= len {
+                        assert!(got.iter().all(|&v| v == 0.0), "padded row {row}");
+                        continue;
+                    }
+                    let scores: Vec<f64> = (0..len)
+                        .map(|j| {
+                            (0..d)
+                                .map(|c| {
+                                    let (q, k) =
+                                        (at(row, h * d + c), at(b * t + j, hidden + h * d + c));
+                                    q * k
+                                        + q * table(&keys, c2p[i * t + j], c)
+                                        + k * table(&queries, p2c[j * t + i], c)
+                                })
+                                .sum()
+                        })
+                        .collect();
+                    let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                    let e: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
+                    let sum: f64 = e.iter().sum();
+                    for (c, &g) in got.iter().enumerate() {
+                        let want: f64 = (0..len)
+                            .map(|j| e[j] / sum * at(b * t + j, 2 * hidden + h * d + c))
+                            .sum();
+                        assert!(
+                            (f64::from(g) - want).abs() < 1e-5,
+                            "seq {b} head {h} row {i} col {c}: {g} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+        // An index past the tables is refused, not read.
+        let bad: Vec<u32> = vec![table_rows as u32; t * t];
+        let err = attention_with_positions(&x, seqs, shape, PositionTerms { c2p: &bad, ..terms });
+        assert!(err.is_err());
+        Ok(())
     }
 }

@@ -61,7 +61,9 @@ mod store;
 mod tensor;
 
 pub use amx::{round_to_bf16, AmxLinear};
-pub use attention::{attention, real_length, Queries, SeqRows, Shape};
+pub use attention::{
+    attention, attention_with_positions, real_length, PositionTerms, Queries, SeqRows, Shape,
+};
 pub use cls_attention::ClsAttention;
 pub use elementwise::{gelu_in_place, layer_norm_in_place, masked_softmax};
 pub use embedding::embedding_sum;
