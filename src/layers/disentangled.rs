@@ -6,8 +6,10 @@
 //!
 //! The position terms project the (normalised) relative-position table, which does not
 //! depend on the input: those projections are made once, at load. Scores run on candle's
-//! ops on every backend (the Q/K/V projections on the backend's dense layers); the
-//! softmax on the CPU kernel where the model is f32 on the CPU.
+//! ops on every backend (the Q/K/V projections on the backend's dense layers; the
+//! softmax on the CPU kernel where the model is f32 on the CPU), except under
+//! `--dtype bf16` on the CPU kernels, where the fused attention kernel adds the position
+//! terms to each head's scores itself.
 
 use anyhow::{bail, Result};
 use candle_core::Tensor;
