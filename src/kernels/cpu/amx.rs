@@ -638,8 +638,8 @@ unsafe fn store_block(
 /// bf16 products, whose rounding is a thousand times larger.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::excessive_precision)] // `elementwise::gelu_erf_scalar`'s coefficients
 fn gelu16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
+    use super::elementwise::{ERF_P, ERF_Q, ERF_Z_MAX};
     use std::arch::x86_64::*;
     let horner = |s: __m512, c: &[f32]| {
         c[1..].iter().fold(_mm512_set1_ps(c[0]), |acc, &k| {
@@ -648,32 +648,11 @@ fn gelu16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     };
     let z = _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
     let z = _mm512_min_ps(
-        _mm512_max_ps(z, _mm512_set1_ps(-3.92)),
-        _mm512_set1_ps(3.92),
+        _mm512_max_ps(z, _mm512_set1_ps(-ERF_Z_MAX)),
+        _mm512_set1_ps(ERF_Z_MAX),
     );
     let s = _mm512_mul_ps(z, z);
-    let p = horner(
-        s,
-        &[
-            2.035_636_3e-6,
-            2.874_634_2e-4,
-            3.866_075_3e-3,
-            5.305_367_7e-2,
-            1.927_069_4e-1,
-            std::f32::consts::FRAC_2_SQRT_PI,
-        ],
-    );
-    let q = horner(
-        s,
-        &[
-            3.807_912_4e-5,
-            1.187_632_9e-3,
-            1.516_777e-2,
-            1.150_616_9e-1,
-            5.041_137_3e-1,
-            1.0,
-        ],
-    );
+    let (p, q) = (horner(s, &ERF_P), horner(s, &ERF_Q));
     let r = _mm512_rcp14_ps(q);
     // r (2 - q r): the estimate's 14 bits to about 28.
     let r = _mm512_mul_ps(r, _mm512_fnmadd_ps(q, r, _mm512_set1_ps(2.0)));

@@ -60,36 +60,40 @@ fn fast_exp(x: f32) -> f32 {
 /// `erfc` formula it replaced (Numerical Recipes' `erfcc` under an exponential) took
 /// about thirty operations and was 5% of a one-sentence MiniLM profile on AVX2.
 #[inline(always)]
-#[allow(clippy::excessive_precision)] // the fitted coefficients, as printed in f32
 fn gelu_erf_scalar(x: f32) -> f32 {
-    let z = (x * std::f32::consts::FRAC_1_SQRT_2).clamp(-3.92, 3.92);
+    let z = (x * std::f32::consts::FRAC_1_SQRT_2).clamp(-ERF_Z_MAX, ERF_Z_MAX);
     let s = z * z;
-    let p = horner(
-        s,
-        &[
-            2.035_636_3e-6,
-            2.874_634_2e-4,
-            3.866_075_3e-3,
-            5.305_367_7e-2,
-            1.927_069_4e-1,
-            // Fitted as 1.128379, which is 2/sqrt(pi): erf's own slope at 0.
-            std::f32::consts::FRAC_2_SQRT_PI,
-        ],
-    );
-    let q = horner(
-        s,
-        &[
-            3.807_912_4e-5,
-            1.187_632_9e-3,
-            1.516_777e-2,
-            1.150_616_9e-1,
-            5.041_137_3e-1,
-            1.0,
-        ],
-    );
+    let p = horner(s, &ERF_P);
+    let q = horner(s, &ERF_Q);
     let half = 0.5 * x;
     half.mul_add(z * p / q, half)
 }
+
+/// Past `|z|` = 3.92, erf is ±1 in f32.
+pub(crate) const ERF_Z_MAX: f32 = 3.92;
+
+/// erf's numerator polynomial in `z²`, highest power first (fitted as 1.128379 at the
+/// end, which is 2/sqrt(pi): erf's own slope at 0).
+#[allow(clippy::excessive_precision)] // the fitted coefficients, as printed in f32
+pub(crate) const ERF_P: [f32; 6] = [
+    2.035_636_3e-6,
+    2.874_634_2e-4,
+    3.866_075_3e-3,
+    5.305_367_7e-2,
+    1.927_069_4e-1,
+    std::f32::consts::FRAC_2_SQRT_PI,
+];
+
+/// erf's denominator polynomial in `z²`, highest power first.
+#[allow(clippy::excessive_precision)] // the fitted coefficients, as printed in f32
+pub(crate) const ERF_Q: [f32; 6] = [
+    3.807_912_4e-5,
+    1.187_632_9e-3,
+    1.516_777e-2,
+    1.150_616_9e-1,
+    5.041_137_3e-1,
+    1.0,
+];
 
 dispatch_simd!(pub(crate) gelu_slice_in_place, |xs: &mut [f32]| {
     for x in xs.iter_mut() {
