@@ -176,14 +176,7 @@ impl DisentangledAttention {
         }
         let (q, k, v) = separate_qkv(&self.qkv.forward(x)?, heads, d)?;
         let mut scores = q.matmul(&k.t()?)?;
-        if let Some(rel) = self.relative {
-            let positions = relative_positions(t, rel);
-            let two_span = 2 * self.span as i64;
-            let clamp = |p: i64| (p + self.span as i64).clamp(0, two_span - 1) as u32;
-            // Row n = i * t + j of each: c2p reads position r(i, j), p2c (per key j, then
-            // transposed) reads -r(j, i).
-            let c2p: Vec<u32> = positions.iter().map(|&p| clamp(p)).collect();
-            let p2c: Vec<u32> = positions.iter().map(|&p| clamp(-p)).collect();
+        if let Some((c2p, p2c)) = self.table_rows(t) {
             // A text of t tokens reads only the table rows its distances reach (2t - 1
             // of DeBERTa-v3's 512 for t up to 128): the products run for those alone.
             let lo = c2p.iter().chain(&p2c).copied().min().unwrap_or(0);
@@ -211,9 +204,20 @@ impl DisentangledAttention {
         let ctx = ctx.transpose(1, 2)?.reshape((b, t, h))?;
         Ok((ctx, keep_probs.then_some(probs)))
     }
-}
 
-impl DisentangledAttention {
+    /// The table rows a sequence of `t` tokens reads, `[t][t]` each, where relative
+    /// attention is on: row n = i * t + j of `c2p` is position r(i, j), of `p2c` (per key
+    /// j, read transposed) -r(j, i).
+    fn table_rows(&self, t: usize) -> Option<(Vec<u32>, Vec<u32>)> {
+        let rel = self.relative?;
+        let positions = relative_positions(t, rel);
+        let two_span = 2 * self.span as i64;
+        let clamp = |p: i64| (p + self.span as i64).clamp(0, two_span - 1) as u32;
+        let c2p = positions.iter().map(|&p| clamp(p)).collect();
+        let p2c = positions.iter().map(|&p| clamp(-p)).collect();
+        Some((c2p, p2c))
+    }
+
     /// `forward` on the fused CPU kernel (`--dtype bf16`; no probabilities kept).
     fn forward_fused(
         &self,
@@ -227,14 +231,7 @@ impl DisentangledAttention {
             head_dim: h / self.heads,
         };
         let qkv = self.qkv.forward(x)?.reshape((b * t, 3 * h))?;
-        let two_span = 2 * self.span as i64;
-        let clamp = |p: i64| (p + self.span as i64).clamp(0, (two_span - 1).max(0)) as u32;
-        let positions = match self.relative {
-            Some(rel) => relative_positions(t, rel),
-            None => vec![0; t * t],
-        };
-        let c2p: Vec<u32> = positions.iter().map(|&p| clamp(p)).collect();
-        let p2c: Vec<u32> = positions.iter().map(|&p| clamp(-p)).collect();
+        let (c2p, p2c) = self.table_rows(t).unwrap_or_default();
         let terms = cpu::PositionTerms {
             keys: &tables.keys,
             queries: &tables.queries,

@@ -52,7 +52,7 @@ impl Linear {
         // Without AMX, bf16 weights with f32 arithmetic: the answers bf16 gives, at
         // f32's speed (candle's bf16 matmul ran bert-base 3.2x slower than f32).
         let weight = if ld.bf16_dense && !amx {
-            round_to_bf16(&weight)?
+            weight.to_dtype(DType::BF16)?.to_dtype(DType::F32)?
         } else {
             weight
         };
@@ -227,13 +227,6 @@ fn record_range(range: &Mutex<Vec<f32>>, x: &Tensor) -> Result<()> {
         .map_err(|_| anyhow::anyhow!("a calibration pass panicked"))?;
     cpu::raise_input_range(&mut range, &x);
     Ok(())
-}
-
-/// `w` (f32) rounded to bf16, still f32.
-fn round_to_bf16(w: &Tensor) -> Result<Tensor> {
-    let values = w.flatten_all()?.to_vec1::<f32>()?;
-    let rounded = values.into_iter().map(cpu::round_to_bf16).collect();
-    Ok(Tensor::from_vec(rounded, w.dims(), w.device())?)
 }
 
 /// `[rows, cols]` -> `[cols, rows]`, contiguous. On the CPU in f32: groups of 16 output

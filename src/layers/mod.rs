@@ -79,9 +79,7 @@ impl Backend {
     /// since candle's bf16 ops there ran bert-base 3.2x slower than f32. Not under
     /// `BERT_CLI_CANDLE_OPS=1`, which is there to run the GPU's path on the CPU.
     pub fn bf16_dense(device: &Device, dtype: DType) -> bool {
-        dtype == DType::BF16
-            && device.is_cpu()
-            && !crate::kernels::cpu::env_flag("BERT_CLI_CANDLE_OPS")
+        dtype == DType::BF16 && Self::choose(device, DType::F32) != Self::Candle
     }
 
     /// Whether the model is f32 on the CPU, where the element-wise kernels apply.

@@ -115,8 +115,9 @@ fn bf16_bits(v: f32) -> u16 {
     }
 }
 
-/// `v` rounded to bf16 and back: what a bf16 weight holds.
-pub fn round_to_bf16(v: f32) -> f32 {
+/// `v` rounded to bf16 and back: what a bf16 weight holds (the tests' reference).
+#[cfg(test)]
+fn round_to_bf16(v: f32) -> f32 {
     f32::from_bits(u32::from(bf16_bits(v)) << 16)
 }
 

@@ -110,9 +110,11 @@ pub struct PositionTerms<'a> {
     pub table_rows: usize,
     /// The padded length `t` every sequence of the batch has.
     pub seq: usize,
-    /// `[t][t]`: the table row of `(query i, key j)` for c2p, at `i * t + j`.
+    /// `[t][t]`: the table row of `(query i, key j)` for c2p, at `i * t + j` (empty where
+    /// `keys` is).
     pub c2p: &'a [u32],
-    /// `[t][t]`: the table row of `(key j, query i)` for p2c, at `j * t + i`.
+    /// `[t][t]`: the table row of `(key j, query i)` for p2c, at `j * t + i` (empty where
+    /// `queries` is).
     pub p2c: &'a [u32],
 }
 
@@ -132,15 +134,17 @@ pub fn attention_with_positions(
     let tables_fit = [terms.keys, terms.queries]
         .iter()
         .all(|tab| tab.is_empty() || tab.len() == table);
-    let indices_fit = terms.c2p.len() == t * t && terms.p2c.len() == t * t;
-    let in_table = |idx: &[u32]| idx.iter().all(|&r| (r as usize) < terms.table_rows);
+    // Each term's indices are read only where its table is there.
+    let fits = |tab: &[f32], idx: &[u32]| {
+        tab.is_empty()
+            || (idx.len() == t * t && idx.iter().all(|&r| (r as usize) < terms.table_rows))
+    };
     if seqs.bias.len() != rows
         || qkv.dims() != [rows, 3 * hidden]
         || (0..seqs.batch()).any(|b| seqs.rows(b).len() != t)
         || !tables_fit
-        || !indices_fit
-        || !(terms.keys.is_empty() || in_table(terms.c2p))
-        || !(terms.queries.is_empty() || in_table(terms.p2c))
+        || !fits(terms.keys, terms.c2p)
+        || !fits(terms.queries, terms.p2c)
     {
         bail!(
             "fused disentangled attention: qkv {:?}, {} mask rows, tables of {} and {} \

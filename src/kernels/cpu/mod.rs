@@ -60,7 +60,7 @@ mod q8;
 mod store;
 mod tensor;
 
-pub use amx::{round_to_bf16, AmxLinear};
+pub use amx::AmxLinear;
 pub use attention::{
     attention, attention_with_positions, real_length, PositionTerms, Queries, SeqRows, Shape,
 };

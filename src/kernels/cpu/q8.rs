@@ -265,11 +265,7 @@ impl Q8Linear {
     }
 
     fn matmul(&self, x: &[f32], m: usize, finish: Finish) -> Vec<f32> {
-        #[cfg(target_arch = "x86_64")]
-        let amx = use_amx();
-        #[cfg(not(target_arch = "x86_64"))]
-        let amx = false;
-        self.matmul_on(x, m, finish, amx)
+        self.matmul_on(x, m, finish, use_amx())
     }
 
     /// `matmul`, on AMX tiles where `amx` (and the codes are bytes).
@@ -359,7 +355,6 @@ const AMX_PAIRS_PER_TASK: usize = 3;
 
 /// Whether the byte codes go through AMX tiles (`tdpbusd`) rather than VNNI: AMX-INT8
 /// present and granted, and neither `BERT_CLI_PORTABLE` nor `BERT_CLI_NO_AMX` set.
-#[cfg(target_arch = "x86_64")]
 fn use_amx() -> bool {
     vnni_available() && super::amx::int8_available()
 }
